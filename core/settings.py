@@ -1,0 +1,129 @@
+"""All configuration, from environment variables or `.env`; every field has an embedded default.
+
+With no settings at all the bot runs on one machine: Qdrant local mode under `DATA_DIR`, a local
+blob store and SQLite queue under `DATA_DIR`, extractive answers, Kiwi BM25 without dense vectors.
+Lists are comma-separated (`ADMIN_USER_IDS=U1,U2`); maps are JSON (`CHANNEL_SPACES={"C1":["hr"]}`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Process-wide settings. Build with `get_settings()`; tests build their own instances."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- local data -------------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+
+    # --- knowledge base / retrieval ---------------------------------------------------------
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_path: Path | None = None  # default: DATA_DIR/qdrant
+    qdrant_collection: str = "echorag"
+    # "auto": QDRANT_URL -> server (qdrant-client); otherwise the embedded engine.
+    vector_backend: Literal["auto", "server", "local", "edge"] = "auto"
+    chunk_size: int = Field(default=700, ge=100)  # characters per chunk
+    chunk_overlap: int = Field(default=1, ge=0)  # sentences repeated between neighbouring chunks
+    default_space: str = "default"
+    dense_model: str | None = None  # sentence-transformers name or path
+    embedding_base_url: str | None = None  # OpenAI-compatible /embeddings endpoint
+    embedding_model: str | None = None
+    embedding_api_key: str | None = None
+    reranker_model: str | None = None  # sentence-transformers CrossEncoder name or path
+    retrieve_k: int = Field(default=30, ge=1)  # candidates per prefetch
+    top_k: int = Field(default=5, ge=1)  # passages given to the answer step
+    abstain_score: float = 0.0  # grade: abstain when the evidence scores below this
+
+    # --- answering --------------------------------------------------------------------------
+    llm_backend: Literal["auto", "openai", "transformers", "extractive"] = "auto"
+    llm_base_url: str | None = None
+    llm_model: str | None = None  # with vLLM: the LoRA adapter name is the model
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 60.0
+    llm_max_tokens: int = 512
+
+    # --- feedback loop ----------------------------------------------------------------------
+    feedback_bucket: str | None = None  # S3 bucket; unset -> DATA_DIR/store
+    store_dir: Path | None = None  # default: DATA_DIR/store
+    training_queue_url: str | None = None  # SQS FIFO; unset -> DATA_DIR/queue.sqlite
+    queue_path: Path | None = None
+    queue_max_receives: int = 3  # then the job goes to the dead-letter queue
+    queue_visibility_s: int = 900
+    admin_user_ids: CsvList = Field(default_factory=list)  # "slack:U123,discord:456" or bare ids
+    retrain_threshold: int = 20  # new labelled feedback events since the current adapter
+    positive_emoji: CsvList = Field(default_factory=lambda: ["+1", "thumbsup", "white_check_mark", "100"])
+    negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])
+    adapter_name: str = "echorag"
+
+    # --- chat platforms ---------------------------------------------------------------------
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None  # xapp-… for Socket Mode
+    slack_api_base_url: str = "https://slack.com/api/"
+    discord_application_id: str | None = None
+    discord_public_key: str | None = None
+    discord_bot_token: str | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
+    announce_slack_channel: str | None = None
+    announce_discord_channel: str | None = None
+
+    # --- training (GPU host) ----------------------------------------------------------------
+    base_model: str | None = None  # path or hub id of the model the adapters sit on
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: CsvList = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    train_epochs: int = 2
+    train_lr: float = 2e-4
+    train_max_length: int = 1024
+    train_min_examples: int = 4
+    train_seed: int = 42
+    vllm_url: str | None = None  # base URL of vLLM for /v1/load_lora_adapter
+    gold_questions: Path | None = None  # optional gold QA set for the gate
+
+    @field_validator("admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @property
+    def resolved_qdrant_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def resolved_store_dir(self) -> Path:
+        return self.store_dir or self.data_dir / "store"
+
+    @property
+    def resolved_queue_path(self) -> Path:
+        return self.queue_path or self.data_dir / "queue.sqlite"
+
+    def spaces_for_channel(self, channel: str | None) -> list[str] | None:
+        """Spaces a channel may see; None means every space (an unmapped channel)."""
+        if channel is not None and channel in self.channel_spaces:
+            return list(self.channel_spaces[channel])
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (Lambda reuses them across warm invocations)."""
+    return Settings()

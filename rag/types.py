@@ -1,0 +1,70 @@
+"""What retrieval hands the agent and what the agent hands the chat adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved chunk. `location` is human-readable ("p. 3", "§ 휴가 규정", "chunk 2")."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    source: str = ""  # file path, URL or corpus id
+    location: str = ""
+    space: str = "default"
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier turn of the thread: the conversation memory the adapters pass in."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerRef:
+    """Where the answer is posted; when given, the agent writes an answer record for it."""
+
+    platform: Literal["slack", "discord", "console"]
+    channel: str
+    message_id: str
+    thread_id: str = ""
+    user_hash: str = ""
+
+
+@dataclass(frozen=True)
+class Citation:
+    """`[n]` in the answer text maps to `citations[n-1]`."""
+
+    n: int
+    title: str
+    source: str
+    location: str
+    doc_id: str
+    chunk_id: str
+    score: float
+    space: str = "default"
+
+
+@dataclass
+class AgentAnswer:
+    """The typed result every adapter renders."""
+
+    question: str
+    condensed_question: str
+    text: str
+    language: str  # "ko" or "en"
+    citations: list[Citation] = field(default_factory=list)
+    abstained: bool = False
+    scores: dict[str, float] = field(default_factory=dict)  # e.g. top_score, rerank_top
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per graph node
+    model: str = "extractive"
+    adapter_version: str | None = None
+    answer_id: str | None = None  # set when an AnswerRef was given and the record written
