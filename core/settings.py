@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     retrieve_k: int = Field(default=30, ge=1)  # candidates per prefetch
     top_k: int = Field(default=5, ge=1)  # passages given to the answer step
     abstain_score: float = 0.0  # grade: abstain when the evidence scores below this
+    abstain_coverage: float = Field(default=0.4, ge=0, le=1)  # grade: min share of question terms found
 
     # --- answering --------------------------------------------------------------------------
     llm_backend: Literal["auto", "openai", "transformers", "extractive"] = "auto"
@@ -70,16 +71,21 @@ class Settings(BaseSettings):
     positive_emoji: CsvList = Field(default_factory=lambda: ["+1", "thumbsup", "white_check_mark", "100"])
     negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])
     adapter_name: str = "echorag"
+    aws_max_attempts: int = Field(default=4, ge=1)  # S3/SQS: total tries per call (botocore standard mode)
 
     # --- chat platforms ---------------------------------------------------------------------
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None  # xapp-… for Socket Mode
     slack_api_base_url: str = "https://slack.com/api/"
+    # Lambda: Secrets Manager secret (JSON {"signing_secret", "bot_token"}) overriding the two above
+    slack_secret_arn: str | None = None
+    slack_reaction_thanks: bool = False  # a short ephemeral "thanks" when someone reacts to an answer
     discord_application_id: str | None = None
     discord_public_key: str | None = None
     discord_bot_token: str | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
+    ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> DATA_DIR/ask-queue.sqlite
     channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
     announce_slack_channel: str | None = None
     announce_discord_channel: str | None = None
@@ -96,10 +102,19 @@ class Settings(BaseSettings):
     train_max_length: int = 1024
     train_min_examples: int = 4
     train_seed: int = 42
+    train_batch_size: int = Field(default=4, ge=1)
+    # Trained in full beside LoRA (e.g. "lm_head": tiny/random models barely move without it).
+    lora_modules_to_save: CsvList = Field(default_factory=list)
+    adapter_cache_dir: Path | None = None  # local adapter copies (vLLM's lora_path); default DATA_DIR/adapters
+    adapter_poll_s: float = 30.0  # transformers backend: check CURRENT at most this often
+    train_retry_delay_s: int = 60  # a failed job is retried after this (up to QUEUE_MAX_RECEIVES)
     vllm_url: str | None = None  # base URL of vLLM for /v1/load_lora_adapter
     gold_questions: Path | None = None  # optional gold QA set for the gate
 
-    @field_validator("admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", mode="before")
+    @field_validator(
+        "admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", "lora_modules_to_save",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -115,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def resolved_queue_path(self) -> Path:
         return self.queue_path or self.data_dir / "queue.sqlite"
+
+    @property
+    def resolved_adapter_cache_dir(self) -> Path:
+        return self.adapter_cache_dir or self.data_dir / "adapters"
 
     def spaces_for_channel(self, channel: str | None) -> list[str] | None:
         """Spaces a channel may see; None means every space (an unmapped channel)."""

@@ -1,0 +1,204 @@
+"""The console chat adapter (`echorag chat`): the same agent and feedback loop as Slack and Discord.
+
+One console session is one thread: earlier turns are passed to the agent, so follow-ups work. Every
+answer is recorded (platform "console") so a reaction typed after it — `+1`, `-1`, 👍, `:thumbsup:`
+— becomes a feedback event exactly as a Slack reaction would, and `/retrain` asks for a training
+job as the local admin. Lines may come from a pipe, so a conversation can be scripted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+from core.errors import EchoRagError
+from core.records import hash_user
+from core.settings import Settings
+from rag.types import AgentAnswer, AnswerRef, Turn
+
+if TYPE_CHECKING:
+    from core.queue import JobQueue
+    from core.store import BlobStore
+    from rag.agent import Agent
+
+PLATFORM = "console"
+CHANNEL = "console"
+# Emoji typed as characters -> the reaction names the settings' emoji maps use (Slack's names).
+EMOJI_NAMES = {
+    "👍": "+1",
+    "👎": "-1",
+    "✅": "white_check_mark",
+    "❌": "x",
+    "💯": "100",
+}
+_SHORTCODE = re.compile(r"^:([a-z0-9_+\-]+):$")
+MAX_TURNS = 10  # earlier turns handed to the agent (5 exchanges)
+
+HELP = (
+    "Ask a question, or: +1 / -1 / 👍 / 👎 / :emoji: react to the last answer · /retrain [reason] "
+    "· /new start a new thread · /help · /quit"
+)
+
+
+def reaction_name(line: str) -> str | None:
+    """The reaction a line expresses (`+1`, `-1`, an emoji, `:name:`), or None for a question."""
+    text = line.strip()
+    if text in ("+1", "-1"):
+        return text
+    if text in EMOJI_NAMES:
+        return EMOJI_NAMES[text]
+    match = _SHORTCODE.match(text)
+    if match:
+        name = match.group(1)
+        return {"thumbsup": "+1", "thumbsdown": "-1"}.get(name, name)
+    return None
+
+
+def render_answer(answer: AgentAnswer) -> str:
+    """The answer text, then its numbered sources (title — source, location)."""
+    lines = [answer.text]
+    if answer.citations:
+        lines.append("")
+        lines.append("출처:" if answer.language == "ko" else "Sources:")
+        for c in answer.citations:
+            where = ", ".join(part for part in (c.source, c.location) if part)
+            lines.append(f"  [{c.n}] {c.title}" + (f" — {where}" if where else ""))
+    return "\n".join(lines)
+
+
+@dataclass
+class ConsoleChat:
+    """A console conversation: reads lines, answers, records reactions and retrain requests."""
+
+    agent: Agent
+    settings: Settings
+    store: BlobStore
+    queue: JobQueue | None = None
+    user: str = "local"
+    spaces: list[str] | None = None
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    history: list[Turn] = field(default_factory=list)
+    last_message_id: str | None = None
+    _answers: int = 0
+
+    def _print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def _queue(self) -> JobQueue:
+        if self.queue is None:
+            from core.queue import open_queue
+
+            self.queue = open_queue(self.settings)
+        return self.queue
+
+    def ask(self, question: str) -> AgentAnswer:
+        self._answers += 1
+        message_id = f"{self.session}-{self._answers}"
+        ref = AnswerRef(
+            platform=PLATFORM,
+            channel=CHANNEL,
+            message_id=message_id,
+            thread_id=self.session,
+            user_hash=hash_user(PLATFORM, self.user),
+        )
+        answer = self.agent.ask(question, history=self.history[-MAX_TURNS:], spaces=self.spaces, ref=ref)
+        self.history.extend([Turn("user", question), Turn("assistant", answer.text)])
+        self.last_message_id = message_id
+        return answer
+
+    def react(self, reaction: str) -> str:
+        if self.last_message_id is None:
+            return "Nothing to react to yet: ask a question first."
+        from bots.feedback import record_reaction
+
+        event = record_reaction(
+            platform=PLATFORM,
+            channel=CHANNEL,
+            message_id=self.last_message_id,
+            user_id=self.user,
+            reaction=reaction,
+            action="added",
+            settings=self.settings,
+            store=self.store,
+            queue=self._queue(),
+        )
+        if event is None:
+            known = ", ".join([*self.settings.positive_emoji, *self.settings.negative_emoji])
+            return f"'{reaction}' is not a feedback reaction (use one of: {known})."
+        return f"Feedback recorded ({'+' if event.label > 0 else '-'}1 for the last answer)."
+
+    def retrain(self, reason: str) -> str:
+        from bots.retrain import default_notify_targets, request_retrain
+
+        outcome = request_retrain(
+            requested_by=f"{PLATFORM}:{self.user}",
+            is_admin=True,  # whoever runs the local console owns this machine's data
+            notify_targets=default_notify_targets(self.settings, PLATFORM, CHANNEL),
+            reason=reason or "requested from the console",
+            settings=self.settings,
+            store=self.store,
+            queue=self._queue(),
+        )
+        return outcome.message
+
+    def handle(self, line: str) -> bool:
+        """Process one input line; False when the session should end."""
+        text = line.strip()
+        if not text:
+            return True
+        if text in ("/quit", "/exit"):
+            return False
+        if text == "/help":
+            self._print(HELP)
+        elif text == "/new":
+            self.history.clear()
+            self.last_message_id = None
+            self._print("New thread.")
+        elif text == "/retrain" or text.startswith("/retrain "):
+            self._print(self.retrain(text[len("/retrain") :].strip()))
+        elif text.startswith("/"):
+            self._print(f"Unknown command {text.split()[0]}. {HELP}")
+        elif (reaction := reaction_name(text)) is not None:
+            self._print(self.react(reaction))
+        else:
+            try:
+                answer = self.ask(text)
+            except EchoRagError as exc:
+                self._print(f"error: {exc}")
+                return True
+            self._print(render_answer(answer))
+        self._print()
+        return True
+
+    def run(self, lines: Iterable[str], *, interactive: bool = False) -> int:
+        if interactive:
+            self._print(HELP)
+        for line in lines:
+            if not self.handle(line):
+                break
+        return 0
+
+
+def prompt_lines(stream: TextIO) -> Iterable[str]:
+    """Lines from a terminal (with a prompt) or from a pipe (without one)."""
+    if stream.isatty():
+        while True:
+            try:
+                yield input("> ")
+            except EOFError:
+                return
+    else:
+        yield from stream
+
+
+def answer_json(answer: AgentAnswer) -> dict[str, Any]:
+    """The answer as plain JSON-able data (for `echorag ask --json`)."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(answer), ensure_ascii=False))

@@ -1,0 +1,258 @@
+"""Discord message rendering shared by the Interactions Lambda, its worker and the gateway process.
+
+Everything here builds plain JSON payloads for Discord's REST API (no discord.py import), so the
+Lambda functions stay light. Limits are Discord's: content 2,000 characters, embed description
+4,096, title 256, field value 1,024, 25 fields, 10 embeds and 6,000 characters over all embeds.
+Mentions never ping (`allowed_mentions: {"parse": []}`) and `@everyone`/`@here` are defused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from core.settings import Settings
+from rag.types import AgentAnswer, Citation
+
+CONTENT_LIMIT = 2000
+TITLE_LIMIT = 256
+DESCRIPTION_LIMIT = 4096
+FIELD_NAME_LIMIT = 256
+FIELD_VALUE_LIMIT = 1024
+FOOTER_LIMIT = 2048
+MAX_FIELDS = 25
+MAX_EMBEDS = 10
+EMBEDS_TOTAL_LIMIT = 6000
+SOURCES_BUDGET = 1800  # characters of the 6,000 kept for the sources list
+
+EPHEMERAL = 64  # message flag: only the invoking user sees it
+NO_MENTIONS: dict[str, list[str]] = {"parse": []}
+
+# Interaction types (requests) and callback types (responses).
+PING, APPLICATION_COMMAND, MESSAGE_COMPONENT = 1, 2, 3
+PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 1, 4, 5
+
+MANAGE_GUILD = 0x20
+ADMINISTRATOR = 0x8
+
+FEEDBACK_PREFIX = "echorag:fb"
+POSITIVE, NEGATIVE = "+1", "-1"  # the reaction names buttons record (the default emoji map knows them)
+_BUTTON_EMOJI = {POSITIVE: "👍", NEGATIVE: "👎"}
+
+_COLOR_ANSWER = 0x5865F2
+_COLOR_ABSTAIN = 0x99AAB5
+
+_LABELS = {
+    "ko": {"sources": "출처", "model": "모델", "adapter": "어댑터", "no_sources": "출처 없음"},
+    "en": {"sources": "Sources", "model": "model", "adapter": "adapter", "no_sources": "no sources"},
+}
+
+# The two slash commands, as registered with PUT applications/{id}/commands (see handlers/cli_discord).
+COMMANDS: list[dict[str, Any]] = [
+    {
+        "name": "ask",
+        "type": 1,
+        "description": "Ask the knowledge base a question",
+        "description_localizations": {"ko": "지식 베이스에 질문합니다"},
+        "options": [
+            {
+                "type": 3,
+                "name": "question",
+                "description": "Your question",
+                "description_localizations": {"ko": "질문"},
+                "required": True,
+                "max_length": 1500,
+            }
+        ],
+    },
+    {
+        "name": "retrain",
+        "type": 1,
+        "description": "Retrain the answer model from the feedback (admins only)",
+        "description_localizations": {"ko": "피드백으로 답변 모델을 다시 학습합니다 (관리자 전용)"},
+        "default_member_permissions": str(MANAGE_GUILD),
+        "contexts": [0],
+    },
+]
+
+
+def escape_mass_mentions(text: str) -> str:
+    """Defuse @everyone/@here in the visible text too (allowed_mentions already stops the ping)."""
+    return re.sub(r"@(everyone|here)", "@\u200b\\1", text)
+
+
+_BREAKS = (
+    ("\n\n", 0),
+    ("\n", 0),
+    (". ", 1),
+    ("? ", 1),
+    ("! ", 1),
+    ("。", 1),
+    (" ", 0),
+)  # (separator, chars kept)
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split into pieces of at most `limit` characters, at the latest paragraph, line, sentence or
+    word break that fits (a hard cut only when a single word is longer than the limit)."""
+    pieces: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[: limit + 1]
+        cut = limit
+        for sep, keep in _BREAKS:
+            at = window.rfind(sep)
+            if at > limit // 4:
+                cut = at + keep
+                break
+        piece = rest[:cut].rstrip()
+        pieces.append(piece)
+        rest = rest[cut:].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def truncate(text: str, limit: int) -> str:
+    """At most `limit` characters, ending with an ellipsis when something was cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def feedback_custom_id(reaction: str, answer_id: str) -> str:
+    """A button's custom_id (≤ 100 chars): which reaction it stands for and which answer it rates."""
+    return f"{FEEDBACK_PREFIX}:{reaction}:{answer_id}"
+
+
+def parse_feedback_custom_id(custom_id: str) -> tuple[str, str] | None:
+    """(reaction, answer_id) from a feedback button's custom_id; None for anything else."""
+    parts = custom_id.split(":")
+    if len(parts) != 4 or f"{parts[0]}:{parts[1]}" != FEEDBACK_PREFIX or parts[2] not in _BUTTON_EMOJI:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{32}", parts[3]):
+        return None
+    return parts[2], parts[3]
+
+
+def feedback_buttons(answer_id: str) -> list[dict[str, Any]]:
+    """One action row with 👍/👎 buttons; a click is recorded like the matching reaction."""
+    buttons = [
+        {
+            "type": 2,
+            "style": 2,
+            "emoji": {"name": emoji},
+            "custom_id": feedback_custom_id(reaction, answer_id),
+        }
+        for reaction, emoji in _BUTTON_EMOJI.items()
+    ]
+    return [{"type": 1, "components": buttons}]
+
+
+def _source_line(citation: Citation) -> str:
+    title = escape_mass_mentions(citation.title or citation.source or citation.doc_id).replace("]", ")")
+    line = f"[{citation.n}] "
+    if citation.source.startswith(("http://", "https://")):
+        line += f"[{truncate(title, 200)}]({citation.source})"
+    else:
+        line += truncate(title, 200)
+        if citation.source and citation.source != citation.title:
+            line += f" · `{truncate(citation.source, 120)}`"
+    if citation.location:
+        line += f" — {truncate(citation.location, 80)}"
+    return line
+
+
+def footer_text(answer: AgentAnswer) -> str:
+    labels = _LABELS.get(answer.language, _LABELS["en"])
+    text = f"{labels['model']}: {answer.model}"
+    if answer.adapter_version:
+        text += f" · {labels['adapter']}: {answer.adapter_version}"
+    return truncate(text, FOOTER_LIMIT)
+
+
+def _source_fields(answer: AgentAnswer) -> list[dict[str, Any]]:
+    """Sources as fields of whole lines, within SOURCES_BUDGET characters ("+N more" beyond)."""
+    labels = _LABELS.get(answer.language, _LABELS["en"])
+    lines: list[str] = []
+    used = 0
+    for i, citation in enumerate(answer.citations):
+        line = _source_line(citation)
+        if used + len(line) + 1 > SOURCES_BUDGET - 20:
+            lines.append(f"… +{len(answer.citations) - i}")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    chunks = split_text("\n".join(lines), FIELD_VALUE_LIMIT) or [labels["no_sources"]]
+    return [
+        {"name": labels["sources"] if i == 0 else f"{labels['sources']} ({i + 1})", "value": chunk, "inline": False}
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def answer_embeds(answer: AgentAnswer) -> list[dict[str, Any]]:
+    """The answer as embeds: question as title, answer in the description (continued in further
+    embeds past 4,096), sources as fields, model/adapter in the footer. The answer gets what the
+    other parts leave of Discord's 6,000-character budget and is cut at a sentence or word break."""
+    color = _COLOR_ABSTAIN if answer.abstained else _COLOR_ANSWER
+    title = truncate(escape_mass_mentions(answer.question.strip()), TITLE_LIMIT) or "…"
+    footer = {"text": truncate(footer_text(answer), 200)}
+    fields = _source_fields(answer)
+    used = len(title) + len(footer["text"]) + sum(len(f["name"]) + len(f["value"]) for f in fields)
+    budget = EMBEDS_TOTAL_LIMIT - used
+    text = escape_mass_mentions(answer.text.strip()) or "…"
+    if len(text) > budget:
+        text = split_text(text, budget - 2)[0] + " …"
+    body = split_text(text, DESCRIPTION_LIMIT)
+    embeds: list[dict[str, Any]] = [{"title": title, "description": body[0], "color": color}]
+    embeds += [{"description": piece, "color": color} for piece in body[1:]]
+    embeds[-1]["fields"] = fields
+    embeds[-1]["footer"] = footer
+    return embeds
+
+
+def render_answer(answer: AgentAnswer, *, answer_id: str | None) -> dict[str, Any]:
+    """A message payload (for PATCH …/messages/@original or a channel message) with 👍/👎 buttons
+    when the answer was recorded (they carry its id)."""
+    payload: dict[str, Any] = {
+        "content": "",
+        "embeds": answer_embeds(answer),
+        "allowed_mentions": NO_MENTIONS,
+    }
+    payload["components"] = feedback_buttons(answer_id) if answer_id else []
+    return payload
+
+
+def render_notice(text: str) -> dict[str, Any]:
+    """A plain message payload (errors, retrain outcomes) within the 2,000-character content limit."""
+    return {
+        "content": truncate(escape_mass_mentions(text), CONTENT_LIMIT),
+        "embeds": [],
+        "components": [],
+        "allowed_mentions": NO_MENTIONS,
+    }
+
+
+def message_response(text: str, *, ephemeral: bool = False) -> dict[str, Any]:
+    """An interaction callback that answers at once with a message (type 4)."""
+    data = render_notice(text)
+    del data["embeds"], data["components"]
+    if ephemeral:
+        data["flags"] = EPHEMERAL
+    return {"type": CHANNEL_MESSAGE, "data": data}
+
+
+def has_manage_server(permissions: str | int | None) -> bool:
+    """Manage Server or Administrator in a member's permission bitfield (a decimal string on the
+    wire). The ADMIN_USER_IDS allow-list is checked by bots.retrain on top of this."""
+    try:
+        bits = int(permissions or 0)
+    except (TypeError, ValueError):
+        return False
+    return bool(bits & (MANAGE_GUILD | ADMINISTRATOR))
+
+
+def run_gateway(settings: Settings) -> None:
+    """`echorag serve discord`: the discord.py gateway process (reactions; /ask and /retrain when
+    no Interactions endpoint is set). Imported lazily so the Lambda functions never load discord.py."""
+    from bots.discord_gateway import run_gateway as _run
+
+    _run(settings)

@@ -1,0 +1,169 @@
+"""`echorag serve discord`: the discord.py gateway process.
+
+Discord delivers reactions only over the gateway websocket, so this long-running process is what
+turns 👍/👎 reactions on the bot's answers into feedback. It also serves `/ask`, `/retrain` and the
+feedback buttons when no Interactions Endpoint URL is set (once one is set, Discord sends those to
+the endpoint instead and these handlers simply never fire). Every blocking call (store, queue, agent,
+REST) runs in a worker thread so the websocket heartbeat never stalls. Intents: guilds and
+reactions only — no privileged intent is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bots.discord import COMMANDS, EPHEMERAL
+from bots.discord_ask import answer_ask
+from bots.discord_interactions import AskJob, Handled, button_feedback, retrain
+from bots.discord_runtime import DiscordRuntime
+from bots.feedback import record_reaction
+from core.contracts import FeedbackEvent
+from core.errors import ConfigError, EchoRagError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reaction_feedback(
+    payload: discord.RawReactionActionEvent, runtime: DiscordRuntime, *, bot_user_id: int | None
+) -> FeedbackEvent | None:
+    """A raw reaction add/remove as feedback; None for the bot's own reactions, messages another
+    author wrote, and anything record_reaction does not count (not an answer, unmapped emoji)."""
+    if bot_user_id is not None and payload.user_id == bot_user_id:
+        return None
+    if bot_user_id is not None and payload.message_author_id not in (None, bot_user_id):
+        return None  # add events name the message's author: skip the store lookup for others' messages
+    if not payload.emoji.name:
+        return None
+    return record_reaction(
+        platform="discord",
+        channel=str(payload.channel_id),
+        message_id=str(payload.message_id),
+        user_id=str(payload.user_id),
+        reaction=payload.emoji.name,
+        action="added" if payload.event_type == "REACTION_ADD" else "removed",
+        settings=runtime.settings,
+        store=runtime.store,
+        queue=runtime.training_queue,
+    )
+
+
+class GatewayBot(discord.Client):
+    """Reactions → feedback; `/ask`, `/retrain` and 👍/👎 buttons when they arrive over the gateway."""
+
+    def __init__(self, settings: Settings, runtime: DiscordRuntime | None = None) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_reactions = True
+        intents.dm_reactions = True
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.settings = settings
+        self.runtime = runtime or DiscordRuntime(settings)
+        self.tree = app_commands.CommandTree(self)
+        self._add_commands()
+
+    # --- reactions -----------------------------------------------------------------------------
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload)
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent) -> FeedbackEvent | None:
+        bot_id = self.user.id if self.user else None
+        try:
+            event = await asyncio.to_thread(reaction_feedback, payload, self.runtime, bot_user_id=bot_id)
+        except EchoRagError:
+            log.exception("reaction on message %s could not be recorded", payload.message_id)
+            return None
+        if event is not None:
+            log.info("feedback %s %s on answer %s", event.action, event.reaction, event.answer_id)
+        return event
+
+    # --- slash commands and buttons ----------------------------------------------------------
+    def _add_commands(self) -> None:
+        ask_spec, retrain_spec = COMMANDS
+
+        @self.tree.command(name="ask", description=ask_spec["description"])
+        @app_commands.describe(question=ask_spec["options"][0]["description"])
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await self.ask(interaction, question)
+
+        @self.tree.command(name="retrain", description=retrain_spec["description"])
+        @app_commands.default_permissions(manage_guild=True)
+        @app_commands.guild_only()
+        async def retrain_command(interaction: discord.Interaction) -> None:
+            await self.retrain(interaction)
+
+    async def ask(self, interaction: discord.Interaction, question: str) -> None:
+        """Defer at once (the 3-second rule), then the same code as the Lambda worker edits the reply."""
+        await interaction.response.defer(thinking=True)
+        job = AskJob(
+            interaction_id=str(interaction.id),
+            application_id=str(interaction.application_id),
+            token=interaction.token,
+            channel_id=str(interaction.channel_id),
+            guild_id=str(interaction.guild_id or ""),
+            user_id=str(interaction.user.id),
+            question=question.strip(),
+            locale=str(interaction.locale),
+        )
+        try:
+            await asyncio.to_thread(answer_ask, job, self.runtime, last_attempt=True)
+        except Exception:  # answer_ask already replaced "thinking…" with an apology
+            log.exception("/ask interaction %s failed", interaction.id)
+
+    async def retrain(self, interaction: discord.Interaction) -> None:
+        handled = await asyncio.to_thread(
+            retrain,
+            user_id=str(interaction.user.id),
+            channel_id=str(interaction.channel_id),
+            permissions=interaction.permissions.value,
+            runtime=self.runtime,
+        )
+        await _respond(interaction, handled)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.component or interaction.message is None:
+            return
+        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        try:
+            handled = await asyncio.to_thread(
+                button_feedback,
+                custom_id=custom_id,
+                channel_id=str(interaction.channel_id),
+                message_id=str(interaction.message.id),
+                user_id=str(interaction.user.id),
+                korean=str(interaction.locale).startswith("ko"),
+                runtime=self.runtime,
+            )
+        except EchoRagError as exc:  # not our button, or the store is down: say so, never crash
+            log.warning("button %r not recorded: %s", custom_id[:100], exc)
+            return
+        await _respond(interaction, handled)
+
+    async def close(self) -> None:
+        await super().close()
+        self.runtime.close()
+
+
+async def _respond(interaction: discord.Interaction, handled: Handled) -> None:
+    data: dict[str, Any] = handled.response.get("data", {})
+    await interaction.response.send_message(
+        data.get("content", ""),
+        ephemeral=bool(data.get("flags", 0) & EPHEMERAL),
+        allowed_mentions=discord.AllowedMentions.none(),
+    )
+
+
+def run_gateway(settings: Settings) -> None:
+    """Connect and run until interrupted; needs DISCORD_BOT_TOKEN."""
+    if not settings.discord_bot_token:
+        raise ConfigError("DISCORD_BOT_TOKEN is not set (Developer Portal → your app → Bot → Reset Token)")
+    bot = GatewayBot(settings)
+    bot.run(settings.discord_bot_token, log_handler=None)

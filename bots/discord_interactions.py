@@ -1,0 +1,263 @@
+"""What Discord's Interactions endpoint does with each request, independent of Lambda.
+
+Order matters: verify the Ed25519 signature over the raw body first (401 on any failure — Discord
+removes endpoints that accept bad signatures), then parse. Everything here returns within
+milliseconds: `/ask` only puts an `AskJob` on the ask queue and answers "deferred" (type 5); the
+worker (`bots.discord_ask`) does the slow part and edits that deferred message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from pydantic import BaseModel, ValidationError
+
+from bots.discord import (
+    APPLICATION_COMMAND,
+    DEFERRED_CHANNEL_MESSAGE,
+    MESSAGE_COMPONENT,
+    PING,
+    PONG,
+    has_manage_server,
+    message_response,
+    parse_feedback_custom_id,
+)
+from bots.discord_runtime import DiscordRuntime
+from bots.feedback import record_reaction
+from bots.retrain import request_retrain
+from core.contracts import NotifyTarget, make_answer_id
+from core.errors import EchoRagError
+
+log = logging.getLogger(__name__)
+
+MAX_SIGNATURE_AGE_S = 300  # reject replays of old signed requests
+
+
+class SignatureError(EchoRagError):
+    """The request is not provably from Discord: answer 401."""
+
+
+class BadInteraction(EchoRagError):
+    """A signed request whose body is not an interaction we understand: answer 400."""
+
+
+class AskJob(BaseModel):
+    """The ask queue's message: everything the worker needs to answer and edit the deferred reply."""
+
+    interaction_id: str
+    application_id: str
+    token: str  # the interaction token: valid 15 minutes for editing the original response
+    channel_id: str
+    guild_id: str = ""
+    user_id: str
+    question: str
+    locale: str = ""
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The callback body for Discord plus what happened, for logs and metrics."""
+
+    response: dict[str, Any]
+    action: (
+        str  # "ping" | "ask_queued" | "ask_empty" | "retrain_<status>" | "feedback" | "feedback_ignored" | …
+    )
+
+
+@lru_cache(maxsize=4)
+def _verify_key(public_key_hex: str) -> VerifyKey:
+    return VerifyKey(bytes.fromhex(public_key_hex))
+
+
+def verify_signature(
+    public_key_hex: str | None,
+    signature_hex: str | None,
+    timestamp: str | None,
+    body: bytes,
+    *,
+    now: float | None = None,
+) -> None:
+    """Raise SignatureError unless `signature` is the application's Ed25519 signature of
+    timestamp + body and the timestamp is within MAX_SIGNATURE_AGE_S of now."""
+    if not public_key_hex:
+        raise SignatureError("DISCORD_PUBLIC_KEY is not set; cannot verify interactions")
+    if not signature_hex or not timestamp:
+        raise SignatureError("missing X-Signature-Ed25519 or X-Signature-Timestamp header")
+    try:
+        sent_at = int(timestamp)
+    except ValueError as exc:
+        raise SignatureError(f"X-Signature-Timestamp is not a unix time: {timestamp[:32]!r}") from exc
+    current = time.time() if now is None else now
+    if abs(current - sent_at) > MAX_SIGNATURE_AGE_S:
+        raise SignatureError(f"stale X-Signature-Timestamp ({int(current - sent_at)} s old)")
+    try:
+        signature = bytes.fromhex(signature_hex)
+        _verify_key(public_key_hex).verify(timestamp.encode() + body, signature)
+    except (ValueError, BadSignatureError) as exc:  # bad hex, wrong length, wrong signature
+        raise SignatureError("invalid request signature") from exc
+
+
+def parse_interaction(body: bytes) -> dict[str, Any]:
+    """The interaction JSON object, or BadInteraction."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInteraction(f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
+        raise BadInteraction("body is not an interaction object (no integer 'type')")
+    return payload
+
+
+def _require(payload: dict[str, Any], *path: str) -> Any:
+    value: Any = payload
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            raise BadInteraction(f"interaction is missing {'.'.join(path)}")
+        value = value[key]
+    return value
+
+
+def _user_id(payload: dict[str, Any]) -> str:
+    user = (payload.get("member") or {}).get("user") or payload.get("user")
+    if not isinstance(user, dict) or not user.get("id"):
+        raise BadInteraction("interaction has neither member.user.id nor user.id")
+    return str(user["id"])
+
+
+def _channel_id(payload: dict[str, Any]) -> str:
+    channel = payload.get("channel_id") or (payload.get("channel") or {}).get("id")
+    if not channel:
+        raise BadInteraction("interaction has no channel_id")
+    return str(channel)
+
+
+def _korean(payload: dict[str, Any]) -> bool:
+    return str(payload.get("locale", "")).startswith("ko")
+
+
+def handle_interaction(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    """Dispatch a verified, parsed interaction; BadInteraction for anything malformed."""
+    kind = payload["type"]
+    if kind == PING:
+        return Handled({"type": PONG}, "ping")
+    if kind == APPLICATION_COMMAND:
+        name = _require(payload, "data", "name")
+        if name == "ask":
+            return _ask(payload, runtime)
+        if name == "retrain":
+            return _retrain(payload, runtime)
+        return Handled(message_response(f"Unknown command /{name}.", ephemeral=True), "unknown_command")
+    if kind == MESSAGE_COMPONENT:
+        return _button(payload, runtime)
+    raise BadInteraction(f"unsupported interaction type {kind}")
+
+
+def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    options = _require(payload, "data").get("options") or []
+    if not isinstance(options, list):
+        raise BadInteraction("data.options is not a list")
+    question = next(
+        (str(o.get("value", "")) for o in options if isinstance(o, dict) and o.get("name") == "question"), ""
+    ).strip()
+    if not question:
+        text = (
+            "질문을 입력해 주세요: `/ask question:…`"
+            if _korean(payload)
+            else "Please give a question: `/ask question:…`"
+        )
+        return Handled(message_response(text, ephemeral=True), "ask_empty")
+    try:
+        job = AskJob(
+            interaction_id=str(_require(payload, "id")),
+            application_id=str(_require(payload, "application_id")),
+            token=str(_require(payload, "token")),
+            channel_id=_channel_id(payload),
+            guild_id=str(payload.get("guild_id") or ""),
+            user_id=_user_id(payload),
+            question=question,
+            locale=str(payload.get("locale") or ""),
+        )
+    except ValidationError as exc:
+        raise BadInteraction(f"interaction fields have the wrong shape: {exc.errors()[0]['msg']}") from exc
+    runtime.ask_queue.send(job.model_dump_json(), dedup_id=job.interaction_id, group_id=job.channel_id)
+    log.info("queued /ask interaction %s from channel %s", job.interaction_id, job.channel_id)
+    return Handled({"type": DEFERRED_CHANNEL_MESSAGE}, "ask_queued")
+
+
+def _retrain(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    permissions = (payload.get("member") or {}).get("permissions")
+    return retrain(
+        user_id=_user_id(payload), channel_id=_channel_id(payload), permissions=permissions, runtime=runtime
+    )
+
+
+def retrain(
+    *, user_id: str, channel_id: str, permissions: str | int | None, runtime: DiscordRuntime
+) -> Handled:
+    """`/retrain` from a member with these permission bits (shared with the gateway process)."""
+    outcome = request_retrain(
+        requested_by=f"discord:{user_id}",
+        is_admin=has_manage_server(permissions),
+        notify_targets=[NotifyTarget(platform="discord", channel=channel_id)],
+        reason=f"/retrain in Discord channel {channel_id}",
+        settings=runtime.settings,
+        store=runtime.store,
+        queue=runtime.training_queue,
+    )
+    log.info("/retrain by discord:%s -> %s (%s)", user_id, outcome.status, outcome.job_id)
+    # A refusal is only for the asker; a queued job is announced to the channel.
+    return Handled(
+        message_response(outcome.message, ephemeral=outcome.status == "refused"), f"retrain_{outcome.status}"
+    )
+
+
+def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    return button_feedback(
+        custom_id=str(_require(payload, "data", "custom_id")),
+        channel_id=_channel_id(payload),
+        message_id=str(_require(payload, "message", "id")),
+        user_id=_user_id(payload),
+        korean=_korean(payload),
+        runtime=runtime,
+    )
+
+
+def button_feedback(
+    *, custom_id: str, channel_id: str, message_id: str, user_id: str, korean: bool, runtime: DiscordRuntime
+) -> Handled:
+    """A 👍/👎 button click, recorded like the matching reaction (shared with the gateway process).
+    A second click of the same button by the same user is the same feedback event: one record."""
+    parsed = parse_feedback_custom_id(custom_id)
+    if parsed is None:
+        raise BadInteraction(f"unknown component custom_id {custom_id[:100]!r}")
+    reaction, answer_id = parsed
+    if make_answer_id("discord", channel_id, message_id) != answer_id:
+        log.warning("button on message %s names answer %s of another message; ignored", message_id, answer_id)
+        return Handled(
+            message_response("This button does not belong to this answer.", ephemeral=True),
+            "feedback_ignored",
+        )
+    event = record_reaction(
+        platform="discord",
+        channel=channel_id,
+        message_id=message_id,
+        user_id=user_id,
+        reaction=reaction,
+        action="added",
+        settings=runtime.settings,
+        store=runtime.store,
+        queue=runtime.training_queue,
+    )
+    if event is None:
+        text = "이 메시지는 기록된 답변이 아닙니다." if korean else "This message is not a recorded answer."
+        return Handled(message_response(text, ephemeral=True), "feedback_ignored")
+    emoji = "👍" if event.label > 0 else "👎"
+    text = f"피드백 감사합니다 {emoji}" if korean else f"Thanks for the feedback {emoji}"
+    return Handled(message_response(text, ephemeral=True), "feedback")

@@ -1,0 +1,107 @@
+"""The clients a Discord entry point needs, built lazily once per process and settings.
+
+Lambda keeps a warm process between invocations, so the store, queues, REST client and (in the
+worker only) the agent are built on first use and reused. The interactions function never touches
+`agent`, so it never loads Kiwi or Qdrant and answers within Discord's 3-second deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from bots.discord_rest import DiscordRest
+from core.queue import JobQueue, SqliteQueue, SqsQueue, open_queue
+from core.settings import Settings
+from core.store import BlobStore, open_store
+
+if TYPE_CHECKING:
+    from rag.agent import Agent
+
+ASK_VISIBILITY_S = 360  # local twin of the SQS ask queue's visibility timeout (> the claim lease)
+ASK_QUEUE_FILE = "ask-queue.sqlite"  # the embedded default's ask queue, beside the training queue
+
+
+class SqsStandardQueue(SqsQueue):
+    """The ask queue is an SQS *standard* queue (no one-at-a-time ordering wanted; duplicates are
+    handled by the worker's claim), and standard queues reject FIFO's deduplication id."""
+
+    def send(self, body: str, *, dedup_id: str, group_id: str = "training") -> str:
+        with self._call("send"):
+            response = self.client.send_message(QueueUrl=self.url, MessageBody=body)
+        return str(response["MessageId"])
+
+
+def open_ask_queue(settings: Settings) -> JobQueue:
+    """ASK_QUEUE_URL (SQS; standard unless the name ends in .fifo) or, on the embedded default,
+    DATA_DIR/ask-queue.sqlite — a file of its own so asks never wait behind a training job."""
+    url = settings.ask_queue_url
+    if url:
+        if url.endswith(".fifo"):
+            return SqsQueue(url, max_attempts=settings.aws_max_attempts)
+        return SqsStandardQueue(url, max_attempts=settings.aws_max_attempts)
+    return SqliteQueue(
+        settings.data_dir / ASK_QUEUE_FILE,
+        max_receives=settings.queue_max_receives,
+        visibility_s=ASK_VISIBILITY_S,
+    )
+
+
+class DiscordRuntime:
+    """Lazily built clients for one `Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def store(self) -> BlobStore:
+        return open_store(self.settings)
+
+    @cached_property
+    def training_queue(self) -> JobQueue:
+        return open_queue(self.settings)
+
+    @cached_property
+    def ask_queue(self) -> JobQueue:
+        return open_ask_queue(self.settings)
+
+    @cached_property
+    def rest(self) -> DiscordRest:
+        return DiscordRest.from_settings(self.settings)
+
+    @cached_property
+    def agent(self) -> Agent:
+        from rag.agent import Agent  # heavy (Kiwi, Qdrant): only the worker and the gateway load it
+
+        return Agent.from_settings(self.settings, store=self.store)
+
+    def close(self) -> None:
+        """Release what was opened (the local Qdrant folder lock above all)."""
+        for name in ("agent", "rest", "ask_queue", "training_queue"):
+            resource = self.__dict__.pop(name, None)
+            if resource is not None and hasattr(resource, "close"):
+                with contextlib.suppress(Exception):
+                    resource.close()
+        self.__dict__.pop("store", None)
+
+
+_current: DiscordRuntime | None = None
+
+
+def runtime_for(settings: Settings) -> DiscordRuntime:
+    """The process's runtime for these settings (a new one, closing the old, when they change)."""
+    global _current
+    if _current is None or _current.settings is not settings:
+        if _current is not None:
+            _current.close()
+        _current = DiscordRuntime(settings)
+    return _current
+
+
+def close_runtime() -> None:
+    """Close the process's runtime (process shutdown; tests between settings)."""
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None

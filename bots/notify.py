@@ -1,0 +1,152 @@
+"""Announce a training job's result on Slack and Discord.
+
+The worker calls `notify_job` once a job ends (published, rejected, failed). Every target the job
+names is told, plus the announcement channels from settings; a target is told once even when it is
+listed twice. A failed post is logged and returned, never raised: an unreachable chat platform must
+not fail (or retry) a training job whose adapter is already published.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from core.contracts import JobStatus, NotifyTarget, TrainingJob
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_METRIC_LABELS = {
+    "eval_nll": "held-out answer NLL",
+    "gold_nll": "gold answer NLL",
+    "gold_contains": "gold answers found",
+}
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    """What happened to one post: `ok` False carries the reason in `error`."""
+
+    target: NotifyTarget
+    ok: bool
+    error: str = ""
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def format_metrics(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    """`held-out answer NLL: 2.310 → 1.204` lines for the metrics both sides have (or either side)."""
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        label = _METRIC_LABELS.get(key, key)
+        if key in before and key in after:
+            lines.append(f"{label}: {_fmt(before[key])} → {_fmt(after[key])}")
+        elif key in after:
+            lines.append(f"{label}: {_fmt(after[key])}")
+    return lines
+
+
+def format_job_message(
+    job: TrainingJob,
+    status: JobStatus,
+    *,
+    before: dict[str, float] | None = None,
+    after: dict[str, float] | None = None,
+    next_step: str = "",
+) -> str:
+    """Plain-words summary: outcome, version, examples used, before/after metrics, what happens next."""
+    head = {
+        "published": f"✅ Retraining done: adapter v{status.adapter_version} is now live.",
+        "rejected": "⛔ Retraining finished, but the new adapter was not published.",
+        "failed": "❌ Retraining failed.",
+        "running": "⏳ Retraining is running.",
+        "queued": "⏳ Retraining is queued.",
+    }[status.state]
+    lines = [head]
+    if status.message:
+        lines.append(status.message)
+    if status.examples:
+        lines.append(f"Examples used: {status.examples}")
+    metric_lines = format_metrics(before or {}, after or {})
+    if metric_lines:
+        lines.append("Before → after: " + "; ".join(metric_lines))
+    if status.error:
+        lines.append(f"Error: {status.error}")
+    if next_step:
+        lines.append(next_step)
+    lines.append(f"(job {job.job_id}, requested by {job.requested_by})")
+    return "\n".join(lines)
+
+
+def announce_targets(job: TrainingJob, settings: Settings) -> list[NotifyTarget]:
+    """The job's targets, then the announcement channels; duplicates (same place) dropped."""
+    targets = list(job.notify_targets)
+    if settings.announce_slack_channel:
+        targets.append(NotifyTarget(platform="slack", channel=settings.announce_slack_channel))
+    if settings.announce_discord_channel:
+        targets.append(NotifyTarget(platform="discord", channel=settings.announce_discord_channel))
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for target in targets:
+        key = (target.platform, target.channel, target.thread_ts or "")
+        if key not in seen:
+            seen.add(key)
+            unique.append(target)
+    return unique
+
+
+def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
+    from slack_sdk import WebClient
+
+    if not settings.slack_bot_token:
+        raise RuntimeError("SLACK_BOT_TOKEN is not set")
+    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_base_url, timeout=15)
+    kwargs = {"thread_ts": target.thread_ts} if target.thread_ts else {}
+    client.chat_postMessage(channel=target.channel, text=text, **kwargs)
+
+
+def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:
+    import httpx
+
+    if not settings.discord_bot_token:
+        raise RuntimeError("DISCORD_BOT_TOKEN is not set")
+    url = f"{settings.discord_api_base_url.rstrip('/')}/channels/{target.channel}/messages"
+    response = httpx.post(
+        url,
+        headers={"Authorization": f"Bot {settings.discord_bot_token}"},
+        json={"content": text[:2000], "allowed_mentions": {"parse": []}},
+        timeout=15,
+    )
+    if response.status_code >= 400:
+        raise RuntimeError(f"Discord answered HTTP {response.status_code}: {response.text[:200]}")
+
+
+def notify_job(
+    job: TrainingJob,
+    status: JobStatus,
+    settings: Settings,
+    *,
+    before: dict[str, float] | None = None,
+    after: dict[str, float] | None = None,
+    next_step: str = "",
+) -> list[NotifyResult]:
+    """Post the job's result to every target; returns one result per target, failures included."""
+    text = format_job_message(job, status, before=before, after=after, next_step=next_step)
+    results = []
+    for target in announce_targets(job, settings):
+        try:
+            if target.platform == "slack":
+                _post_slack(target, text, settings)
+            elif target.platform == "discord":
+                _post_discord(target, text, settings)
+            else:  # console: the person is at the terminal, where the worker logs
+                log.info("job %s result for %s:%s\n%s", job.job_id, target.platform, target.channel, text)
+            results.append(NotifyResult(target=target, ok=True))
+        except Exception as exc:  # a chat outage must never fail the job
+            log.warning(
+                "could not notify %s channel %s about job %s: %s", target.platform, target.channel, job.job_id, exc
+            )
+            results.append(NotifyResult(target=target, ok=False, error=str(exc)))
+    return results

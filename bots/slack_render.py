@@ -1,0 +1,216 @@
+"""Slack Block Kit for answers: escaping, mention neutralising, splitting within Slack's limits.
+
+Slack limits (checked against the Block Kit reference): a section's text is at most 3000 characters,
+a message at most 50 blocks, the fallback `text` at most 40,000 characters. An answer that does not
+fit one message continues in further messages of the same thread; the first message is the one the
+answer record points at (the one people react to).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+
+from rag.types import AgentAnswer, Citation
+
+SECTION_LIMIT = 3000
+BLOCK_LIMIT = 50
+TEXT_LIMIT = 40_000
+# Per message: answer sections leave room for a divider, up to two source sections and the context.
+_SECTIONS_PER_MESSAGE = BLOCK_LIMIT - 5
+_CHARS_PER_MESSAGE = 36_000
+_MAX_SOURCES = 10
+
+_PLACEHOLDER = {"ko": "찾아보는 중… :hourglass_flowing_sand:", "en": "Looking… :hourglass_flowing_sand:"}
+_SOURCES = {"ko": "출처", "en": "Sources"}
+_FAILED = {
+    "ko": ":warning: 답변을 만드는 중에 문제가 생겼습니다. 답이 곧 나타나지 않으면 다시 물어봐 주세요.",
+    "en": ":warning: Something went wrong while answering. If no answer appears here soon, please ask again.",
+}
+_EMPTY = {
+    "ko": "무엇이 궁금하신가요? 멘션 뒤에 질문을 적어 주세요.",
+    "en": "What would you like to know? Write your question after the mention.",
+}
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+_BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
+_HEADING = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
+_SENTENCE_END = re.compile(r"(?<=[.!?。다요])\s+")
+_SAFE_URL = re.compile(r"^https?://[^\s<>|]+$")
+# Slack's own markup in incoming text: <@U123>, <#C1|name>, <http://x|label>, <!here>
+_SLACK_TOKEN = re.compile(r"<([^<>]+)>")
+
+
+@dataclass
+class SlackMessage:
+    """One chat.postMessage / chat.update payload."""
+
+    text: str
+    blocks: list[dict] = field(default_factory=list)
+
+
+def placeholder_text(language: str) -> str:
+    return _PLACEHOLDER.get(language, _PLACEHOLDER["en"])
+
+
+def transient_texts() -> set[str]:
+    """Placeholder and failure wordings: history skips them (not turns of the conversation)."""
+    return set(_PLACEHOLDER.values()) | set(_FAILED.values())
+
+
+def failure_text(language: str) -> str:
+    return _FAILED.get(language, _FAILED["en"])
+
+
+def empty_question_text(language: str) -> str:
+    return _EMPTY.get(language, _EMPTY["en"])
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape Slack's control characters and defuse broadcast mentions.
+
+    After escaping `<` no `<!channel>`/`<!here>`/`<@U…>` token can survive; a bare `@channel` gets a
+    zero-width joiner so no client or `link_names` setting turns it into a notification.
+    """
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub(lambda m: "@\u2060" + m.group(1), escaped)
+
+
+def markdown_to_mrkdwn(text: str) -> str:
+    """The few Markdown habits of LLMs that Slack renders differently: **bold** and # headings."""
+    text = _HEADING.sub(lambda m: f"*{m.group(1).strip()}*", text)
+    return _BOLD.sub(lambda m: f"*{m.group(1)}*", text)
+
+
+def to_mrkdwn(text: str) -> str:
+    return markdown_to_mrkdwn(escape_mrkdwn(text))
+
+
+def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
+    """Pieces of at most `limit` characters, cut at paragraph, line, sentence, then word boundaries."""
+    text = text.strip()
+    if not text:
+        return []
+    pieces: list[str] = []
+    while len(text) > limit:
+        window = text[:limit]
+        cut = -1
+        for pattern in ("\n\n", "\n"):
+            cut = window.rfind(pattern)
+            if cut > limit // 3:
+                break
+        if cut <= limit // 3:
+            ends = [m.end() for m in _SENTENCE_END.finditer(window)]
+            cut = ends[-1] if ends and ends[-1] > limit // 3 else window.rfind(" ")
+        if cut <= limit // 3:
+            cut = limit
+        # never cut inside an HTML entity (&amp;) that escaping produced
+        amp = window.rfind("&", max(0, cut - 6), cut)
+        if amp != -1 and ";" not in window[amp:cut]:
+            cut = amp
+        pieces.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _citation_line(citation: Citation) -> str:
+    title = escape_mrkdwn(citation.title or citation.source or citation.doc_id)
+    source = citation.source.strip()
+    if _SAFE_URL.match(source):
+        label = f"<{source.replace('&', '&amp;')}|{title}>"
+    elif source and source != citation.title:
+        where = escape_mrkdwn(source).replace("`", "'")
+        label = f"*{title}* · `{where}`"
+    else:
+        label = f"*{title}*"
+    location = f" · {escape_mrkdwn(citation.location)}" if citation.location else ""
+    return f"`[{citation.n}]` {label}{location}"
+
+
+def sources_blocks(citations: list[Citation], language: str) -> list[dict]:
+    """A header plus one line per cited passage, packed into at most two sections."""
+    if not citations:
+        return []
+    lines = [f"*{_SOURCES.get(language, _SOURCES['en'])}*"]
+    lines += [_citation_line(c)[: SECTION_LIMIT // 2] for c in citations[:_MAX_SOURCES]]
+    sections: list[str] = []
+    current = ""
+    for line in lines:
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > SECTION_LIMIT:
+            sections.append(current)
+            current = line
+        else:
+            current = candidate
+    sections.append(current)
+    return [_section(s) for s in sections[:2]]
+
+
+def context_text(answer: AgentAnswer, elapsed_s: float | None = None) -> str:
+    """`model · adapter v3 · 2.1 s`: which model (and LoRA adapter) produced the answer."""
+    parts = [f"model: {escape_mrkdwn(answer.model or 'extractive')}"]
+    if answer.adapter_version:
+        parts.append(f"adapter: {escape_mrkdwn(str(answer.adapter_version))}")
+    if elapsed_s is not None:
+        parts.append(f"{elapsed_s:.1f} s")
+    return " · ".join(parts)
+
+
+def render_answer(
+    answer: AgentAnswer, *, header: str | None = None, elapsed_s: float | None = None
+) -> list[SlackMessage]:
+    """Block Kit messages for an answer: answer sections, then sources and the context line.
+
+    `header` (already mrkdwn) leads the first message, e.g. the quoted question of an `/ask`.
+    """
+    body = to_mrkdwn(answer.text) or escape_mrkdwn("…")
+    chunks = ([header] if header else []) + split_text(body)
+    messages: list[SlackMessage] = []
+    group: list[str] = []
+    size = 0
+    for chunk in chunks:
+        if group and (len(group) >= _SECTIONS_PER_MESSAGE or size + len(chunk) > _CHARS_PER_MESSAGE):
+            messages.append(SlackMessage(text="\n\n".join(group), blocks=[_section(c) for c in group]))
+            group, size = [], 0
+        group.append(chunk)
+        size += len(chunk) + 2
+    messages.append(SlackMessage(text="\n\n".join(group), blocks=[_section(c) for c in group]))
+
+    tail = sources_blocks(answer.citations, answer.language)
+    last = messages[-1]
+    if tail:
+        last.blocks.append({"type": "divider"})
+        last.blocks.extend(tail)
+    last.blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context_text(answer, elapsed_s)}]})
+    for message in messages:
+        message.text = message.text[:TEXT_LIMIT]
+    return messages
+
+
+def notice_blocks(text: str) -> SlackMessage:
+    """A one-section message for short notices (placeholder, failure, usage hints)."""
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def slack_to_plain(text: str, bot_user_id: str | None = None) -> str:
+    """Incoming Slack text → plain text for the agent: the bot's mention dropped, links and
+    mentions turned into their labels, entities unescaped."""
+
+    def token(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        target, _, label = inner.partition("|")
+        if target.startswith("@"):
+            return "" if bot_user_id and target[1:] == bot_user_id else f"@{label or target[1:]}"
+        if target.startswith("#"):
+            return f"#{label or target[1:]}"
+        if target.startswith("!"):
+            return f"@{label or target[1:].split('^')[0]}"
+        return f"{label} ({target})" if label and label != target else target
+
+    return html.unescape(_SLACK_TOKEN.sub(token, text)).strip()

@@ -1,0 +1,41 @@
+"""`echorag discord register-commands [--guild ID]`: create or update /ask and /retrain.
+
+A bulk overwrite (PUT) of the application's commands: globally, or in one guild, where changes
+show at once (handy while testing). Needs DISCORD_APPLICATION_ID and DISCORD_BOT_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bots.discord import COMMANDS
+from bots.discord_rest import DiscordRest
+from core.errors import ConfigError
+from core.settings import get_settings
+
+
+def _register_commands(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not settings.discord_application_id:
+        raise ConfigError(
+            "DISCORD_APPLICATION_ID is not set (Developer Portal → your app → General Information)"
+        )
+    rest = DiscordRest.from_settings(settings)
+    try:
+        registered = rest.put_commands(settings.discord_application_id, COMMANDS, guild_id=args.guild)
+    finally:
+        rest.close()
+    where = f"guild {args.guild}" if args.guild else "globally"
+    names = ", ".join(f"/{c.get('name')} ({c.get('id', '?')})" for c in registered or [])
+    print(f"registered {len(registered or [])} commands {where}: {names}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("discord", help="Discord application setup")
+    discord_sub = parser.add_subparsers(dest="discord_command", required=True, metavar="ACTION")
+    reg = discord_sub.add_parser("register-commands", help="register the /ask and /retrain slash commands")
+    reg.add_argument(
+        "--guild", metavar="ID", help="register in this guild only (instant) instead of globally"
+    )
+    reg.set_defaults(func=_register_commands)

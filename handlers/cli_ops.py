@@ -1,0 +1,174 @@
+"""`echorag status | retrain | feedback export | adapters list|promote|rollback`: operating the loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core.errors import EchoRagError
+from core.settings import get_settings
+
+CONSOLE_ADMIN = "console:local"  # whoever runs the CLI on the machine that holds the data
+
+
+def _fmt_job(job: dict[str, Any] | None) -> str:
+    if not job:
+        return "none"
+    state = job.get("state", "queued")
+    progress = job.get("progress")
+    pct = f" {progress:.0%}" if isinstance(progress, float) and state == "running" else ""
+    message = f" - {job['message']}" if job.get("message") else ""
+    return f"{str(job['job_id'])[:8]} {state}{pct}{message}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bots.status import system_status
+
+    status = system_status(get_settings())
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False))
+        return 0
+    fb = status["feedback"]
+    adapter = status["adapter"]
+    lines = [
+        ("answers", str(status["answers"])),
+        ("feedback", f"👍 {fb.get('+1', 0)}  👎 {fb.get('-1', 0)}  ({status['feedback_events']} reaction events)"),
+        ("new since adapter", f"{status['new_since_adapter']} (auto-retrain at {status['threshold']})"),
+        ("queue", f"{status['queue_depth']} job(s) waiting or running, {status['dead_letters']} dead letter(s)"),
+        ("job", _fmt_job(status["job"])),
+        ("last job", _fmt_job(status["last_job"])),
+        (
+            "current adapter",
+            f"{adapter['name']} v{adapter['version']} ({adapter['created_at'][:16]} UTC)" if adapter else "none (base model)",
+        ),
+    ]
+    if status["skipped_records"]:
+        lines.append(("unreadable records", f"{status['skipped_records']} skipped (see the log for keys)"))
+    for label, value in lines:
+        print(f"{label:<18} {value}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from bots.retrain import announce_targets, request_retrain
+    from core.queue import open_queue
+    from core.store import open_store
+
+    settings = get_settings()
+    outcome = request_retrain(
+        requested_by=CONSOLE_ADMIN,
+        is_admin=True,
+        notify_targets=announce_targets(settings),
+        reason=args.reason,
+        settings=settings,
+        store=open_store(settings),
+        queue=open_queue(settings),
+    )
+    print(outcome.message)
+    return 0 if outcome.status == "queued" else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from core.records import SkipCounter, labelled_answers
+    from core.store import open_store
+
+    settings = get_settings()
+    skipped = SkipCounter()
+    rows = labelled_answers(open_store(settings), skipped=skipped)
+    out = Path(args.out)
+    if str(out) == "-":
+        for row in rows:
+            sys.stdout.write(row.to_json() + "\n")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(row.to_json() + "\n")
+        os.replace(tmp, out)
+    note = f"; skipped {skipped.count} unreadable record(s)" if skipped.count else ""
+    print(f"exported {len(rows)} rated answer(s) to {out}{note}", file=sys.stderr)
+    return 0
+
+
+def _registry() -> Any:
+    from core.registry import AdapterRegistry
+
+    return AdapterRegistry.from_settings(get_settings())
+
+
+def _parse_version(text: str) -> int:
+    value = text.lower().removeprefix("v")
+    if not value.isdigit() or int(value) < 1:
+        raise EchoRagError(f"adapter version must look like 3 or v3, not {text!r}")
+    return int(value)
+
+
+def _adapters_list(args: argparse.Namespace) -> int:
+    registry = _registry()
+    current = registry.current()
+    manifests = registry.manifests()
+    if args.json:
+        rows = [{**m.model_dump(mode="json", by_alias=True), "current": m.version == current} for m in manifests]
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not manifests:
+        print(f"no adapters published for {registry.name} yet")
+        return 0
+    for m in manifests:
+        mark = "*" if m.version == current else " "
+        parent = f"v{m.parent_version}" if m.parent_version else "base"
+        scores = ", ".join(
+            f"{k}={v:.3f}" for k, v in (m.metrics.get("candidate") or {}).items() if isinstance(v, int | float)
+        )
+        print(f"{mark} v{m.version:<4} {m.created_at:%Y-%m-%d %H:%M}  from {parent:<5} job {m.job_id[:8] or '-':<8} {scores}")
+    return 0
+
+
+def _adapters_promote(args: argparse.Namespace) -> int:
+    registry = _registry()
+    version = _parse_version(args.version)
+    before = registry.current()
+    registry.promote(version)
+    print(f"{registry.name}: CURRENT is now v{version}" + (f" (was v{before})" if before else ""))
+    return 0
+
+
+def _adapters_rollback(args: argparse.Namespace) -> int:
+    registry = _registry()
+    before = registry.current()
+    version = registry.rollback()
+    print(f"{registry.name}: rolled back from v{before} to v{version}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="answers, feedback, queue, training job and current adapter")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_status)
+
+    retrain = sub.add_parser("retrain", help="queue a training job now (as the local admin)")
+    retrain.add_argument("--reason", default="requested from the command line")
+    retrain.set_defaults(func=_retrain)
+
+    feedback = sub.add_parser("feedback", help="feedback data")
+    fsub = feedback.add_subparsers(dest="feedback_command", required=True, metavar="COMMAND")
+    export = fsub.add_parser("export", help="answers joined with their latest reactions, as JSON lines")
+    export.add_argument("--out", required=True, help="output .jsonl file ('-' for stdout)")
+    export.set_defaults(func=_export)
+
+    adapters = sub.add_parser("adapters", help="list, promote or roll back LoRA adapter versions")
+    asub = adapters.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
+    listing = asub.add_parser("list", help="published versions (* = current)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_adapters_list)
+    promote = asub.add_parser("promote", help="make a published version current")
+    promote.add_argument("version", help="e.g. 3 or v3")
+    promote.set_defaults(func=_adapters_promote)
+    rollback = asub.add_parser("rollback", help="make the previously current version current again")
+    rollback.set_defaults(func=_adapters_rollback)

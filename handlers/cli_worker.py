@@ -1,0 +1,31 @@
+"""`echorag worker`: run the training worker (the GPU host's long-running process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from core.settings import get_settings
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from training.worker import Worker
+
+    logging.getLogger("training").setLevel(logging.INFO)
+    worker = Worker(get_settings(), show_progress=not args.no_progress)
+    worker.install_signal_handlers()
+    if not args.no_sync:
+        worker.sync_serving()
+    outcomes = worker.run(once=args.once, wait_s=args.wait_s)
+    for outcome in outcomes:
+        print(f"job {outcome.job_id or '-'}: {outcome.outcome}" + (f" — {outcome.detail}" if outcome.detail else ""))
+    return 1 if any(o.outcome in ("failed", "retrying") for o in outcomes) else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("worker", help="train LoRA adapters from feedback: long-poll the training queue")
+    parser.add_argument("--once", action="store_true", help="handle at most one message, then exit")
+    parser.add_argument("--wait-s", type=int, default=20, help="long-poll wait per receive (seconds, max 20 on SQS)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--no-sync", action="store_true", help="do not hot-load CURRENT into vLLM at start-up")
+    parser.set_defaults(func=_worker)

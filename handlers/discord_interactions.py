@@ -1,0 +1,99 @@
+"""Lambda entry for Discord's Interactions Endpoint URL (`POST /discord/interactions`, HTTP API v2).
+
+Thin: powertools' resolver, Logger, Tracer and Metrics around `bots.discord_interactions`. 401 for
+any signature problem, 400 for a signed body that is not an interaction, 200 with the callback
+otherwise. An infrastructure failure (store or queue down) still answers 200 with an ephemeral
+"try again" so the user is not left with "The application did not respond".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+
+from bots.discord import message_response
+from bots.discord_interactions import (
+    BadInteraction,
+    SignatureError,
+    handle_interaction,
+    parse_interaction,
+    verify_signature,
+)
+from bots.discord_runtime import runtime_for
+from core.errors import EchoRagError
+from core.settings import get_settings
+
+logger = Logger(service="discord-interactions")
+tracer = Tracer(service="discord-interactions")
+metrics = Metrics(namespace="EchoRAG", service="discord-interactions")
+app = APIGatewayHttpResolver()
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(
+        status_code=status, content_type="application/json", body=json.dumps(body, ensure_ascii=False)
+    )
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    body = event.body or ""
+    if event.is_base64_encoded:
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return b""  # cannot match any signature -> 401
+    return body.encode("utf-8")
+
+
+@app.post("/discord/interactions")
+@tracer.capture_method
+def interactions() -> Response:
+    event = app.current_event
+    body = _raw_body()
+    try:
+        verify_signature(
+            get_settings().discord_public_key,
+            event.get_header_value("x-signature-ed25519"),
+            event.get_header_value("x-signature-timestamp"),
+            body,
+        )
+    except SignatureError as exc:
+        logger.warning("rejected interaction: %s", exc)
+        metrics.add_metric(name="InteractionRejected", unit=MetricUnit.Count, value=1)
+        return _json(401, {"error": "invalid request signature"})
+    try:
+        payload = parse_interaction(body)
+        logger.append_keys(interaction_id=str(payload.get("id", "")), interaction_type=payload["type"])
+        handled = handle_interaction(payload, runtime_for(get_settings()))
+    except BadInteraction as exc:
+        logger.warning("malformed interaction: %s", exc)
+        metrics.add_metric(name="InteractionMalformed", unit=MetricUnit.Count, value=1)
+        return _json(400, {"error": str(exc)})
+    except EchoRagError as exc:
+        logger.exception("interaction failed: %s", exc)
+        metrics.add_metric(name="InteractionFailed", unit=MetricUnit.Count, value=1)
+        return _json(
+            200, message_response("⚠️ Something went wrong on our side; please try again.", ephemeral=True)
+        )
+    logger.info("interaction handled", extra={"action": handled.action})
+    metrics.add_metric(name=_metric_name(handled.action), unit=MetricUnit.Count, value=1)
+    return _json(200, handled.response)
+
+
+def _metric_name(action: str) -> str:
+    return "Interaction" + "".join(part.capitalize() for part in action.split("_"))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,63 @@
+"""Lambda entry on the Discord ask queue (SQS standard queue, `ReportBatchItemFailures`).
+
+Each record is one `/ask`: `bots.discord_ask.answer_ask` runs the agent and edits the deferred
+response, once per interaction. A record that fails is reported back alone and redelivered; after
+QUEUE_MAX_RECEIVES deliveries the user is told it failed and the message moves to the DLQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from bots.discord_ask import answer_ask
+from bots.discord_interactions import AskJob
+from bots.discord_runtime import runtime_for
+from core.settings import get_settings
+
+logger = Logger(service="discord-worker")
+tracer = Tracer(service="discord-worker")
+metrics = Metrics(namespace="EchoRAG", service="discord-worker")
+processor = BatchProcessor(event_type=EventType.SQS)
+LEASE_MARGIN_S = 1.0
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    # A body that is not an AskJob raises here: it is retried, then kept in the DLQ, never dropped.
+    job = AskJob.model_validate_json(record.body)
+    logger.append_keys(interaction_id=job.interaction_id)
+    settings = get_settings()
+    receives = int(record.attributes.approximate_receive_count or 1)
+    # The claim lasts as long as this invocation can: a retry after a timeout or crash retakes it.
+    lease_s = lambda_context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_S
+    last = receives >= settings.queue_max_receives
+    try:
+        outcome = answer_ask(job, runtime_for(settings), last_attempt=last, lease_s=lease_s)
+    except Exception:
+        metrics.add_metric(name="AskFailed", unit=MetricUnit.Count, value=1)
+        raise
+    logger.info("ask processed", extra={"status": outcome.status, "message_id": outcome.message_id})
+    metrics.add_metric(name=f"Ask{outcome.status.capitalize()}", unit=MetricUnit.Count, value=1)
+    if outcome.answer is not None:
+        metrics.add_metric(name="AnswerLatency", unit=MetricUnit.Milliseconds, value=outcome.elapsed_ms)
+        if "top_score" in outcome.answer.scores:
+            metrics.add_metric(
+                name="RetrievalTopScore", unit=MetricUnit.Count, value=outcome.answer.scores["top_score"]
+            )
+        if outcome.answer.abstained:
+            metrics.add_metric(name="AnswerAbstained", unit=MetricUnit.Count, value=1)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

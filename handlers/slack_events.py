@@ -1,0 +1,201 @@
+"""Lambda entry for Slack (events, slash commands, interactivity) behind API Gateway HTTP API.
+
+Bolt's `SlackRequestHandler` with `process_before_response=True`: listeners ack inside the request,
+and the slow work runs in lazy listeners, which Bolt starts by invoking this same function again
+asynchronously (`lambda:InvokeFunction` on itself). A lazy listener that fails makes that
+invocation fail, so Lambda's async retry runs it again (the answer's claim was released).
+
+Cold start: the app is built on the first request and kept for the container's life. Building it
+costs no network call (auth.test runs once, on the first request) and no model load: the agent
+(Kiwi, Qdrant, LLM client) is built on the first question, inside a lazy invocation, never on
+the 3-second ack path. With `SLACK_SECRET_ARN` the tokens come from Secrets Manager (cached 5 min);
+a rotated secret rebuilds the app.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from slack_bolt.adapter.aws_lambda import SlackRequestHandler
+from slack_bolt.request import BoltRequest
+from slack_sdk.signature import SignatureVerifier
+
+from bots.slack import collect_lazy_failures, create_app
+from core.contracts import FeedbackEvent
+from core.errors import ConfigError
+from core.settings import Settings, get_settings
+from rag.types import AgentAnswer
+
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack"))
+tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack"))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"))
+
+
+class LazyWorkFailed(Exception):
+    """Raised out of a lazy invocation so Lambda retries it (Bolt alone would only log)."""
+
+
+class MetricsObserver:
+    """The app's answers and feedback as EMF metrics (flushed at the end of each invocation)."""
+
+    def answered(self, answer: AgentAnswer, seconds: float) -> None:
+        metrics.add_metric(name="AnswerLatency", unit=MetricUnit.Milliseconds, value=seconds * 1000)
+        metrics.add_metric(name="Answers", unit=MetricUnit.Count, value=1)
+        if answer.abstained:
+            metrics.add_metric(name="Abstentions", unit=MetricUnit.Count, value=1)
+        top = answer.scores.get("top_score")
+        if top is not None:
+            metrics.add_metric(name="RetrievalTopScore", unit=MetricUnit.NoUnit, value=float(top))
+        logger.info(
+            "answered",
+            extra={"answer_id": answer.answer_id, "seconds": round(seconds, 3), "top_score": top,
+                   "sources": len(answer.citations), "model": answer.model, "adapter": answer.adapter_version},
+        )
+
+    def feedback(self, event: FeedbackEvent) -> None:
+        metrics.add_metric(name="FeedbackEvents", unit=MetricUnit.Count, value=1)
+        name = {1: "FeedbackPositive", -1: "FeedbackNegative"}.get(event.label)
+        if name and event.action == "added":
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        logger.info("feedback", extra={"feedback_id": event.feedback_id, "label": event.label, "action": event.action})
+
+
+@dataclass
+class _Built:
+    secrets: tuple[str, str]
+    handler: SlackRequestHandler
+
+
+_built: _Built | None = None
+
+
+def resolve_settings() -> Settings:
+    """Settings from the environment, with the Slack secrets from Secrets Manager when
+    SLACK_SECRET_ARN names a JSON secret {"signing_secret": …, "bot_token": …}."""
+    settings = get_settings()
+    if not settings.slack_secret_arn:
+        return settings
+    from aws_lambda_powertools.utilities import parameters
+
+    secret = parameters.get_secret(settings.slack_secret_arn, transform="json", max_age=300)
+    if not isinstance(secret, dict) or not secret.get("signing_secret") or not secret.get("bot_token"):
+        raise ConfigError(f"secret {settings.slack_secret_arn} must be JSON with signing_secret and bot_token")
+    return settings.model_copy(
+        update={"slack_signing_secret": str(secret["signing_secret"]), "slack_bot_token": str(secret["bot_token"])}
+    )
+
+
+def _current() -> _Built:
+    global _built
+    settings = resolve_settings()
+    secrets = (settings.slack_signing_secret or "", settings.slack_bot_token or "")
+    if _built is None or _built.secrets != secrets:
+        if _built is not None:
+            _built.handler.app.services.close()  # type: ignore[attr-defined]
+        app = create_app(settings, process_before_response=True, observer=MetricsObserver())
+        _built = _Built(secrets=secrets, handler=SlackRequestHandler(app))
+    return _built
+
+
+def request_handler() -> SlackRequestHandler:
+    """The container's Bolt handler, built once (rebuilt only when the secrets change)."""
+    return _current().handler
+
+
+def reset() -> None:
+    """Forget the built app (tests that change settings between cases)."""
+    global _built
+    _built = None
+
+
+def _reply(status: int, reason: str) -> dict[str, Any]:
+    # X-Slack-No-Retry: a request we refuse now will be refused again; do not resend it
+    return {"statusCode": status, "body": reason, "headers": {"content-type": "text/plain", "x-slack-no-retry": "1"}}
+
+
+def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
+    """A 4xx response for what Bolt cannot take (a missing request context, an undecodable or
+    unparsable body), or None to let Bolt handle it. Unsigned junk gets 401, signed junk 400."""
+    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
+        logger.warning("rejected: not an API Gateway proxy event")
+        return _reply(400, "not an API Gateway proxy event")
+    headers = event.get("headers") or {}
+    body = event.get("body") or ""
+    if not isinstance(headers, dict) or not isinstance(body, str):
+        logger.warning("rejected: headers or body of the wrong type")
+        return _reply(400, "malformed request")
+    headers = {str(k).lower(): v for k, v in headers.items()}
+    event["headers"] = headers
+    event["isBase64Encoded"] = bool(event.get("isBase64Encoded"))
+    event["body"] = body
+    if event["isBase64Encoded"]:
+        try:
+            body = base64.b64decode(body, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            logger.warning("rejected: body is not valid base64 UTF-8")
+            return _reply(400, "malformed body")
+    try:
+        request = BoltRequest(body=body, headers=dict(headers), query=event.get("queryStringParameters") or {})
+        problem = _shape_problem(request.body)
+    except Exception as exc:
+        problem = f"unparsable body ({type(exc).__name__}: {exc})"
+    if problem is None:
+        return None
+    if not SignatureVerifier(signing_secret).is_valid_request(body, {k: str(v) for k, v in headers.items()}):
+        logger.warning("rejected: malformed body without a valid signature", extra={"problem": problem})
+        return _reply(401, "invalid signature")
+    logger.warning("rejected: malformed body", extra={"problem": problem})
+    return _reply(400, "malformed body")
+
+
+def _shape_problem(payload: Any) -> str | None:
+    """What Bolt would trip over in a parsed body (it assumes Slack's shapes), or None."""
+    if not isinstance(payload, dict):
+        return "the body is not an object"
+    if payload.get("type") == "event_callback":
+        inner = payload.get("event")
+        if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+            return "event_callback without an event object that has a type"
+    authorizations = payload.get("authorizations")
+    if authorizations is not None and not (
+        isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)
+    ):
+        return "authorizations is not a list of objects"
+    return None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    built = _current()
+    rejected = check_request(event, built.secrets[0])
+    if rejected is not None:
+        metrics.add_metric(name="SlackRejected", unit=MetricUnit.Count, value=1)
+        return rejected
+    headers = event["headers"]
+    lazy = headers.get("x-slack-bolt-lazy-function-name")
+    retry = headers.get("x-slack-retry-num")
+    logger.append_keys(lazy_function=lazy, slack_retry=retry)
+    tracer.put_annotation(key="slack_phase", value=lazy or "ack")
+    if lazy:
+        metrics.add_metric(name="LazyRuns", unit=MetricUnit.Count, value=1)
+    else:
+        metrics.add_metric(name="SlackRequests", unit=MetricUnit.Count, value=1)
+        if retry:
+            metrics.add_metric(name="SlackRetries", unit=MetricUnit.Count, value=1)
+    with collect_lazy_failures() as failures:
+        response = built.handler.handle(event, context)
+    if failures:
+        logger.error("lazy work failed; Lambda will retry", extra={"error": repr(failures[0])})
+        raise LazyWorkFailed(f"{lazy}: {failures[0]!r}") from failures[0]
+    status = int(response.get("statusCode", 200))
+    if status >= 400:
+        logger.warning("slack request answered with an error", extra={"status": status})
+    return response

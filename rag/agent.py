@@ -1,0 +1,310 @@
+"""The question-answering agent: a LangGraph `StateGraph` every adapter (Slack, Discord, console) runs.
+
+condense → retrieve → rerank → grade ─┬─ generate ─┬─ record → END
+                                      └─ abstain ──┘
+
+The thread is the memory: adapters pass the earlier turns, so the graph needs no checkpointer and
+one compiled graph serves every thread concurrently. Each node reports its wall time, which lands in
+`AgentAnswer.timings_ms` and the answer record (what a latency dashboard and the training set see).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from core.contracts import AnswerRecord, ContextRef, make_answer_id
+from core.errors import EchoRagError
+from core.settings import Settings
+from rag.condense import condense
+from rag.extractive import extractive_answer
+from rag.grading import assess
+from rag.language import detect_language
+from rag.llm import LLM, llm_from_settings
+from rag.prompts import build_messages, renumber_citations
+from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
+
+if TYPE_CHECKING:
+    from core.store import BlobStore
+    from rag.retrieval import Retriever
+
+log = logging.getLogger(__name__)
+
+ABSTAIN_MESSAGE = {
+    "ko": "문서에서 이 질문에 대한 답을 찾지 못했습니다. 질문을 바꿔 보시거나, 관련 문서를 지식 베이스에 추가해 주세요.",
+    "en": "I couldn't find the answer to this in the documents. Try rephrasing the question, "
+    "or add a document that covers it to the knowledge base.",
+}
+MAX_QUESTION_CHARS = 4000
+
+
+def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {**left, **right}
+
+
+class AgentState(TypedDict, total=False):
+    """What flows through the graph (each node returns only the keys it sets)."""
+
+    question: str
+    history: list[Turn]
+    spaces: list[str] | None
+    ref: AnswerRef | None
+    language: str
+    condensed: str
+    passages: list[Passage]
+    abstained: bool
+    answer: str
+    contexts: list[Passage]  # passages in the numbering the answer's [n] uses (cited ones first)
+    citations: list[Citation]
+    scores: Annotated[dict[str, float], _merge]
+    timings: Annotated[dict[str, float], _merge]
+    answer_id: str | None
+    warnings: Annotated[list[str], operator.add]
+
+
+Node = Callable[[AgentState], dict[str, Any]]
+
+
+def _timed(name: str, node: Node) -> Node:
+    def run(state: AgentState) -> dict[str, Any]:
+        started = time.perf_counter()
+        update = node(state)
+        update["timings"] = {name: round((time.perf_counter() - started) * 1000.0, 2)}
+        return update
+
+    run.__name__ = name
+    return run
+
+
+class Agent:
+    """Answers questions from the knowledge base; one instance per process, shared by all threads."""
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        *,
+        settings: Settings,
+        llm: LLM | None = None,
+        store: BlobStore | None = None,
+        owns_retriever: bool = False,
+    ) -> None:
+        self.retriever = retriever
+        self.settings = settings
+        self.llm = llm
+        self._store = store
+        self._owns_retriever = owns_retriever
+        self.graph = self._build_graph()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, retriever: Retriever | None = None, store: BlobStore | None = None
+    ) -> Agent:
+        """The agent the settings describe; opens the retriever (and later the store) when not given."""
+        llm = llm_from_settings(settings)
+        owns = retriever is None
+        if retriever is None:
+            from rag.retrieval import Retriever
+
+            retriever = Retriever.from_settings(settings)
+        return cls(retriever, settings=settings, llm=llm, store=store, owns_retriever=owns)
+
+    @property
+    def model(self) -> str:
+        return self.llm.model if self.llm is not None else "extractive"
+
+    @property
+    def store(self) -> BlobStore:
+        if self._store is None:
+            from core.store import open_store
+
+            self._store = open_store(self.settings)
+        return self._store
+
+    def close(self) -> None:
+        if self._owns_retriever:
+            self.retriever.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the graph --------------------------------------------------------------------------------
+
+    def _build_graph(self) -> Any:
+        graph = StateGraph(AgentState)
+        for name, node in (
+            ("condense", self._condense),
+            ("retrieve", self._retrieve),
+            ("rerank", self._rerank),
+            ("grade", self._grade),
+            ("generate", self._generate),
+            ("abstain", self._abstain),
+            ("record", self._record),
+        ):
+            graph.add_node(name, _timed(name, node))
+        graph.add_edge(START, "condense")
+        graph.add_edge("condense", "retrieve")
+        graph.add_edge("retrieve", "rerank")
+        graph.add_edge("rerank", "grade")
+        graph.add_conditional_edges(
+            "grade", lambda s: "abstain" if s.get("abstained") else "generate", ["generate", "abstain"]
+        )
+        graph.add_conditional_edges(
+            "generate", lambda s: "abstain" if s.get("abstained") else "record", ["record", "abstain"]
+        )
+        graph.add_edge("abstain", "record")
+        graph.add_edge("record", END)
+        return graph.compile()
+
+    def _condense(self, state: AgentState) -> dict[str, Any]:
+        condensed = condense(state["question"], state["history"], llm=self.llm, language=state["language"])
+        return {"condensed": condensed}
+
+    def _retrieve(self, state: AgentState) -> dict[str, Any]:
+        # Ask for a few extra so dropping duplicate chunks still leaves top_k.
+        passages = self.retriever.search(
+            state["condensed"], spaces=state["spaces"], limit=self.settings.top_k + 2
+        )
+        return {"passages": passages}
+
+    def _rerank(self, state: AgentState) -> dict[str, Any]:
+        """The cross-encoder (when configured) runs inside the retriever; here near-duplicates (the
+        same chunk, or the same text reached through overlapping chunks) go and the list is cut."""
+        seen: set[str] = set()
+        kept: list[Passage] = []
+        for passage in state["passages"]:
+            key = " ".join(passage.text.split())
+            if passage.chunk_id in seen or key in seen:
+                continue
+            seen.update((passage.chunk_id, key))
+            kept.append(passage)
+        kept = kept[: self.settings.top_k]
+        scores = {"top_score": kept[0].score if kept else 0.0, "passages": float(len(kept))}
+        return {"passages": kept, "scores": scores}
+
+    def _grade(self, state: AgentState) -> dict[str, Any]:
+        evidence = assess(state["condensed"], state["passages"])
+        ok = evidence.sufficient(
+            min_coverage=self.settings.abstain_coverage, min_score=self.settings.abstain_score
+        )
+        return {"abstained": not ok, "scores": {"coverage": round(evidence.coverage, 4)}}
+
+    def _generate(self, state: AgentState) -> dict[str, Any]:
+        passages = state["passages"]
+        if self.llm is not None:
+            history = [(turn.role, turn.text) for turn in state["history"][-6:]]
+            messages = build_messages(state["question"], passages, state["language"], history)
+            raw = self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens)
+        else:
+            raw = (
+                extractive_answer(state["condensed"], passages, state["language"], focus=state["question"])
+                or ""
+            )
+        if not raw.strip():
+            return {"abstained": True, "warnings": ["the answer step produced no text"]}
+        text, ordered, citations = renumber_citations(raw, passages)
+        return {"answer": text, "contexts": ordered, "citations": citations}
+
+    def _abstain(self, state: AgentState) -> dict[str, Any]:
+        return {
+            "abstained": True,
+            "answer": ABSTAIN_MESSAGE.get(state["language"], ABSTAIN_MESSAGE["en"]),
+            "contexts": state.get("passages", []),
+            "citations": [],
+        }
+
+    def _record(self, state: AgentState) -> dict[str, Any]:
+        ref = state.get("ref")
+        if ref is None:
+            return {"answer_id": None}
+        answer_id = make_answer_id(ref.platform, ref.channel, ref.message_id)
+        from core.records import save_answer
+
+        record = AnswerRecord(
+            answer_id=answer_id,
+            platform=ref.platform,
+            channel=ref.channel,
+            message_id=ref.message_id,
+            thread_id=ref.thread_id,
+            user_hash=ref.user_hash,
+            question=state["question"],
+            condensed_question=state["condensed"],
+            contexts=[
+                ContextRef(
+                    doc_id=p.doc_id,
+                    chunk_id=p.chunk_id,
+                    title=p.title,
+                    source=p.source,
+                    score=p.score,
+                    text=p.text,
+                )
+                for p in state.get("contexts", [])
+            ],
+            answer=state["answer"],
+            language=state["language"],
+            abstained=bool(state.get("abstained")),
+            model=self.model,
+            adapter_version=self.llm.adapter_version if self.llm is not None else None,
+            spaces=state["spaces"],
+            latencies_ms=dict(state.get("timings", {})),
+        )
+        save_answer(self.store, record)
+        return {"answer_id": answer_id}
+
+    # --- entry point ------------------------------------------------------------------------------
+
+    def ask(
+        self,
+        question: str,
+        *,
+        history: Sequence[Turn] = (),
+        spaces: list[str] | None = None,
+        ref: AnswerRef | None = None,
+    ) -> AgentAnswer:
+        """Answer `question` (in its language) from the passages `spaces` may see, citing them `[n]`."""
+        question = (question or "").strip()
+        if not question:
+            raise EchoRagError(
+                'the question is empty: type a question, e.g. echorag ask "연차는 며칠인가요?"'
+            )
+        if len(question) > MAX_QUESTION_CHARS:
+            raise EchoRagError(
+                f"the question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS})"
+            )
+        started = time.perf_counter()
+        state: AgentState = self.graph.invoke(
+            {
+                "question": question,
+                "history": list(history),
+                "spaces": list(spaces) if spaces is not None else None,
+                "ref": ref,
+                "language": detect_language(question),
+                "scores": {},
+                "timings": {},
+                "warnings": [],
+            }
+        )
+        timings = dict(state.get("timings", {}))
+        timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
+        for warning in state.get("warnings", []):
+            log.warning("%s (question %r)", warning, question[:80])
+        return AgentAnswer(
+            question=question,
+            condensed_question=state.get("condensed", question),
+            text=state["answer"],
+            language=state["language"],
+            citations=list(state.get("citations", [])),
+            abstained=bool(state.get("abstained")),
+            scores=dict(state.get("scores", {})),
+            timings_ms=timings,
+            model=self.model,
+            adapter_version=self.llm.adapter_version if self.llm is not None else None,
+            answer_id=state.get("answer_id"),
+        )

@@ -1,0 +1,205 @@
+"""Idempotent ingestion: files → documents → chunks → sparse (+dense) vectors → Qdrant.
+
+- Point ids are uuid5(space, doc_id, chunk index): writing a chunk again overwrites it.
+- Each point carries its document's hash (content + pipeline settings): an unchanged document
+  is skipped without analysis; a changed one is rewritten and its leftover chunks deleted (new
+  chunks are written first, so a document is never missing mid-update).
+- `prune` deletes the space's documents whose file vanished, or which a re-read file no longer
+  holds (a row removed from a corpus.jsonl), or which lived under an ingested folder.
+- A file that cannot be read is counted and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.errors import EchoRagError
+from core.settings import Settings
+from rag.chunking import chunk_documents, title_terms
+from rag.dense import DenseEncoder, dense_from_settings
+from rag.loaders import Document, LoadFailure, discover, load_file
+from rag.sparse import SPARSE_VERSION, SparseEncoder, features, sparse_from_settings
+from rag.vectorstore import StorePoint, VectorStore, open_vector_store, point_id
+
+log = logging.getLogger(__name__)
+
+_DOC_BATCH = 64  # documents analysed per Kiwi batch
+_POINT_BATCH = 256  # points per upsert
+
+
+@dataclass
+class IngestSummary:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    chunks: int = 0  # chunks written
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, deleted {self.deleted}, "
+            f"failed {self.failed} ({self.chunks} chunks written)"
+        )
+
+
+def document_hash(doc: Document, settings: Settings, dense: DenseEncoder | None) -> str:
+    """Content + everything that shapes the stored vectors: a change to either re-indexes."""
+    signature = "|".join(
+        [doc.content_hash, doc.title, doc.source, SPARSE_VERSION, str(settings.chunk_size),
+         str(settings.chunk_overlap), dense.name if dense else ""]
+    )
+    return hashlib.sha256(signature.encode()).hexdigest()[:32]
+
+
+class _Writer:
+    """Turns batches of documents into points and writes them."""
+
+    def __init__(self, store: VectorStore, settings: Settings, sparse: SparseEncoder, dense: DenseEncoder | None):
+        self.store = store
+        self.settings = settings
+        self.sparse = sparse
+        self.dense = dense
+
+    def write(self, batch: list[tuple[Document, str]], space: str) -> int:
+        docs = [doc for doc, _ in batch]
+        all_chunks = chunk_documents(docs, chunk_size=self.settings.chunk_size, overlap=self.settings.chunk_overlap)
+        titles = title_terms(docs)
+        points: list[StorePoint] = []
+        texts: list[str] = []
+        for (doc, doc_hash), chunks, tterms in zip(batch, all_chunks, titles, strict=True):
+            for chunk in chunks:
+                index_text = chunk.index_text(doc.title)
+                counts = features([tterms, *chunk.sentence_terms], index_text)
+                payload = {
+                    "doc_id": doc.doc_id,
+                    "chunk_id": f"{doc.doc_id}#{chunk.index}",
+                    "chunk_index": chunk.index,
+                    "title": doc.title,
+                    "text": chunk.text,
+                    "source": doc.source,
+                    "path": doc.path,
+                    "location": chunk.location,
+                    "space": space,
+                    "doc_hash": doc_hash,
+                }
+                points.append(
+                    StorePoint(point_id(space, doc.doc_id, chunk.index), self.sparse.document_vector(counts, len(index_text)),
+                               None, payload)
+                )
+                texts.append(index_text)
+        if self.dense is not None and points:
+            vectors = self.dense.documents(texts)
+            points = [StorePoint(p.id, p.sparse, v, p.payload) for p, v in zip(points, vectors, strict=True)]
+        for start in range(0, len(points), _POINT_BATCH):
+            self.store.upsert(points[start : start + _POINT_BATCH])
+        for doc, doc_hash in batch:  # leftovers of an older version (more chunks, other hash)
+            self.store.delete_document(space, doc.doc_id, keep_hash=doc_hash)
+        return len(points)
+
+
+def _count_documents(files: list[Path]) -> int:
+    """Progress-bar total: one per file, one per line of a JSONL corpus."""
+    total = 0
+    for path in files:
+        if path.suffix.lower() == ".jsonl":
+            try:
+                with path.open("rb") as handle:
+                    total += sum(1 for line in handle if line.strip())
+            except OSError:
+                total += 1
+        else:
+            total += 1
+    return total
+
+
+def _under(path: str, roots: list[Path]) -> bool:
+    p = Path(path)
+    return any(p == root or root in p.parents for root in roots)
+
+
+def ingest_paths(
+    paths: list[Path],
+    *,
+    space: str,
+    settings: Settings,
+    prune: bool = False,
+    progress: bool = True,
+    store: VectorStore | None = None,
+) -> IngestSummary:
+    """Ingest files/folders into `space`. Pass `store` to reuse an open one (e.g. a Retriever's)."""
+    if not space.strip():
+        raise EchoRagError("the knowledge space name must not be empty")
+    files, missing = discover(paths)
+    summary = IngestSummary()
+    for failure in missing:
+        summary.failed += 1
+        summary.failures.append((failure.path, failure.reason))
+    own_store = store is None
+    store = store or open_vector_store(settings)
+    try:
+        dense = dense_from_settings(settings)
+        store.prepare(dense.size if dense else None)
+        writer = _Writer(store, settings, sparse_from_settings(settings), dense)
+        existing = store.documents(space)
+        seen: set[str] = set()
+        failed_files: set[str] = set()
+        read_files: set[str] = set()
+        batch: list[tuple[Document, str]] = []
+        bar = tqdm(total=_count_documents(files), desc=f"ingest → {space}", unit="doc", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+        for path in files:
+            read_files.add(str(path))
+            for item in load_file(path):
+                bar.update(1)
+                if isinstance(item, LoadFailure):
+                    summary.failed += 1
+                    summary.failures.append((item.path, item.reason))
+                    failed_files.add(str(path))
+                    log.warning("skipped %s: %s", item.path, item.reason)
+                    continue
+                if item.doc_id in seen:
+                    summary.failed += 1
+                    summary.failures.append((item.source, f"duplicate document id {item.doc_id!r}"))
+                    continue
+                seen.add(item.doc_id)
+                doc_hash = document_hash(item, settings, dense)
+                before = existing.get(item.doc_id)
+                if before is not None and before.doc_hash == doc_hash:
+                    summary.unchanged += 1
+                    continue
+                if before is None:
+                    summary.added += 1
+                else:
+                    summary.updated += 1
+                batch.append((item, doc_hash))
+                if len(batch) >= _DOC_BATCH:
+                    summary.chunks += writer.write(batch, space)
+                    batch = []
+            bar.set_postfix(chunks=summary.chunks, refresh=False)
+        if batch:
+            summary.chunks += writer.write(batch, space)
+        bar.set_postfix(chunks=summary.chunks)
+        bar.close()
+        if prune:
+            roots = [p.expanduser().resolve() for p in paths if p.expanduser().resolve().is_dir()]
+            for doc_id, stored in existing.items():
+                if doc_id in seen or stored.path in failed_files:
+                    continue
+                gone = not Path(stored.path).exists()
+                if gone or stored.path in read_files or _under(stored.path, roots):
+                    store.delete_document(space, doc_id)
+                    summary.deleted += 1
+        if summary.chunks or summary.deleted:
+            store.finish_writes()
+    finally:
+        if own_store:
+            store.close()
+    return summary

@@ -1,0 +1,106 @@
+"""LLM clients behind one small protocol: any OpenAI-compatible endpoint, or an in-process model.
+
+`llm_from_settings` returns None when no LLM is configured: the agent then answers extractively.
+With vLLM serving LoRA adapters, the adapter's name is the `model` of the request, so switching to a
+new adapter is a settings change (or a hot-load under the same name), not a code change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Protocol, runtime_checkable
+
+from core.errors import ConfigError, EchoRagError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LLMError(EchoRagError):
+    """The model endpoint failed (unreachable, timed out, or answered with an error)."""
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """What the agent needs from a model: chat completion plus what to report about itself."""
+
+    model: str
+    adapter_version: str | None
+
+    def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str: ...
+
+
+class OpenAICompatibleLLM:
+    """Chat completions over the `openai` client against any compatible base URL (vLLM, Ollama, …)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        adapter_version: str | None = None,
+        temperature: float = 0.0,
+    ) -> None:
+        from openai import OpenAI  # the client pulls in httpx/pydantic models: load it only when used
+
+        # Local servers ignore the key, but the client refuses to start without one.
+        self._client = OpenAI(
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=1
+        )
+        self.model = model
+        self.adapter_version = adapter_version
+        self.base_url = base_url
+        self._temperature = temperature
+
+    def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
+        import openai
+
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=self._temperature
+            )
+        except openai.APIConnectionError as exc:
+            where = self.base_url or "the OpenAI API"
+            raise LLMError(f"cannot reach the LLM at {where}: {exc}; check LLM_BASE_URL or unset it") from exc
+        except openai.APIStatusError as exc:
+            raise LLMError(
+                f"the LLM endpoint answered HTTP {exc.status_code} for model {self.model!r}: {exc.message}"
+            ) from exc
+        except openai.APIError as exc:
+            raise LLMError(f"the LLM request failed: {exc}") from exc
+        if not response.choices:
+            raise LLMError(f"the LLM returned no choices for model {self.model!r}")
+        return (response.choices[0].message.content or "").strip()
+
+
+def llm_from_settings(settings: Settings) -> LLM | None:
+    """The configured LLM, or None for extractive answers.
+
+    LLM_BACKEND=auto: an OpenAI-compatible client when LLM_BASE_URL or LLM_MODEL is set, else None.
+    """
+    backend = settings.llm_backend
+    if backend == "extractive":
+        return None
+    if backend == "auto":
+        backend = "openai" if (settings.llm_base_url or settings.llm_model) else "extractive"
+        if backend == "extractive":
+            return None
+    if backend == "openai":
+        if not settings.llm_model:
+            raise ConfigError(
+                "LLM_MODEL is required for an OpenAI-compatible LLM (with vLLM: the adapter name)"
+            )
+        return OpenAICompatibleLLM(
+            model=settings.llm_model,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key,
+            timeout_s=settings.llm_timeout_s,
+        )
+    if backend == "transformers":
+        # Imported only here: it loads torch/transformers, which Lambda code must never import.
+        module = importlib.import_module("rag.llm_transformers")
+        return module.llm_from_settings(settings)
+    raise ConfigError(f"unknown LLM_BACKEND {backend!r}: use auto, openai, transformers or extractive")

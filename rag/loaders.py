@@ -1,0 +1,280 @@
+"""Read files into documents: .md .txt .html .pdf and `{"id","title","text"}` JSONL corpora.
+
+A file that cannot be read becomes a `LoadFailure` (path + reason) instead of an exception, so one
+bad file never aborts an ingestion run; the caller counts and reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"})
+_ENCODINGS = ("utf-8-sig", "cp949")  # Korean files saved by older Windows tools are often CP949
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of a document that chunks never cross; `location` is shown in citations."""
+
+    text: str
+    location: str = ""
+    heading: str = ""  # indexed with each chunk of the section (context the body often omits)
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    source: str  # what a citation shows: a file path, or "corpus.jsonl#id"
+    path: str  # the file it came from (absolute); `--prune` uses it
+    sections: list[Section] = field(default_factory=list)
+    content_hash: str = ""  # of the raw content; a change means re-indexing
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    path: str
+    reason: str
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode(data: bytes) -> str:
+    for encoding in _ENCODINGS:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise ValueError("not UTF-8 or CP949 text")
+
+
+# --- markdown ---------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_EMPHASIS = re.compile(r"(\*\*|__|\*|`)(?=\S)(.+?)(?<=\S)\1")
+
+
+def _clean_markdown_line(line: str) -> str:
+    line = _LINK.sub(r"\1", line)
+    line = _EMPHASIS.sub(r"\2", line)
+    return re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)  # list markers
+
+
+def markdown_sections(text: str) -> tuple[str | None, list[Section]]:
+    """Split at headings (location "§ heading"); returns the first H1 as the title, if any."""
+    title: str | None = None
+    sections: list[Section] = []
+    heading = ""
+    lines: list[str] = []
+    in_fence = False
+
+    def flush() -> None:
+        body = "\n".join(lines).strip()
+        if body:
+            sections.append(Section(body, f"§ {heading}" if heading else "", heading))
+        lines.clear()
+
+    for raw in text.splitlines():
+        if raw.lstrip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        match = None if in_fence else _HEADING.match(raw)
+        if match:
+            flush()
+            heading = _clean_markdown_line(match.group(2))
+            if title is None and len(match.group(1)) == 1:
+                title = heading
+            continue
+        lines.append(raw if in_fence else _clean_markdown_line(raw))
+    flush()
+    return title, sections
+
+
+# --- html -------------------------------------------------------------------------------------
+
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg", "head"})
+_BLOCK_TAGS = frozenset(
+    {"p", "div", "br", "li", "tr", "section", "article", "table", "ul", "ol", "blockquote", "pre", "dd", "dt"}
+)
+_HEADING_TAGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+
+
+class _HtmlText(HTMLParser):
+    """HTML → markdown-like text: headings as '#' lines, blocks as line breaks, no script/style."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "title":
+            self._in_title = True
+        elif tag in _SKIP_TAGS:
+            self._skip += 1
+        elif tag in _HEADING_TAGS:
+            self.parts.append("\n\n" + "#" * _HEADING_TAGS[tag] + " ")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif tag in _SKIP_TAGS:
+            self._skip = max(0, self._skip - 1)
+        elif tag in _HEADING_TAGS:
+            self.parts.append("\n\n")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(re.sub(r"[ \t\r\n]+", " ", data))
+
+
+def html_to_markdown(html: str) -> tuple[str, str]:
+    """(title, markdown-like body) of an HTML page."""
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    body = "".join(parser.parts)
+    body = "\n".join(line.strip() for line in body.splitlines())
+    return parser.title.strip(), re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+# --- per-format loaders -----------------------------------------------------------------------
+
+
+def _text_document(path: Path, data: bytes, kind: str) -> Document:
+    text = _decode(data)
+    title: str | None = None
+    if kind == "html":
+        html_title, text = html_to_markdown(text)
+        title = html_title or None
+    if kind == "txt":
+        sections = [Section(text.strip())] if text.strip() else []
+    else:
+        md_title, sections = markdown_sections(text)
+        title = title or md_title
+    return Document(
+        doc_id=str(path),
+        title=title or path.stem,
+        source=str(path),
+        path=str(path),
+        sections=sections,
+        content_hash=_sha256(data),
+    )
+
+
+def _pdf_document(path: Path, data: bytes) -> Document:
+    import io
+
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise ValueError("encrypted PDF")
+    sections = []
+    for number, page in enumerate(reader.pages, start=1):
+        text = (page.extract_text() or "").strip()
+        if text:
+            sections.append(Section(text, f"p. {number}"))
+    meta_title = (reader.metadata.title if reader.metadata else None) or ""
+    return Document(
+        doc_id=str(path),
+        title=str(meta_title).strip() or path.stem,
+        source=str(path),
+        path=str(path),
+        sections=sections,
+        content_hash=_sha256(data),
+    )
+
+
+def _jsonl_documents(path: Path) -> Iterator[Document | LoadFailure]:
+    """Each row is its own document (doc_id = row id); a bad row fails alone."""
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                yield LoadFailure(where, f"invalid JSON: {exc}")
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or row.get("id") in (None, ""):
+                yield LoadFailure(where, 'expected {"id", "title", "text"} with a string text')
+                continue
+            doc_id = str(row["id"])
+            title = str(row.get("title") or doc_id)
+            text = row["text"].strip()
+            yield Document(
+                doc_id=doc_id,
+                title=title,
+                source=f"{path.name}#{doc_id}",
+                path=str(path),
+                sections=[Section(text)] if text else [],
+                content_hash=_sha256(json.dumps([title, text], ensure_ascii=False).encode()),
+            )
+
+
+def load_file(path: Path) -> Iterator[Document | LoadFailure]:
+    """Documents of one file; failures are yielded, never raised."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        yield LoadFailure(str(path), f"unsupported file type {suffix or '(none)'}")
+        return
+    try:
+        if suffix == ".jsonl":
+            yield from _jsonl_documents(path)
+            return
+        data = path.read_bytes()
+        if suffix == ".pdf":
+            doc = _pdf_document(path, data)
+        else:
+            kind = {".txt": "txt", ".html": "html", ".htm": "html"}.get(suffix, "md")
+            doc = _text_document(path, data, kind)
+    except Exception as exc:  # any parser error: report this file and go on
+        yield LoadFailure(str(path), f"{type(exc).__name__}: {exc}".strip())
+        return
+    if not doc.sections:
+        yield LoadFailure(str(path), "no text found" + (" (scanned PDF?)" if suffix == ".pdf" else ""))
+        return
+    yield doc
+
+
+def discover(paths: list[Path]) -> tuple[list[Path], list[LoadFailure]]:
+    """Files to ingest under `paths` (directories recursively, hidden entries skipped), sorted."""
+    files: list[Path] = []
+    failures: list[LoadFailure] = []
+    for given in paths:
+        path = given.expanduser().resolve()
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path).parts
+                if child.is_file() and child.suffix.lower() in SUPPORTED_SUFFIXES and not any(
+                    p.startswith(".") for p in rel
+                ):
+                    files.append(child)
+        elif path.is_file():
+            files.append(path)
+        else:
+            failures.append(LoadFailure(str(given), "no such file or directory"))
+    return list(dict.fromkeys(files)), failures

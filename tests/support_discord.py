@@ -1,0 +1,344 @@
+"""Test support for Discord: a fake Discord REST API on 127.0.0.1, signed interaction requests as
+API Gateway HTTP API (v2) events, SQS events built from queued messages, and env-based settings.
+
+The fake behaves like Discord where our code depends on it: the deferred response message exists
+only after the endpoint answered type 5 (`open_deferred`), GET/PATCH …/messages/@original return
+the message object with its id, unknown tokens get 404 "Unknown Webhook", command registration
+needs `Authorization: Bot …`. Every call is recorded; failures can be injected per method.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+
+from core.settings import Settings, get_settings
+
+_snowflakes = itertools.count(1_300_000_000_000_000_000)
+
+
+def snowflake() -> str:
+    return str(next(_snowflakes))
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeDiscord:
+    """Discord's REST API, the parts we use. `url` is the DISCORD_API_BASE_URL to configure."""
+
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # interaction token -> @original
+    failures: dict[str, list[int]] = field(default_factory=dict)  # method -> statuses to answer next
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/v10"
+
+    def start(self) -> FakeDiscord:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                status, answer = fake.handle(self.command, self.path, body, dict(self.headers.items()))
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- what Discord does on its side ----------------------------------------------------------
+    def open_deferred(self, application_id: str, token: str, channel_id: str) -> dict[str, Any]:
+        """Discord creates the "thinking…" message when the endpoint answers type 5."""
+        with self.lock:
+            return self.messages.setdefault(
+                token,
+                {
+                    "id": snowflake(),
+                    "channel_id": channel_id,
+                    "application_id": application_id,
+                    "author": {"id": application_id, "bot": True, "username": "EchoRAG"},
+                    "content": "",
+                    "embeds": [],
+                    "components": [],
+                    "flags": 128,  # LOADING
+                },
+            )
+
+    def fail_next(self, method: str, *statuses: int) -> None:
+        with self.lock:
+            self.failures.setdefault(method, []).extend(statuses)
+
+    def calls_of(self, method: str, path_pattern: str = "") -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.method == method and re.search(path_pattern, c.path)]
+
+    # --- the API --------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+        with self.lock:
+            self.calls.append(Call(method, path, body, headers))
+            pending = self.failures.get(method)
+            if pending:
+                return pending.pop(0), {"message": "injected failure", "code": 0}
+        if m := re.fullmatch(r"/api/v10/webhooks/(\d+)/([^/]+)/messages/@original", path):
+            return self._original(method, m.group(2), body)
+        if m := re.fullmatch(r"/api/v10/applications/(\d+)(?:/guilds/(\d+))?/commands", path):
+            if method != "PUT":
+                return 405, {"message": "405: Method Not Allowed", "code": 0}
+            if not headers.get("Authorization", "").startswith("Bot "):
+                return 401, {"message": "401: Unauthorized", "code": 0}
+            return 200, [
+                {**c, "id": snowflake(), "application_id": m.group(1), "guild_id": m.group(2), "version": "1"}
+                for c in body
+            ]
+        return 404, {"message": "404: Not Found", "code": 0}
+
+    def _original(self, method: str, token: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            message = self.messages.get(token)
+            if message is None:
+                return 404, {"message": "Unknown Webhook", "code": 10015}
+            if method == "GET":
+                return 200, dict(message)
+            if method == "PATCH":
+                message.update({k: v for k, v in body.items() if k in ("content", "embeds", "components")})
+                message["flags"] = 0
+                message["edited_timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+                return 200, dict(message)
+        return 405, {"message": "405: Method Not Allowed", "code": 0}
+
+
+# --- signed requests ------------------------------------------------------------------------------
+
+
+def http_event(
+    body: str | bytes,
+    headers: dict[str, str],
+    *,
+    path: str = "/discord/interactions",
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload v2.0) event, as the function receives it."""
+    raw = body.encode() if isinstance(body, str) else body
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        base64_body = True  # API Gateway base64-encodes bodies that are not text
+    return {
+        "version": "2.0",
+        "routeKey": f"POST {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "user-agent": "Discord-Interactions/1.0", **headers},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "discordapi",
+            "domainName": "discordapi.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "discordapi",
+            "http": {
+                "method": "POST",
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "Discord-Interactions/1.0",
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": f"POST {path}",
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": base64.b64encode(raw).decode() if base64_body else raw.decode("utf-8"),
+        "isBase64Encoded": base64_body,
+    }
+
+
+def signed_event(
+    key: SigningKey,
+    payload: dict[str, Any] | str | bytes,
+    *,
+    timestamp: int | None = None,
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """A request signed the way Discord signs: Ed25519 over timestamp + raw body."""
+    body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+    body = body.encode() if isinstance(body, str) else body
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = key.sign(ts.encode() + body).signature.hex()
+    headers = {"x-signature-ed25519": signature, "x-signature-timestamp": ts}
+    return http_event(body, headers, base64_body=base64_body)
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "echorag-discord"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:echorag-discord"
+    aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    remaining_ms: int = 30_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def response_json(response: dict[str, Any]) -> Any:
+    return json.loads(response["body"]) if response.get("body") else None
+
+
+# --- interactions ----------------------------------------------------------------------------------
+
+APPLICATION_ID = "1100000000000000001"
+GUILD_ID = "1200000000000000001"
+CHANNEL_ID = "1200000000000000100"
+
+
+def _member(user_id: str, permissions: str) -> dict[str, Any]:
+    return {
+        "user": {"id": user_id, "username": f"user{user_id[-3:]}"},
+        "permissions": permissions,
+        "roles": [],
+    }
+
+
+def command_interaction(
+    name: str,
+    *,
+    options: list[dict[str, Any]] | None = None,
+    user_id: str = "2000000000000000001",
+    permissions: str = "0",
+    channel_id: str = CHANNEL_ID,
+    locale: str = "en-US",
+) -> dict[str, Any]:
+    """A slash-command interaction (type 2) as Discord sends it in a guild channel."""
+    data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1}
+    if options is not None:
+        data["options"] = options
+    return {
+        "id": snowflake(),
+        "application_id": APPLICATION_ID,
+        "type": 2,
+        "token": "itoken-" + uuid.uuid4().hex,
+        "version": 1,
+        "guild_id": GUILD_ID,
+        "channel_id": channel_id,
+        "channel": {"id": channel_id, "type": 0},
+        "member": _member(user_id, permissions),
+        "locale": locale,
+        "app_permissions": "2248473465835073",
+        "data": data,
+    }
+
+
+def ask_interaction(question: str, **kwargs: Any) -> dict[str, Any]:
+    return command_interaction("ask", options=[{"name": "question", "type": 3, "value": question}], **kwargs)
+
+
+def button_interaction(
+    custom_id: str, message: dict[str, Any], *, user_id: str = "2000000000000000001", locale: str = "en-US"
+) -> dict[str, Any]:
+    """A click on a message component (type 3): Discord includes the message it sits on."""
+    return {
+        "id": snowflake(),
+        "application_id": APPLICATION_ID,
+        "type": 3,
+        "token": "itoken-" + uuid.uuid4().hex,
+        "version": 1,
+        "guild_id": GUILD_ID,
+        "channel_id": message["channel_id"],
+        "member": _member(user_id, "0"),
+        "locale": locale,
+        "message": message,
+        "data": {"custom_id": custom_id, "component_type": 2},
+    }
+
+
+# --- SQS events --------------------------------------------------------------------------------------
+
+
+def sqs_event(records: list[tuple[str, str, int]], queue_arn: str) -> dict[str, Any]:
+    """An SQS trigger event from (message_id, body, receive_count) tuples, as Lambda delivers it."""
+    now_ms = str(int(time.time() * 1000))
+    return {
+        "Records": [
+            {
+                "messageId": message_id,
+                "receiptHandle": uuid.uuid4().hex,
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": str(count),
+                    "SentTimestamp": now_ms,
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": now_ms,
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            }
+            for message_id, body, count in records
+        ]
+    }
+
+
+# --- settings through the environment, as Lambda gets them --------------------------------------------
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def apply_settings_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
+    """Export every field as its env var and return what `get_settings()` now reads."""
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            monkeypatch.delenv(name.upper(), raising=False)
+        else:
+            monkeypatch.setenv(name.upper(), _env_value(value))
+    get_settings.cache_clear()
+    return get_settings()

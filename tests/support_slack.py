@@ -1,0 +1,323 @@
+"""Test doubles for the platforms around the Slack handler (Slack itself cannot run here).
+
+- `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
+  records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
+  `chat.postEphemeral`, `conversations.replies`, `response_url` POSTs) and can be told to fail
+  the next call(s) of a method with a Slack error.
+- `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
+  the function synchronously and, like Lambda, retries an invocation that raised (twice).
+- `signed_event(...)`: an API Gateway HTTP API (v2) proxy event signed with Slack's scheme.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlparse
+
+from slack_sdk.signature import SignatureVerifier
+
+BOT_USER_ID = "UBOT0001"
+BOT_ID = "BBOT0001"
+TEAM_ID = "T0000001"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    token: str = ""
+
+
+@dataclass
+class FakeSlack:
+    """Slack's Web API, in memory, over real HTTP."""
+
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
+    responses: list[dict[str, Any]] = field(default_factory=list)  # response_url posts
+    failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
+    _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeSlack:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _reply(self, payload: dict[str, Any] | str, status: int = 200) -> None:
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "text/plain" if isinstance(payload, str) else "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _args(self) -> dict[str, Any]:
+                url = urlparse(self.path)
+                args: dict[str, Any] = dict(parse_qsl(url.query))
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length).decode() if length else ""
+                if raw and "json" in (self.headers.get("content-type") or ""):
+                    args.update(json.loads(raw))
+                elif raw:
+                    args.update(dict(parse_qsl(raw)))
+                for key in ("blocks", "metadata"):
+                    if isinstance(args.get(key), str):
+                        args[key] = json.loads(args[key])
+                return args
+
+            def do_GET(self) -> None:
+                self._dispatch()
+
+            def do_POST(self) -> None:
+                self._dispatch()
+
+            def _dispatch(self) -> None:
+                path = urlparse(self.path).path
+                args = self._args()
+                token = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+                if path.startswith("/response/"):
+                    with fake._lock:
+                        fake.responses.append({"url": path, **args})
+                    self._reply("ok")
+                    return
+                method = path.removeprefix("/api/")
+                self._reply(fake.handle(method, args, token))
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def response_url(self, name: str) -> str:
+        assert self._server
+        return f"http://127.0.0.1:{self._server.server_address[1]}/response/{name}"
+
+    # --- state -------------------------------------------------------------------------------
+
+    def next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def user_message(self, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> dict[str, Any]:
+        """A message a person posted (Slack would then deliver it as an event)."""
+        with self._lock:
+            message = {"type": "message", "user": user, "text": text, "ts": self.next_ts()}
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+            self.messages.setdefault(channel, []).append(message)
+            return dict(message)
+
+    def fail_next(self, method: str, error: str = "internal_error", times: int = 1) -> None:
+        self.failures.setdefault(method, []).extend([error] * times)
+
+    def calls_of(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return sorted(
+                (m for m in self.messages.get(channel, []) if thread_ts in (m["ts"], m.get("thread_ts"))),
+                key=lambda m: m["ts"],
+            )
+
+    def bot_messages(self, channel: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m for m in self.messages.get(channel, []) if m.get("bot_id") == BOT_ID]
+
+    # --- the Web API -------------------------------------------------------------------------
+
+    def handle(self, method: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+        with self._lock:
+            self.calls.append(Call(method=method, args=copy.deepcopy(args), token=token))
+            pending = self.failures.get(method)
+            if pending:
+                return {"ok": False, "error": pending.pop(0)}
+            if not token.startswith("xoxb-"):
+                return {"ok": False, "error": "not_authed"}
+            if method == "auth.test":
+                return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "echorag",
+                        "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": BOT_ID}
+            if method == "chat.postMessage":
+                return self._post(args)
+            if method == "chat.update":
+                return self._update(args)
+            if method == "chat.postEphemeral":
+                return {"ok": True, "message_ts": self.next_ts()}
+            if method == "conversations.replies":
+                return self._replies(args)
+            return {"ok": False, "error": "unknown_method"}
+
+    def _check_blocks(self, args: dict[str, Any]) -> str | None:
+        text, blocks = args.get("text") or "", args.get("blocks") or []
+        if not text and not blocks:
+            return "no_text"
+        if len(text) > 40_000:
+            return "msg_too_long"
+        if len(blocks) > 50:
+            return "invalid_blocks"
+        for block in blocks:
+            if block.get("type") == "section" and len(block["text"]["text"]) > 3000:
+                return "invalid_blocks"
+        return None
+
+    def _post(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        error = self._check_blocks(args)
+        if error:
+            return {"ok": False, "error": error}
+        message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": args.get("text", ""),
+                   "blocks": args.get("blocks", []), "ts": self.next_ts()}
+        if args.get("thread_ts"):
+            message["thread_ts"] = args["thread_ts"]
+        self.messages.setdefault(channel, []).append(message)
+        return {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
+
+    def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        error = self._check_blocks(args)
+        if error:
+            return {"ok": False, "error": error}
+        for message in self.messages.get(args.get("channel", ""), []):
+            if message["ts"] == args.get("ts") and message.get("bot_id") == BOT_ID:
+                message.update(text=args.get("text", ""), blocks=args.get("blocks", []), edited=True)
+                return {"ok": True, "channel": args["channel"], "ts": message["ts"], "text": message["text"]}
+        return {"ok": False, "error": "message_not_found"}
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel", ""), args.get("ts", "")
+        thread = sorted(
+            (m for m in self.messages.get(channel, []) if ts in (m["ts"], m.get("thread_ts"))),
+            key=lambda m: m["ts"],
+        )
+        if not thread:
+            return {"ok": False, "error": "thread_not_found"}
+        return {"ok": True, "messages": copy.deepcopy(thread), "has_more": False}
+
+
+# --- Lambda ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "echorag-slack"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:echorag-slack"
+    aws_request_id: str = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@dataclass
+class FakeLambda:
+    """`lambda_client.invoke(InvocationType="Event")` run in-process, with Lambda's async retries."""
+
+    function: Callable[[dict[str, Any], Any], Any]
+    retries: int = 2
+    throttle_next: int = 0  # this many invokes fail like a throttled Invoke API call
+    invocations: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def invoke(self, *, FunctionName: str, InvocationType: str, Payload: str) -> dict[str, Any]:
+        assert InvocationType == "Event"
+        if self.throttle_next:
+            self.throttle_next -= 1
+            raise RuntimeError("TooManyRequestsException: Rate exceeded")
+        for _attempt in range(1 + self.retries):
+            event = json.loads(Payload)
+            self.invocations.append(event)
+            try:
+                self.function(event, LambdaContext(invoked_function_arn=FunctionName))
+                break
+            except Exception as exc:  # Lambda records the error and retries the async event
+                self.errors.append(exc)
+        return {"StatusCode": 202}
+
+
+# --- signed requests -------------------------------------------------------------------------
+
+
+def api_gateway_event(body: str, headers: dict[str, str]) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) proxy event, as Lambda receives it."""
+    return {
+        "version": "2.0",
+        "routeKey": "POST /slack/events",
+        "rawPath": "/slack/events",
+        "rawQueryString": "",
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "api.example.com",
+            "http": {"method": "POST", "path": "/slack/events", "protocol": "HTTP/1.1",
+                     "sourceIp": "3.3.3.3", "userAgent": "Slackbot 1.0"},
+            "requestId": "r1",
+            "routeKey": "POST /slack/events",
+            "stage": "$default",
+            "time": "21/Nov/2026:21:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def signed_event(
+    body: str,
+    secret: str,
+    *,
+    content_type: str = "application/json",
+    timestamp: int | None = None,
+    retry_num: int | None = None,
+    signature: str | None = None,
+) -> dict[str, Any]:
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    headers = {
+        "content-type": content_type,
+        "x-slack-request-timestamp": ts,
+        "x-slack-signature": signature or SignatureVerifier(secret).generate_signature(timestamp=ts, body=body),
+    }
+    if retry_num is not None:
+        headers["x-slack-retry-num"] = str(retry_num)
+        headers["x-slack-retry-reason"] = "http_timeout"
+    return api_gateway_event(body, headers)
+
+
+def event_callback(event: dict[str, Any], *, event_id: str) -> str:
+    return json.dumps({
+        "token": "legacy", "team_id": TEAM_ID, "api_app_id": "A0001", "event": event,
+        "type": "event_callback", "event_id": event_id, "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+    })
+
+
+def slash_command(command: str, text: str, *, user: str, channel: str, response_url: str, trigger_id: str) -> str:
+    return urlencode({
+        "token": "legacy", "team_id": TEAM_ID, "team_domain": "fake", "channel_id": channel,
+        "channel_name": "general", "user_id": user, "user_name": user.lower(), "command": command,
+        "text": text, "api_app_id": "A0001", "response_url": response_url, "trigger_id": trigger_id,
+    })

@@ -1,0 +1,142 @@
+"""Test helpers for the training loop: a tiny random base model with a tokenizer trained here, and
+small local HTTP servers standing in for the Slack Web API, the Discord REST API and vLLM.
+
+Nothing is downloaded: the tokenizer is a byte-level BPE trained on the test corpus, the model a
+2-layer Llama with hidden size 64 and random weights, saved like any hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+# (question, context title, context text, approved answer): Korean and English.
+QA = [
+    ("휴가는 며칠인가요?", "휴가 규정", "정규직 직원의 연차 휴가는 연 15일입니다.", "연차 휴가는 연 15일입니다 [1]."),
+    ("재학습은 어떻게 요청하나요?", "봇 사용법", "관리자가 /retrain 을 입력하면 재학습이 시작됩니다.", "/retrain 을 입력하세요 [1]."),
+    ("점심시간은 언제인가요?", "근무 시간", "점심시간은 12시부터 13시까지입니다.", "점심시간은 12시부터 13시까지입니다 [1]."),
+    ("How many vacation days do I get?", "Leave policy", "Full-time staff get 15 days of paid leave a year.",
+     "You get 15 days of paid leave a year [1]."),
+    ("Who approves expenses?", "Expenses", "Expenses are approved by your team lead within a week.",
+     "Your team lead approves expenses [1]."),
+    ("Where is the VPN guide?", "IT help", "The VPN guide is on the IT wiki under Remote access.",
+     "It is on the IT wiki under Remote access [1]."),
+    ("주차는 어디에 하나요?", "시설 안내", "주차는 지하 2층 직원 전용 구역에 합니다.", "지하 2층 직원 전용 구역에 주차하세요 [1]."),
+    ("What time does the office open?", "Office hours", "The office opens at 8 am on weekdays.",
+     "The office opens at 8 am on weekdays [1]."),
+]
+
+
+def build_tiny_base(out_dir: Path, *, seed: int = 0) -> Path:
+    """Train a byte-level BPE on the corpus, build a random 2-layer Llama, save both to `out_dir`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from rag.prompts import SYSTEM_PROMPT
+
+    # The serving prompt's fixed text is in the corpus too, so prompts stay short (fast tests).
+    corpus = ([" ".join(parts) for parts in QA] + list(SYSTEM_PROMPT.values()) + ["문서 / Documents:"]) * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+@dataclass
+class Recorder:
+    """Requests a fake server received: (method, path, headers, parsed body)."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    fail_with: int | None = None  # answer every request with this HTTP status
+
+
+class FakeServer:
+    """A threaded http.server on 127.0.0.1:0 answering like Slack, Discord or vLLM and recording calls."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.rec = Recorder()
+        rec, kind_ = self.rec, kind
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode()
+                ctype = self.headers.get("Content-Type", "")
+                if "json" in ctype:
+                    body: Any = json.loads(raw or "{}")
+                else:
+                    from urllib.parse import parse_qs
+
+                    body = {k: v[0] for k, v in parse_qs(raw).items()}
+                rec.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if rec.fail_with:
+                    self._send(rec.fail_with, {"error": "injected failure", "message": "adapter load failed"})
+                elif kind_ == "slack":
+                    self._send(200, {"ok": True, "channel": body.get("channel"), "ts": "1700000000.000100"})
+                elif kind_ == "discord":
+                    self._send(200, {"id": "1", "channel_id": self.path.split("/")[-2], "content": body.get("content")})
+                else:  # vLLM answers plain text on success
+                    self._send(200, f"Success: LoRA adapter '{body.get('lora_name')}' added successfully.")
+
+            def _send(self, status: int, payload: Any) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if not isinstance(payload, str) else "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return self.rec.calls
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

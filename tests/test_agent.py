@@ -1,0 +1,324 @@
+"""The agent end to end on the sample knowledge base: real ingestion into a local Qdrant collection,
+real Kiwi retrieval, extractive and LLM answers (the LLM is a small OpenAI-compatible HTTP server
+started here), thread follow-ups, abstention and answer records."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.contracts import make_answer_id
+from core.errors import EchoRagError
+from core.records import load_answer
+from core.settings import Settings
+from core.store import open_store
+from rag.agent import ABSTAIN_MESSAGE, Agent
+from rag.condense import condense_rule, is_follow_up
+from rag.extractive import extractive_answer, question_cues
+from rag.language import detect_language
+from rag.llm import LLMError, OpenAICompatibleLLM, llm_from_settings
+from rag.prompts import LANGUAGE_INSTRUCTION, build_messages, renumber_citations
+from rag.types import AnswerRef, Passage, Turn
+from tests.conftest import make_settings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NODES = {"condense", "retrieve", "rerank", "grade", "generate", "record"}
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Any]]:
+    """The sample handbook ingested once into a tmp DATA_DIR; yields (settings, retriever)."""
+    from rag.ingest import ingest_paths
+    from rag.retrieval import Retriever
+
+    settings = make_settings(tmp_path_factory.mktemp("kb"))
+    summary = ingest_paths([EXAMPLES], space="default", settings=settings, progress=False)
+    assert summary.failed == 0 and summary.added >= 7
+    retriever = Retriever.from_settings(settings)
+    yield settings, retriever
+    retriever.close()
+
+
+@pytest.fixture(scope="module")
+def agent(kb: tuple[Settings, Any]) -> Agent:
+    settings, retriever = kb
+    return Agent.from_settings(settings, retriever=retriever)
+
+
+def _source_names(answer: Any) -> list[str]:
+    return [Path(c.source).name for c in answer.citations]
+
+
+# --- small pure parts -------------------------------------------------------------------------------
+
+
+def test_detect_language() -> None:
+    assert detect_language("연차는 며칠인가요?") == "ko"
+    assert detect_language("Slack 봇 토큰은 어디에 넣나요?") == "ko"
+    assert detect_language("How do I roll back a deploy?") == "en"
+    assert detect_language("1234 ???") == "en"
+
+
+def test_renumber_citations_orders_by_first_use_and_drops_unknown() -> None:
+    passages = [Passage(chunk_id=f"c{i}", doc_id=f"d{i}", title=f"t{i}", text="x") for i in range(3)]
+    text, ordered, citations = renumber_citations("A [3]. B [1][3]. C [7].", passages)
+    assert text == "A [1]. B [2][1]. C."
+    assert [c.doc_id for c in citations] == ["d2", "d0"]
+    assert [c.n for c in citations] == [1, 2]
+    assert [p.doc_id for p in ordered] == ["d2", "d0", "d1"]
+
+
+def test_prompt_numbers_contexts_and_sets_language() -> None:
+    passages = [Passage(chunk_id="c", doc_id="d", title="휴가 규정", text="연차는 15일이다.")]
+    system = build_messages("연차는 며칠?", passages, "ko")[0]["content"]
+    assert "[1] 휴가 규정 — 연차는 15일이다." in system
+    assert LANGUAGE_INSTRUCTION["ko"] in system
+    assert LANGUAGE_INSTRUCTION["en"] in build_messages("How many?", passages, "en")[0]["content"]
+
+
+def test_question_cues() -> None:
+    assert question_cues("누가 이 상을 받았나?") == {"person"}
+    assert "date" in question_cues("언제 개통했나?")
+    assert "number" in question_cues("How many books does it hold?")
+
+
+def test_extractive_prefixes_a_line_when_languages_differ() -> None:
+    passages = [
+        Passage(
+            chunk_id="a", doc_id="a", title="등대", text="등대의 높이는 26미터이다. 등대는 1907년에 세워졌다."
+        ),
+    ]
+    answer = extractive_answer("How tall is the 등대 in 미터?", passages, "en")
+    assert answer is not None
+    assert answer.startswith("From the documents:\n")
+    assert "26미터" in answer and answer.rstrip().endswith("[1]")
+    same = extractive_answer("등대의 높이는 몇 미터인가?", passages, "ko")
+    assert same == "등대의 높이는 26미터이다. [1]"
+
+
+def test_condense_rule_carries_the_topic_into_an_elliptical_follow_up() -> None:
+    history = [
+        Turn("user", "재택근무는 주 며칠까지 할 수 있나요?"),
+        Turn("assistant", "주 3일까지 가능합니다."),
+    ]
+    assert is_follow_up("그럼 수습 기간에는?")
+    condensed = condense_rule("그럼 수습 기간에는?", history)
+    assert condensed.startswith("재택근무") and condensed.endswith("그럼 수습 기간에는?")
+    standalone = "보안 사고는 몇 시간 안에 신고해야 하나요?"
+    assert condense_rule(standalone, history) == standalone
+    assert condense_rule("그럼 수습 기간에는?", []) == "그럼 수습 기간에는?"
+
+
+def test_llm_from_settings_backends(tmp_path: Path) -> None:
+    assert llm_from_settings(make_settings(tmp_path)) is None
+    llm = llm_from_settings(
+        make_settings(tmp_path, llm_base_url="http://127.0.0.1:9/v1", llm_model="echorag")
+    )
+    assert isinstance(llm, OpenAICompatibleLLM) and llm.model == "echorag"
+    with pytest.raises(EchoRagError, match="LLM_MODEL"):
+        llm_from_settings(make_settings(tmp_path, llm_backend="openai"))
+
+
+# --- extractive agent on the sample knowledge base ----------------------------------------------------
+
+
+def test_korean_question_gets_a_cited_answer(agent: Agent) -> None:
+    answer = agent.ask("사용하지 못한 연차는 최대 며칠까지 이월할 수 있나요?")
+    assert not answer.abstained
+    assert answer.language == "ko"
+    assert "5일" in answer.text and "[1]" in answer.text
+    assert _source_names(answer)[0] == "휴가-규정.md"
+    assert answer.citations[0].n == 1 and answer.citations[0].title
+    assert answer.model == "extractive"
+    assert set(answer.timings_ms) >= NODES and "total" in answer.timings_ms
+
+
+def test_english_question_gets_a_cited_answer(agent: Agent) -> None:
+    answer = agent.ask("How long does the canary run at 5% of traffic?")
+    assert not answer.abstained and answer.language == "en"
+    assert "20 minutes" in answer.text
+    assert _source_names(answer)[0] == "deploy-runbook.md"
+
+
+@pytest.mark.parametrize(
+    ("question", "expected", "source"),
+    [
+        ("보안 사고는 알게 된 지 몇 시간 안에 신고해야 하나요?", "1시간", "보안-수칙.md"),
+        ("경비는 언제까지 청구해야 하나요?", "5일", "경비-처리.md"),
+        ("첫 출근은 몇 시까지 어디로 가면 되나요?", "오전 10시", "온보딩.md"),
+        ("How quickly must I acknowledge a page?", "5 minutes", "on-call.md"),
+    ],
+)
+def test_handbook_questions(agent: Agent, question: str, expected: str, source: str) -> None:
+    answer = agent.ask(question)
+    assert expected in answer.text, answer.text
+    assert _source_names(answer)[0] == source
+
+
+def test_follow_up_uses_the_earlier_turn(agent: Agent) -> None:
+    first = agent.ask("재택근무는 주 며칠까지 할 수 있나요?")
+    assert "주 3일" in first.text and _source_names(first)[0] == "재택근무.md"
+    history = [Turn("user", first.question), Turn("assistant", first.text)]
+    follow = agent.ask("그럼 수습 기간에는 어떻게 돼?", history=history)
+    assert follow.condensed_question.startswith("재택근무")
+    assert "수습 기간(입사 후 3개월) 중에는 재택근무를 할 수 없습니다" in follow.text
+    assert _source_names(follow)[0] == "재택근무.md"
+    # Without the thread the same words are about probation in general (the onboarding page).
+    alone = agent.ask("그럼 수습 기간에는 어떻게 돼?")
+    assert alone.condensed_question == alone.question and "재택근무를 할 수 없습니다" not in alone.text
+
+    first_en = agent.ask("What is the command to roll back the web service?")
+    assert "shipit rollback" in first_en.text
+    follow_en = agent.ask("And how long does it take?", history=[Turn("user", first_en.question)])
+    assert "roll back" in follow_en.condensed_question
+    assert "3 minutes" in follow_en.text
+    assert agent.ask("And how long does it take?").abstained
+
+
+@pytest.mark.parametrize(
+    ("question", "language"),
+    [
+        ("화성의 수도는 어디인가요?", "ko"),
+        ("Who won the 1998 football world cup?", "en"),
+        ("오늘 저녁 메뉴 추천해 줘", "ko"),
+    ],
+)
+def test_abstains_when_the_documents_do_not_say(agent: Agent, question: str, language: str) -> None:
+    answer = agent.ask(question)
+    assert answer.abstained
+    assert answer.text == ABSTAIN_MESSAGE[language]
+    assert answer.citations == []
+    assert "generate" not in answer.timings_ms
+
+
+def test_empty_question_is_a_clear_error(agent: Agent) -> None:
+    with pytest.raises(EchoRagError, match="empty"):
+        agent.ask("   ")
+
+
+def test_answer_record_is_written_when_a_ref_is_given(agent: Agent, kb: tuple[Settings, Any]) -> None:
+    settings, _ = kb
+    ref = AnswerRef(
+        platform="slack", channel="C1", message_id="1700000000.000100", thread_id="1700000000.000001"
+    )
+    answer = agent.ask("노트북을 잃어버리면 어디에 연락하나요?", ref=ref)
+    assert answer.answer_id == make_answer_id("slack", "C1", "1700000000.000100")
+    record = load_answer(open_store(settings), answer.answer_id)
+    assert record is not None
+    assert record.question == "노트북을 잃어버리면 어디에 연락하나요?"
+    assert record.answer == answer.text and record.model == "extractive"
+    cited = answer.citations[0]
+    assert record.contexts[0].chunk_id == cited.chunk_id and record.contexts[0].text
+    assert NODES - {"record"} <= set(record.latencies_ms)
+    assert agent.ask("노트북을 잃어버리면 어디에 연락하나요?").answer_id is None
+
+
+# --- the LLM path against an OpenAI-compatible server --------------------------------------------------
+
+
+class _FakeOpenAI(BaseHTTPRequestHandler):
+    """POST /v1/chat/completions: checks the prompt contract, answers citing [1] (and a bogus [9])."""
+
+    requests: list[dict[str, Any]] = []  # noqa: RUF012 - shared with the test on purpose
+    problems: list[str] = []  # noqa: RUF012
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        system = body["messages"][0]["content"]
+        question = body["messages"][-1]["content"]
+        if self.path != "/v1/chat/completions":
+            self.problems.append(f"unexpected path {self.path}")
+        if "Follow-up:" in question:  # the condense step
+            content = "재택근무 중 통신비 지원 금액은 얼마인가요?"
+        else:
+            if "[1] " not in system or "[2] " not in system:
+                self.problems.append("numbered contexts missing from the system prompt")
+            if detect_language(question) == "ko" and LANGUAGE_INSTRUCTION["ko"] not in system:
+                self.problems.append("Korean language instruction missing")
+            if detect_language(question) == "en" and LANGUAGE_INSTRUCTION["en"] not in system:
+                self.problems.append("English language instruction missing")
+            content = (
+                "문서에 따르면 답은 다음과 같습니다 [1]. 근거가 없는 번호 [9]."
+                if detect_language(question) == "ko"
+                else "According to the runbook, see [2] and [1]."
+            )
+        payload = {
+            "id": "cmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def llm_server() -> Iterator[str]:
+    _FakeOpenAI.requests = []
+    _FakeOpenAI.problems = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_llm_answer_cites_sources_and_reports_the_model(kb: tuple[Settings, Any], llm_server: str) -> None:
+    settings, retriever = kb
+    llm_settings = settings.model_copy(update={"llm_base_url": llm_server, "llm_model": "echorag-lora"})
+    agent = Agent.from_settings(llm_settings, retriever=retriever)
+    answer = agent.ask("사용하지 못한 연차는 며칠까지 이월할 수 있나요?")
+    assert _FakeOpenAI.problems == []
+    assert answer.model == "echorag-lora"
+    assert "[1]" in answer.text and "[9]" not in answer.text
+    assert len(answer.citations) == 1 and _source_names(answer) == ["휴가-규정.md"]
+    assert _FakeOpenAI.requests[-1]["model"] == "echorag-lora"
+
+    english = agent.ask("How do I roll back the web service in production?")
+    assert _FakeOpenAI.problems == []
+    # "[2] and [1]" are renumbered by first use: the text's [1] is the passage the model called [2].
+    assert english.text == "According to the runbook, see [1] and [2]."
+    assert [c.n for c in english.citations] == [1, 2]
+    system = _FakeOpenAI.requests[-1]["messages"][0]["content"]
+    assert f"[2] {english.citations[0].title}" in system
+
+
+def test_llm_condenses_a_follow_up(kb: tuple[Settings, Any], llm_server: str) -> None:
+    settings, retriever = kb
+    llm_settings = settings.model_copy(update={"llm_base_url": llm_server, "llm_model": "echorag-lora"})
+    agent = Agent.from_settings(llm_settings, retriever=retriever)
+    history = [
+        Turn("user", "재택근무는 주 며칠까지 할 수 있나요?"),
+        Turn("assistant", "주 3일까지입니다. [1]"),
+    ]
+    answer = agent.ask("그럼 지원금은?", history=history)
+    assert answer.condensed_question == "재택근무 중 통신비 지원 금액은 얼마인가요?"
+    condense_request = _FakeOpenAI.requests[0]
+    assert "Follow-up: 그럼 지원금은?" in condense_request["messages"][-1]["content"]
+    assert "재택근무는 주 며칠까지" in condense_request["messages"][-1]["content"]
+    assert _source_names(answer)[0] == "재택근무.md"
+
+
+def test_unreachable_llm_is_a_clear_error() -> None:
+    llm = OpenAICompatibleLLM(model="m", base_url="http://127.0.0.1:9/v1", timeout_s=2)
+    with pytest.raises(LLMError, match=r"cannot reach the LLM at http://127\.0\.0\.1:9/v1"):
+        llm.complete([{"role": "user", "content": "hi"}], max_tokens=5)

@@ -1,0 +1,163 @@
+"""`echorag ask`, `chat` and `eval` as a user runs them: real processes, real exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.queue import open_queue
+from core.settings import Settings
+from core.store import open_store
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
+EVAL_KEYS = {
+    "questions",
+    "recall@1",
+    "recall@5",
+    "recall@10",
+    "mrr@10",
+    "ndcg@10",
+    "answer_containment",
+    "answer_f1",
+    "latency_ms_p50",
+    "latency_ms_p95",
+}
+
+
+def echorag(*args: str, data_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a clean env (DATA_DIR only) from a dir without a .env."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "QDRANT_", "DATA_DIR", "ECHORAG_"))
+    }
+    env.update({"DATA_DIR": str(data_dir), "PYTHONIOENCODING": "utf-8"})
+    return subprocess.run(
+        [sys.executable, "-m", "handlers.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=data_dir,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A DATA_DIR holding the sample knowledge base, ingested in-process once."""
+    from rag.ingest import ingest_paths
+
+    path = tmp_path_factory.mktemp("cli")
+    summary = ingest_paths([EXAMPLES], space="default", settings=make_settings(path), progress=False)
+    assert summary.failed == 0
+    yield path
+
+
+def test_ask_prints_the_answer_and_its_sources(data_dir: Path) -> None:
+    result = echorag("ask", "배우자 출산 휴가는 며칠인가요?", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "10일" in out and "[1]" in out
+    assert "출처:" in out and "휴가-규정.md" in out
+
+
+def test_ask_json(data_dir: Path) -> None:
+    result = echorag("ask", "When do production deploys run?", "--json", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["language"] == "en" and not answer["abstained"]
+    assert "10:00" in answer["text"]
+    assert answer["citations"][0]["source"].endswith("deploy-runbook.md")
+    assert {"retrieve", "generate", "total"} <= set(answer["timings_ms"])
+
+
+def test_empty_question_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = echorag("ask", "  ", data_dir=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "empty" in lines[0]
+    assert result.stdout == ""
+
+
+def test_chat_script_with_follow_up_reaction_and_retrain(data_dir: Path) -> None:
+    script = "\n".join(
+        [
+            "재택근무는 주 며칠까지 할 수 있나요?",
+            "그럼 수습 기간에는 어떻게 돼?",
+            "+1",
+            ":tada:",
+            "/retrain 답변이 좋아졌는지 확인",
+            "/quit",
+            "이 줄은 읽히지 않아야 합니다",
+        ]
+    )
+    result = echorag("chat", data_dir=data_dir, stdin=script + "\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "주 3일" in out
+    assert "수습 기간(입사 후 3개월) 중에는 재택근무를 할 수 없습니다" in out
+    assert "Feedback recorded (+1" in out
+    assert "'tada' is not a feedback reaction" in out
+    assert out.count("재택근무.md") >= 2
+
+    settings: Settings = make_settings(data_dir)
+    store = open_store(settings)
+    feedback = list(store.list("feedback/"))
+    assert len([k for k in feedback if k.endswith(".json")]) >= 1
+    assert len(list(store.list("answers/"))) >= 2
+    assert open_queue(settings).depth() == 1  # the /retrain job
+
+
+def test_eval_json_on_a_tiny_fixture(tmp_path: Path) -> None:
+    result = echorag(
+        "eval",
+        "--corpus",
+        str(FIXTURES / "corpus.jsonl"),
+        "--questions",
+        str(FIXTURES / "questions.jsonl"),
+        "--json",
+        data_dir=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= EVAL_KEYS
+    assert report["questions"] == 8
+    assert report["recall@1"] >= 0.75 and report["recall@10"] == 1.0
+    assert report["answer_containment"] >= 0.75
+    assert 0.0 < report["answer_f1"] < 1.0
+    assert report["latency_ms_p95"] >= report["latency_ms_p50"] > 0
+    assert "eval" in result.stderr  # the tqdm bar
+    assert not (tmp_path / "qdrant").exists()  # the user's data dir is never touched
+
+
+def test_eval_bad_questions_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "questions.jsonl"
+    bad.write_text('{"id": "q1", "question": "ok?", "answers": ["a"], "positive_ids": ["p"]}\nnot json\n')
+    result = echorag(
+        "eval", "--corpus", str(FIXTURES / "corpus.jsonl"), "--questions", str(bad), data_dir=tmp_path
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}:2" in lines[0]
+
+
+def test_locked_store_is_one_clear_line(data_dir: Path) -> None:
+    from rag.retrieval import Retriever
+
+    retriever = Retriever.from_settings(make_settings(data_dir))  # holds the local Qdrant folder
+    try:
+        result = echorag("ask", "연차는 며칠인가요?", data_dir=data_dir)
+    finally:
+        retriever.close()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "qdrant" in lines[0].lower()

@@ -1,0 +1,126 @@
+"""`echorag status | retrain | feedback export | adapters …` run through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bots.feedback import record_reaction
+from core import records
+from core.contracts import AdapterManifest, AnswerRecord, ContextRef, make_answer_id
+from core.queue import open_queue
+from core.registry import AdapterRegistry
+from core.settings import Settings, get_settings
+from core.store import open_store
+from handlers.cli import main
+
+
+@pytest.fixture
+def settings(backend_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The CLI reads its settings from the environment, as in production."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    env = {
+        "DATA_DIR": str(backend_settings.data_dir),
+        "FEEDBACK_BUCKET": backend_settings.feedback_bucket,
+        "TRAINING_QUEUE_URL": backend_settings.training_queue_url,
+        "RETRAIN_THRESHOLD": "50",
+    }
+    for name, value in env.items():
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def seed(settings: Settings) -> list[str]:
+    """Two answers, a 👍 on one and a 👎 on the other, as the chat adapters would record them."""
+    store, queue = open_store(settings), open_queue(settings)
+    ids = []
+    for n, emoji in [(1, "+1"), (2, "👎")]:
+        message_id = f"170000000{n}.000100"
+        record = AnswerRecord(
+            answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
+            message_id=message_id, question=f"question {n}", answer=f"answer {n}",
+            contexts=[ContextRef(doc_id="d1", chunk_id=f"d1#{n}", text="passage")],
+        )
+        records.save_answer(store, record)
+        record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U1", reaction=emoji,
+                        action="added", event_ts=f"170000001{n}.0", settings=settings, store=store, queue=queue)
+        ids.append(record.answer_id)
+    return ids
+
+
+def test_status_json_on_an_empty_install(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "status", "--json")
+    status = json.loads(out)
+    assert rc == 0
+    assert {k: status[k] for k in ["answers", "feedback", "new_since_adapter", "threshold", "queue_depth", "job",
+                                   "current_adapter"]} == {
+        "answers": 0, "feedback": {"+1": 0, "-1": 0}, "new_since_adapter": 0, "threshold": 50, "queue_depth": 0,
+        "job": None, "current_adapter": None,
+    }
+
+
+def test_status_retrain_and_status_again(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(settings)
+    rc, out, _ = run(capsys, "retrain", "--reason", "new handbook")
+    assert rc == 0 and out.startswith("Retraining queued (job ")
+    rc, out, _ = run(capsys, "retrain")
+    assert rc == 1 and "already queued or running" in out
+    status = json.loads(run(capsys, "status", "--json")[1])
+    assert status["answers"] == 2 and status["feedback"] == {"+1": 1, "-1": 1}
+    assert status["new_since_adapter"] == 2 and status["queue_depth"] == 1
+    assert status["job"]["state"] == "queued" and status["job"]["requested_by"] == "console:local"
+    rc, out, _ = run(capsys, "status")
+    assert rc == 0 and "answers            2" in out and "queued" in out
+
+
+def test_feedback_export_writes_the_joined_training_rows(
+    settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ids = seed(settings)
+    open_store(settings).put("feedback/dt=2026-01-01/broken.json", b"{oops")
+    out_file = tmp_path / "export" / "rows.jsonl"
+    rc, _, err = run(capsys, "feedback", "export", "--out", str(out_file))
+    assert rc == 0 and "exported 2 rated answer(s)" in err and "skipped 1 unreadable" in err
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    by_id = {row["answer"]["answer_id"]: row for row in rows}
+    assert set(by_id) == set(ids)
+    assert by_id[ids[0]]["label"] == 1 and by_id[ids[1]]["label"] == -1
+    assert by_id[ids[0]]["answer"]["contexts"][0]["text"] == "passage"
+    assert by_id[ids[0]]["votes"][0]["reaction"] == "+1"
+
+
+def test_adapters_list_promote_rollback(settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, out, _ = run(capsys, "adapters", "list")
+    assert rc == 0 and "no adapters published" in out
+    registry = AdapterRegistry.from_settings(settings)
+    files = tmp_path / "adapter"
+    files.mkdir()
+    (files / "adapter_model.safetensors").write_bytes(b"weights")
+    for n in (1, 2):
+        registry.publish(files, AdapterManifest(name="x", version=0, job_id=f"job{n}",
+                                                metrics={"candidate": {"char_f1": 0.5 + n / 10}}), promote=True)
+    rc, out, _ = run(capsys, "adapters", "list")
+    assert rc == 0 and "* v2" in out and "  v1" in out and "char_f1=0.700" in out
+    assert run(capsys, "adapters", "rollback")[1].strip() == "echorag: rolled back from v2 to v1"
+    assert json.loads(run(capsys, "status", "--json")[1])["current_adapter"] == 1
+    assert run(capsys, "adapters", "promote", "v2")[1].strip() == "echorag: CURRENT is now v2 (was v1)"
+    listed = json.loads(run(capsys, "adapters", "list", "--json")[1])
+    assert [(m["version"], m["current"]) for m in listed] == [(1, False), (2, True)]
+    rc, _, err = run(capsys, "adapters", "promote", "9")
+    assert rc == 2 and err.strip() == "error: adapter echorag has no published version v9 (published: v1, v2)"
+    rc, _, err = run(capsys, "adapters", "promote", "latest")
+    assert rc == 2 and "must look like 3 or v3" in err

@@ -1,0 +1,654 @@
+"""Discord end to end: signed interactions into the Lambda handler (API Gateway HTTP API events),
+the ask worker run on what the handler queued (as SQS would deliver it: the local twin, and moto's
+SQS over HTTP), the real agent over a real local Qdrant collection ingested here, a fake Discord
+REST API that records calls, and the gateway's reaction handler fed discord.py's own raw events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from nacl.signing import SigningKey
+
+from bots.discord import (
+    COMMANDS,
+    DESCRIPTION_LIMIT,
+    EMBEDS_TOTAL_LIMIT,
+    FIELD_VALUE_LIMIT,
+    feedback_custom_id,
+    render_answer,
+    split_text,
+)
+from bots.discord_gateway import GatewayBot, reaction_feedback
+from bots.discord_runtime import close_runtime, open_ask_queue, runtime_for
+from core.contracts import make_answer_id
+from core.queue import open_queue
+from core.records import iter_feedback, load_answer
+from core.settings import Settings
+from core.store import open_store
+from handlers import discord_interactions, discord_worker
+from handlers.cli import main as cli_main
+from rag.types import AgentAnswer, Citation
+from tests.conftest import make_settings
+from tests.support_discord import (
+    APPLICATION_ID,
+    CHANNEL_ID,
+    GUILD_ID,
+    FakeDiscord,
+    LambdaContext,
+    apply_settings_env,
+    ask_interaction,
+    button_interaction,
+    command_interaction,
+    http_event,
+    response_json,
+    signed_event,
+    sqs_event,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+ADMIN_BY_LIST = "3000000000000000009"
+ASK_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:echorag-asks"
+
+HANDBOOK_KO = """# 휴가 규정
+
+연차 휴가는 입사 첫해에 15일이 주어집니다. 연차는 팀장의 승인을 받은 뒤 사용할 수 있습니다.
+
+# 재택 근무
+
+재택 근무는 일주일에 두 번까지 할 수 있습니다. 재택 근무 일정은 팀 캘린더에 미리 적어 둡니다.
+"""
+
+DEPLOY_EN = """# Deployments
+
+Production deployments happen every Tuesday at 10:00 KST. A failed deployment is rolled back with the rollback pipeline.
+
+# On-call
+
+The on-call engineer answers pages within 15 minutes and writes an incident report the next day.
+"""
+
+
+# --- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kb_qdrant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real local Qdrant collection with two small documents, ingested once for the module."""
+    from rag.ingest import ingest_paths
+
+    root = tmp_path_factory.mktemp("discord-kb")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "handbook-ko.md").write_text(HANDBOOK_KO, encoding="utf-8")
+    (docs / "deploy-en.md").write_text(DEPLOY_EN, encoding="utf-8")
+    settings = make_settings(root, qdrant_path=root / "qdrant")
+    summary = ingest_paths([docs], space="default", settings=settings, progress=False)
+    assert summary.failed == 0 and summary.added == 2
+    return root / "qdrant"
+
+
+@pytest.fixture(autouse=True)
+def _close_runtime() -> Iterator[None]:
+    yield
+    close_runtime()  # releases the local Qdrant folder for the next test
+
+
+@pytest.fixture
+def fake_discord() -> Iterator[FakeDiscord]:
+    fake = FakeDiscord().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def _discord_fields(key: SigningKey, fake: FakeDiscord, kb_qdrant: Path) -> dict[str, Any]:
+    return {
+        "qdrant_path": kb_qdrant,
+        "discord_public_key": key.verify_key.encode().hex(),
+        "discord_application_id": APPLICATION_ID,
+        "discord_api_base_url": fake.url,
+        "discord_bot_token": "test-bot-token",
+        "admin_user_ids": [f"discord:{ADMIN_BY_LIST}"],
+    }
+
+
+@pytest.fixture
+def settings(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    key: SigningKey,
+    fake_discord: FakeDiscord,
+    kb_qdrant: Path,
+) -> Settings:
+    """Embedded defaults under tmp_path (local store, SQLite queues), exported as the Lambda's env."""
+    return apply_settings_env(
+        monkeypatch, make_settings(tmp_path, **_discord_fields(key, fake_discord, kb_qdrant))
+    )
+
+
+# --- helpers: Discord's side and Lambda's event source mapping ---------------------------------------
+
+
+def send(key: SigningKey, fake: FakeDiscord, payload: dict[str, Any]) -> tuple[int, Any]:
+    """POST a signed interaction into the handler; on a deferred answer Discord opens the message."""
+    response = discord_interactions.handler(signed_event(key, payload), LambdaContext())
+    body = response_json(response)
+    if response["statusCode"] == 200 and body.get("type") == 5:
+        fake.open_deferred(payload["application_id"], payload["token"], payload["channel_id"])
+    return response["statusCode"], body
+
+
+def run_worker(records: list[tuple[str, str, int]], *, remaining_ms: int = 30_000) -> list[str]:
+    """Invoke the worker with one SQS batch; returns the ids reported as failed."""
+    event, context = sqs_event(records, ASK_QUEUE_ARN), LambdaContext(remaining_ms=remaining_ms)
+    try:
+        result = discord_worker.handler(event, context)
+    except BatchProcessingError:  # every record failed: Lambda fails the invocation, SQS retries all
+        return [message_id for message_id, _, _ in records]
+    return [item["itemIdentifier"] for item in result["batchItemFailures"]]
+
+
+def deliver_local(settings: Settings) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """What the SQS event source mapping does, on the local twin: receive, invoke, delete successes."""
+    queue = open_ask_queue(settings)
+    received = []
+    while (message := queue.receive(wait_s=0)) is not None:
+        received.append(message)
+    records = [(m.message_id, m.body, m.receive_count) for m in received]
+    failed = run_worker(records) if records else []
+    for message in received:
+        if message.message_id not in failed:
+            queue.delete(message.receipt_handle)
+    return records, failed
+
+
+def answer_patches(fake: FakeDiscord) -> list[Any]:
+    return [c.body for c in fake.calls_of("PATCH", r"/messages/@original$") if c.body.get("embeds")]
+
+
+def ask_and_answer(
+    key: SigningKey, fake: FakeDiscord, settings: Settings, question: str, **kw: Any
+) -> dict[str, Any]:
+    """/ask → deferred → worker → the edited message (as the fake holds it)."""
+    payload = ask_interaction(question, **kw)
+    status, body = send(key, fake, payload)
+    assert (status, body) == (200, {"type": 5})
+    _, failed = deliver_local(settings)
+    assert failed == []
+    return fake.messages[payload["token"]]
+
+
+# --- signatures and malformed requests ---------------------------------------------------------------
+
+
+def test_ping_is_answered_with_pong(key: SigningKey, fake_discord: FakeDiscord, settings: Settings) -> None:
+    status, body = send(
+        key, fake_discord, {"id": "1", "application_id": APPLICATION_ID, "type": 1, "token": "t"}
+    )
+    assert (status, body) == (200, {"type": 1})
+    assert fake_discord.calls == []
+
+
+def _unsigned(payload: dict[str, Any], **headers: str) -> dict[str, Any]:
+    return http_event(json.dumps(payload), headers)
+
+
+@pytest.mark.parametrize(
+    "make_event",
+    [
+        pytest.param(lambda key, p: _unsigned(p), id="no-signature-headers"),
+        pytest.param(
+            lambda key, p: _unsigned(p, **{"x-signature-timestamp": str(int(time.time()))}),
+            id="timestamp-only",
+        ),
+        pytest.param(lambda key, p: signed_event(SigningKey.generate(), p), id="other-key"),
+        pytest.param(
+            lambda key, p: signed_event(key, p, timestamp=int(time.time()) - 3600), id="stale-timestamp"
+        ),
+        pytest.param(
+            lambda key, p: {**signed_event(key, p), "body": json.dumps({**p, "type": 1})}, id="tampered-body"
+        ),
+        pytest.param(
+            lambda key, p: _unsigned(p, **{"x-signature-ed25519": "zz", "x-signature-timestamp": "1"}),
+            id="not-hex",
+        ),
+        pytest.param(
+            lambda key, p: _unsigned(
+                p, **{"x-signature-ed25519": "00" * 64, "x-signature-timestamp": "soon"}
+            ),
+            id="timestamp-not-a-number",
+        ),
+    ],
+)
+def test_bad_or_missing_signature_is_401(
+    make_event: Any, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("When do deployments happen?")
+    response = discord_interactions.handler(make_event(key, payload), LambdaContext())
+    assert response["statusCode"] == 401
+    assert open_ask_queue(settings).depth() == 0
+    assert fake_discord.calls == []
+
+
+def test_base64_encoded_body_is_verified_over_the_decoded_bytes(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    event = signed_event(
+        key, {"id": "1", "application_id": APPLICATION_ID, "type": 1, "token": "t"}, base64_body=True
+    )
+    response = discord_interactions.handler(event, LambdaContext())
+    assert (response["statusCode"], response_json(response)) == (200, {"type": 1})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"not json at all", id="not-json"),
+        pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+        pytest.param(b"[1, 2, 3]", id="json-array"),
+        pytest.param(b'{"id": "1"}', id="no-type"),
+        pytest.param(b'{"id": "1", "type": 42}', id="unknown-type"),
+        pytest.param(b'{"id": "1", "type": 2}', id="command-without-data"),
+        pytest.param(
+            json.dumps({**ask_interaction("q"), "member": None, "user": None}).encode(), id="ask-without-user"
+        ),
+        pytest.param(
+            json.dumps({**ask_interaction("q"), "data": {"name": "ask", "options": "question"}}).encode(),
+            id="ask-options-not-a-list",
+        ),
+        pytest.param(
+            json.dumps(button_interaction("something-else", {"id": "5", "channel_id": CHANNEL_ID})).encode(),
+            id="unknown-button",
+        ),
+    ],
+)
+def test_malformed_signed_bodies_are_400(
+    body: bytes, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    response = discord_interactions.handler(signed_event(key, body), LambdaContext())
+    assert response["statusCode"] == 400
+    assert "error" in response_json(response)
+    assert open_ask_queue(settings).depth() == 0
+
+
+def test_unknown_route_is_404(key: SigningKey, settings: Settings) -> None:
+    event = signed_event(key, {"type": 1})
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/discord/other"
+    assert discord_interactions.handler(event, LambdaContext())["statusCode"] == 404
+
+
+def test_empty_question_gets_an_ephemeral_hint_and_queues_nothing(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    status, body = send(key, fake_discord, ask_interaction("   "))
+    assert status == 200 and body["type"] == 4 and body["data"]["flags"] == 64
+    assert open_ask_queue(settings).depth() == 0
+
+
+# --- /ask --------------------------------------------------------------------------------------------
+
+
+def test_ask_defers_then_edits_the_response_once_with_answer_sources_and_buttons(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("When do production deployments happen?")
+    status, body = send(key, fake_discord, payload)
+    assert (status, body) == (200, {"type": 5})
+    assert fake_discord.calls == []  # the endpoint only queued the work
+    assert open_ask_queue(settings).depth() == 1
+
+    _, failed = deliver_local(settings)
+    assert failed == []
+    patches = answer_patches(fake_discord)
+    assert len(patches) == 1
+    patch = patches[0]
+    embed = patch["embeds"][0]
+    assert "Tuesday" in embed["description"]
+    assert embed["title"] == "When do production deployments happen?"
+    assert "Deployments" in embed["fields"][0]["value"]  # the cited source
+    assert "extractive" in embed["footer"]["text"]
+    assert patch["allowed_mentions"] == {"parse": []}
+
+    message = fake_discord.messages[payload["token"]]
+    answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
+    buttons = patch["components"][0]["components"]
+    assert [b["custom_id"] for b in buttons] == [
+        feedback_custom_id("+1", answer_id),
+        feedback_custom_id("-1", answer_id),
+    ]
+    record = load_answer(open_store(settings), answer_id)
+    assert record is not None
+    assert record.message_id == message["id"] and record.question == payload["data"]["options"][0]["value"]
+    assert open_ask_queue(settings).depth() == 0
+
+
+def test_korean_question_is_answered_in_korean(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    message = ask_and_answer(key, fake_discord, settings, "연차 휴가는 며칠인가요?", locale="ko")
+    embed = message["embeds"][0]
+    assert "15일" in embed["description"]
+    assert embed["fields"][0]["name"] == "출처"
+
+
+def test_same_interaction_delivered_twice_and_replayed_by_sqs_gives_one_answer(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("Who answers pages?")
+    assert send(key, fake_discord, payload) == (200, {"type": 5})
+    assert send(key, fake_discord, payload) == (200, {"type": 5})
+    records, failed = deliver_local(settings)
+    assert failed == []
+    # SQS delivers at least once: the same record again, and a second copy of the job.
+    copy = (str(uuid.uuid4()), records[0][1], 1)
+    assert run_worker([records[0], copy]) == []
+    assert len(answer_patches(fake_discord)) == 1
+    assert len(fake_discord.calls_of("PATCH")) == 1
+
+
+def test_ask_over_sqs_on_moto(
+    monkeypatch: pytest.MonkeyPatch,
+    aws_settings: Settings,
+    key: SigningKey,
+    fake_discord: FakeDiscord,
+    kb_qdrant: Path,
+) -> None:
+    import boto3
+
+    sqs = boto3.client("sqs")
+    ask_url = sqs.create_queue(
+        QueueName=f"asks-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "360"}
+    )["QueueUrl"]
+    settings = apply_settings_env(
+        monkeypatch,
+        aws_settings.model_copy(
+            update={**_discord_fields(key, fake_discord, kb_qdrant), "ask_queue_url": ask_url}
+        ),
+    )
+    payload = ask_interaction("How is a failed deployment rolled back?")
+    assert send(key, fake_discord, payload) == (200, {"type": 5})
+    assert send(key, fake_discord, payload) == (200, {"type": 5})  # a standard queue keeps both copies
+
+    messages = sqs.receive_message(
+        QueueUrl=ask_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert len(messages) == 2
+    records = [(m["MessageId"], m["Body"], int(m["Attributes"]["ApproximateReceiveCount"])) for m in messages]
+    assert run_worker(records) == []
+    assert run_worker(records[:1]) == []  # redelivered after the visibility timeout
+
+    patches = answer_patches(fake_discord)
+    assert len(patches) == 1
+    assert "rollback pipeline" in patches[0]["embeds"][0]["description"]
+    message = fake_discord.messages[payload["token"]]
+    answer = load_answer(open_store(settings), make_answer_id("discord", CHANNEL_ID, message["id"]))
+    assert answer is not None and answer.platform == "discord"  # written to the S3 bucket
+
+
+def test_failed_first_attempt_is_retried_and_answers_once(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("When do production deployments happen?")
+    send(key, fake_discord, payload)
+    message = open_ask_queue(settings).receive(wait_s=0)
+    assert message is not None
+    record = (message.message_id, message.body, 1)
+    fake_discord.fail_next("PATCH", 502)
+    # An invocation with 100 ms left: its claim lapses with it (plus a 1 s margin).
+    assert run_worker([record], remaining_ms=100) == [message.message_id]
+    assert len(fake_discord.calls_of("PATCH")) == 1
+    assert fake_discord.messages[payload["token"]]["embeds"] == []  # the user still sees "thinking…"
+    time.sleep(1.2)
+    assert run_worker([(message.message_id, message.body, 2)]) == []
+    assert len(fake_discord.calls_of("PATCH")) == 2  # the failed one and the answer
+    assert "Tuesday" in fake_discord.messages[payload["token"]]["embeds"][0]["description"]
+    assert run_worker([(message.message_id, message.body, 3)]) == []  # a late duplicate: no third edit
+    assert len(fake_discord.calls_of("PATCH")) == 2
+
+
+def test_last_attempt_failure_tells_the_user(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("When do production deployments happen?")
+    send(key, fake_discord, payload)
+    message = open_ask_queue(settings).receive(wait_s=0)
+    assert message is not None
+    fake_discord.fail_next("PATCH", 503)
+    receives = settings.queue_max_receives
+    assert run_worker([(message.message_id, message.body, receives)]) == [message.message_id]
+    assert "Sorry" in fake_discord.messages[payload["token"]]["content"]
+
+
+def test_expired_interaction_is_dropped_with_a_log_not_retried(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    payload = ask_interaction("When do production deployments happen?")
+    discord_interactions.handler(signed_event(key, payload), LambdaContext())  # Discord never opened it
+    _, failed = deliver_local(settings)
+    assert failed == []
+    assert [c.method for c in fake_discord.calls] == ["GET"]
+    assert open_ask_queue(settings).depth() == 0
+
+
+# --- /retrain ----------------------------------------------------------------------------------------
+
+
+def test_retrain_refused_for_members_and_queued_once_for_admins(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    training = open_queue(settings)
+    status, body = send(key, fake_discord, command_interaction("retrain", permissions="0"))
+    assert status == 200 and body["type"] == 4
+    assert body["data"]["flags"] == 64 and "Manage Server" in body["data"]["content"]
+    assert training.depth() == 0
+
+    status, body = send(key, fake_discord, command_interaction("retrain", permissions=str(0x20 | 0x400)))
+    assert status == 200 and body["type"] == 4 and "flags" not in body["data"]
+    assert training.depth() == 1
+    job = json.loads(training.receive(wait_s=0, visibility_s=60).body)
+    assert job["requested_by"] == "discord:2000000000000000001"
+    assert job["notify_targets"] == [{"platform": "discord", "channel": CHANNEL_ID, "thread_ts": None}]
+
+    # Another admin (the allow-list, no permission bits) while that job is pending: still one job.
+    status, body = send(key, fake_discord, command_interaction("retrain", user_id=ADMIN_BY_LIST))
+    assert status == 200 and "flags" not in body["data"]
+    assert training.depth() == 1
+
+
+# --- feedback: buttons and gateway reactions ---------------------------------------------------------
+
+
+def test_button_feedback_is_recorded_once(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    up, down = (b["custom_id"] for b in message["components"][0]["components"])
+    store = open_store(settings)
+
+    status, body = send(key, fake_discord, button_interaction(up, message))
+    assert status == 200 and body["data"]["flags"] == 64 and "Thanks" in body["data"]["content"]
+    click_again = button_interaction(up, message)
+    send(key, fake_discord, click_again)
+    send(key, fake_discord, click_again)  # the same interaction delivered twice
+    events = list(iter_feedback(store))
+    assert [(e.reaction, e.label, e.action) for e in events] == [("+1", 1, "added")]
+    assert events[0].answer_id == make_answer_id("discord", CHANNEL_ID, message["id"])
+
+    send(key, fake_discord, button_interaction(down, message, user_id="2000000000000000002"))
+    assert sorted(e.label for e in iter_feedback(store)) == [-1, 1]
+
+
+def test_button_naming_another_message_is_ignored(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    message = ask_and_answer(key, fake_discord, settings, "Who answers pages?")
+    up = message["components"][0]["components"][0]["custom_id"]
+    status, body = send(key, fake_discord, button_interaction(up, {**message, "id": "1399999999999999999"}))
+    assert status == 200 and body["data"]["flags"] == 64
+    assert list(iter_feedback(open_store(settings))) == []
+
+
+def _raw_reaction(
+    message_id: str,
+    emoji: str,
+    event_type: str,
+    *,
+    user_id: str = "2000000000000000003",
+    author_id: str | None = APPLICATION_ID,
+) -> discord.RawReactionActionEvent:
+    """discord.py's own payload object, from the gateway's MESSAGE_REACTION_ADD/REMOVE data."""
+    data: dict[str, Any] = {
+        "user_id": user_id,
+        "channel_id": CHANNEL_ID,
+        "message_id": message_id,
+        "guild_id": GUILD_ID,
+        "emoji": {"id": None, "name": emoji},
+        "burst": False,
+        "type": 0,
+    }
+    if event_type == "REACTION_ADD" and author_id is not None:
+        data["message_author_id"] = author_id
+    return discord.RawReactionActionEvent(data, discord.PartialEmoji.from_dict(data["emoji"]), event_type)
+
+
+def test_gateway_reactions_on_answers_become_feedback(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    message = ask_and_answer(key, fake_discord, settings, "연차 휴가는 며칠인가요?", locale="ko")
+    runtime = runtime_for(settings)
+    bot = GatewayBot(settings, runtime=runtime)
+    answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
+
+    asyncio.run(bot.on_raw_reaction_add(_raw_reaction(message["id"], "👍🏽", "REACTION_ADD")))
+    asyncio.run(
+        bot.on_raw_reaction_add(_raw_reaction(message["id"], "👍🏽", "REACTION_ADD"))
+    )  # resumed: replayed
+    asyncio.run(bot.on_raw_reaction_remove(_raw_reaction(message["id"], "👍🏽", "REACTION_REMOVE")))
+    asyncio.run(bot.on_raw_reaction_add(_raw_reaction(message["id"], "🎉", "REACTION_ADD")))  # not a vote
+    asyncio.run(
+        bot.on_raw_reaction_add(_raw_reaction("1399999999999999998", "👍", "REACTION_ADD", author_id=None))
+    )
+    events = sorted(iter_feedback(runtime.store), key=lambda e: e.action)
+    assert [(e.answer_id, e.reaction, e.label, e.action) for e in events] == [
+        (answer_id, "+1", 1, "added"),
+        (answer_id, "+1", 1, "removed"),
+    ]
+
+    # The bot's own reactions and reactions on other authors' messages are skipped up front.
+    bot_id = int(APPLICATION_ID)
+    own = _raw_reaction(message["id"], "👎", "REACTION_ADD", user_id=APPLICATION_ID)
+    assert reaction_feedback(own, runtime, bot_user_id=bot_id) is None
+    other = _raw_reaction(message["id"], "👎", "REACTION_ADD", author_id="4000000000000000004")
+    assert reaction_feedback(other, runtime, bot_user_id=bot_id) is None
+    down = reaction_feedback(_raw_reaction(message["id"], "👎", "REACTION_ADD"), runtime, bot_user_id=bot_id)
+    assert down is not None and down.label == -1 and down.answer_id == answer_id
+
+
+def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> None:
+    bot = GatewayBot(settings, runtime=runtime_for(settings))
+    served = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
+    assert set(served) == {c["name"] for c in COMMANDS}
+    assert [o["name"] for o in served["ask"]["options"]] == ["question"]
+    assert served["ask"]["options"][0]["required"] is True
+    assert str(served["retrain"]["default_member_permissions"]) == "32"
+
+
+# --- command registration ----------------------------------------------------------------------------
+
+
+def test_register_commands_puts_both_commands(fake_discord: FakeDiscord, settings: Settings) -> None:
+    assert cli_main(["discord", "register-commands", "--guild", GUILD_ID]) == 0
+    assert cli_main(["discord", "register-commands"]) == 0
+    guild_call, global_call = fake_discord.calls_of("PUT")
+    assert guild_call.path == f"/api/v10/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands"
+    assert global_call.path == f"/api/v10/applications/{APPLICATION_ID}/commands"
+    assert guild_call.headers["Authorization"] == "Bot test-bot-token"
+    ask, retrain = guild_call.body
+    assert ask["name"] == "ask" and ask["options"][0]["name"] == "question" and ask["options"][0]["required"]
+    assert ask["options"][0]["type"] == 3
+    assert retrain["name"] == "retrain" and retrain["default_member_permissions"] == "32"
+    assert guild_call.body == COMMANDS
+
+
+def test_register_commands_without_token_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_discord: FakeDiscord,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    apply_settings_env(monkeypatch, settings.model_copy(update={"discord_bot_token": None}))
+    assert cli_main(["discord", "register-commands"]) == 2
+    assert "DISCORD_BOT_TOKEN" in capsys.readouterr().err
+    assert fake_discord.calls == []
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def _assert_within_limits(embeds: list[dict[str, Any]]) -> None:
+    assert 1 <= len(embeds) <= 10
+    total = 0
+    for embed in embeds:
+        assert 0 < len(embed.get("description", "")) <= DESCRIPTION_LIMIT
+        assert len(embed.get("title", "")) <= 256
+        assert all(len(f["value"]) <= FIELD_VALUE_LIMIT for f in embed.get("fields", []))
+        total += len(embed.get("title", "")) + len(embed.get("description", ""))
+        total += sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", []))
+        total += len(embed.get("footer", {}).get("text", ""))
+        assert "@everyone" not in embed.get("description", "")
+    assert total <= EMBEDS_TOTAL_LIMIT
+
+
+def test_long_answers_fit_discord_limits_and_never_ping() -> None:
+    sentence = "배포는 화요일에 합니다 @everyone. "
+    citations = [
+        Citation(
+            n=i,
+            title=f"Doc {i} " + "x" * 150,
+            source=f"https://kb.example/doc{i}",
+            location=f"§{i}",
+            doc_id=f"d{i}",
+            chunk_id=f"c{i}",
+            score=1.0 / i,
+        )
+        for i in range(1, 40)
+    ]
+    answer = AgentAnswer(
+        question="q " * 300,
+        condensed_question="q",
+        text=sentence * 900,
+        language="ko",
+        citations=citations,
+        model="echorag",
+        adapter_version="v3",
+    )
+    payload = render_answer(answer, answer_id="0" * 32)
+    _assert_within_limits(payload["embeds"])
+    assert payload["embeds"][-1]["footer"]["text"] == "모델: echorag · 어댑터: v3"
+    assert payload["embeds"][-1]["fields"][-1]["value"].endswith("… +30")  # the sources that did not fit
+    assert payload["embeds"][0]["description"].endswith(" …")  # cut at a break, and says so
+    assert payload["allowed_mentions"] == {"parse": []}
+
+    # Without sources a long answer continues in a second embed rather than being cut at 4,096.
+    no_sources = render_answer(replace(answer, citations=[], text=sentence * 200), answer_id=None)
+    assert len(no_sources["embeds"]) == 2 and no_sources["components"] == []
+    _assert_within_limits(no_sources["embeds"])
+    assert all(len(piece) <= 100 for piece in split_text("word " * 100, 100))

@@ -1,0 +1,290 @@
+"""Reactions → feedback → retrain jobs, on the local twins and on S3 + SQS over HTTP (moto)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bots.feedback import emoji_label, normalize_emoji, record_reaction
+from bots.retrain import request_retrain
+from core import records
+from core.contracts import AnswerRecord, JobStatus, NotifyTarget, TrainingJob, make_answer_id
+from core.errors import QueueError
+from core.queue import JobQueue, SqsQueue, open_queue
+from core.settings import Settings
+from core.store import BlobStore, open_store
+
+CHANNEL = "C0FEED"
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    return backend_settings.model_copy(update={"admin_user_ids": ["slack:UADMIN", "4242"], "retrain_threshold": 5})
+
+
+@pytest.fixture
+def store(settings: Settings) -> BlobStore:
+    return open_store(settings)
+
+
+@pytest.fixture
+def queue(settings: Settings) -> JobQueue:
+    return open_queue(settings)
+
+
+def post_answer(store: BlobStore, message_id: str, *, platform: str = "slack", text: str = "연차는 15일입니다.") -> str:
+    """What the agent does when it posts an answer: write its record."""
+    record = AnswerRecord(
+        answer_id=make_answer_id(platform, CHANNEL, message_id),
+        platform=platform,  # type: ignore[arg-type]
+        channel=CHANNEL,
+        message_id=message_id,
+        question="연차는 며칠인가요?",
+        answer=text,
+    )
+    records.save_answer(store, record)
+    return record.answer_id
+
+
+def react(settings: Settings, store: BlobStore, queue: JobQueue, *, user: str, emoji: str, action: str = "added",
+          message_id: str = "1700000000.000100", event_ts: str = "1700000001.000001", platform: str = "slack"):
+    return record_reaction(
+        platform=platform, channel=CHANNEL, message_id=message_id, user_id=user, reaction=emoji,
+        action=action, event_ts=event_ts, settings=settings, store=store, queue=queue,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("+1", "+1"), ("thumbsup", "+1"), (":+1:", "+1"), ("+1::skin-tone-2", "+1"), ("👍", "+1"), ("👍🏽", "+1"),
+        ("-1", "-1"), ("thumbsdown", "-1"), ("👎🏿", "-1"), ("white_check_mark", "white_check_mark"),
+        ("✅", "white_check_mark"), ("💯", "100"), ("100", "100"), ("❌", "x"), ("x", "x"), ("Tada", "tada"),
+        ("❤️", "heart"),
+    ],
+)
+def test_emoji_names_normalise(raw: str, name: str) -> None:
+    assert normalize_emoji(raw) == name
+
+
+def test_emoji_labels_follow_settings(local_settings: Settings) -> None:
+    assert [emoji_label(e, local_settings) for e in ["👍", "✅", "💯", "+1::skin-tone-5", "👎", "❌", "tada", "eyes"]] == [
+        1, 1, 1, 1, -1, -1, None, None,
+    ]
+    custom = local_settings.model_copy(update={"positive_emoji": ["🎉"], "negative_emoji": ["thumbsdown"]})
+    assert (emoji_label("tada", custom), emoji_label("👎", custom), emoji_label("+1", custom)) == (1, -1, None)
+
+
+def test_same_reaction_delivered_three_times_is_one_record(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    answer_id = post_answer(store, "1700000000.000100")
+    events = [react(settings, store, queue, user="U1", emoji="+1") for _ in range(3)]
+    assert all(e is not None and e.answer_id == answer_id for e in events)
+    assert len({e.feedback_id for e in events if e}) == 1
+    assert len(list(records.iter_feedback(store))) == 1
+    assert records.count_feedback_since(store, None) == 1
+
+
+def test_add_then_remove_is_retracted(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="+1", event_ts="1700000001.0")
+    assert [row.label for row in records.labelled_answers(store)] == [1]
+    react(settings, store, queue, user="U1", emoji="+1", action="removed", event_ts="1700000002.0")
+    assert records.labelled_answers(store) == []
+    summary = records.feedback_summary(store)
+    assert summary.feedback == {"+1": 0, "-1": 0} and summary.events == 2
+
+
+def test_latest_reaction_of_a_user_wins(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="👍", event_ts="1700000001.0")
+    react(settings, store, queue, user="U1", emoji="x", event_ts="1700000002.0")
+    react(settings, store, queue, user="U2", emoji="white_check_mark", event_ts="1700000003.0")
+    [row] = records.labelled_answers(store)
+    assert (row.label, row.positive, row.negative) == (0, 1, 1)  # U1 now -1, U2 +1
+    # U1 takes the ❌ back: their 👍 (still on the message) counts again.
+    react(settings, store, queue, user="U1", emoji="❌", action="removed", event_ts="1700000004.0")
+    [row] = records.labelled_answers(store)
+    assert (row.label, row.positive, row.negative) == (1, 2, 0)
+    assert records.feedback_summary(store).feedback == {"+1": 2, "-1": 0}
+
+
+def test_reactions_outside_answers_or_the_emoji_map_are_ignored(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    post_answer(store, "1700000000.000100")
+    assert react(settings, store, queue, user="U1", emoji="+1", message_id="1699999999.000001") is None
+    assert react(settings, store, queue, user="U1", emoji="eyes") is None
+    assert react(settings, store, queue, user="U1", emoji="+1", platform="discord") is None  # other platform's id
+    assert list(records.iter_feedback(store)) == []
+
+
+def test_user_ids_are_stored_hashed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    post_answer(store, "1700000000.000100")
+    event = react(settings, store, queue, user="U0SECRETUSER", emoji="+1")
+    assert event is not None and event.user_hash == records.hash_user("slack", "U0SECRETUSER")
+    for key in store.list(""):
+        assert b"U0SECRETUSER" not in (store.get(key) or b""), key
+
+
+def _queued_jobs(queue: JobQueue) -> list[TrainingJob]:
+    jobs = []
+    while (message := queue.receive(wait_s=0, visibility_s=60)) is not None:
+        jobs.append(TrainingJob.model_validate_json(message.body))
+        queue.delete(message.receipt_handle)
+    return jobs
+
+
+def test_threshold_crossing_under_concurrent_feedback_enqueues_exactly_one_job(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    post_answer(store, "1700000000.000100")
+    barrier = threading.Barrier(12)
+    errors: list[BaseException] = []
+
+    def one_user(n: int) -> None:
+        try:
+            barrier.wait()
+            react(settings, store, queue, user=f"U{n}", emoji="+1", event_ts=f"1700000001.{n:06d}")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_user, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert queue.depth() == 1
+    active = records.active_job_id(store)
+    [job] = _queued_jobs(queue)
+    assert job.job_id == active and job.requested_by == "threshold"
+    status = records.load_job_status(store, job.job_id)
+    assert status is not None and status.state == "queued"
+    assert len(list(records.iter_feedback(store))) == 12  # nothing lost while the job was queued
+
+
+def test_feedback_during_a_run_is_picked_up_by_the_next_job(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    post_answer(store, "1700000000.000100")
+    for n in range(5):
+        react(settings, store, queue, user=f"U{n}", emoji="+1", event_ts=f"1700000001.{n}")
+    [first] = _queued_jobs(queue)
+    for n in range(5, 10):  # arrives while the first job runs: no second job yet
+        react(settings, store, queue, user=f"U{n}", emoji="-1", event_ts=f"1700000002.{n}")
+    assert queue.depth() == 0
+    # The worker ends the job (the gate rejected it: CURRENT stays) and frees the slot.
+    records.update_job_status(store, first.job_id, state="rejected", progress=1.0)
+    assert records.release_active_job(store, first.job_id) is True
+    # The next labelled reaction sees 5+ new since the first job was queued: one new job.
+    react(settings, store, queue, user="U99", emoji="+1", event_ts="1700000003.0")
+    [second] = _queued_jobs(queue)
+    assert second.job_id != first.job_id
+    records.release_active_job(store, second.job_id)
+    # A rejected job does not retrigger on the next reaction: the counter restarted.
+    react(settings, store, queue, user="U100", emoji="+1", event_ts="1700000004.0")
+    assert queue.depth() == 0
+
+
+def test_retrain_is_for_admins_only(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    target = [NotifyTarget(platform="slack", channel=CHANNEL)]
+    refused = request_retrain(requested_by="slack:U123", notify_targets=target, reason="", settings=settings,
+                              store=store, queue=queue)
+    assert refused.status == "refused" and refused.job_id is None
+    assert "slack:UADMIN" in refused.message and "ADMIN_USER_IDS" in refused.message
+    assert queue.depth() == 0
+    queued = request_retrain(requested_by="slack:UADMIN", notify_targets=target, reason="docs changed",
+                             settings=settings, store=store, queue=queue)
+    assert queued.status == "queued" and queued.job_id
+    for who, is_admin in [("discord:4242", False), ("discord:777", True), ("slack:UADMIN", False)]:
+        again = request_retrain(requested_by=who, is_admin=is_admin, notify_targets=target, reason="",
+                                settings=settings, store=store, queue=queue)
+        assert again.status == "already_queued" and again.job_id == queued.job_id
+        assert "already queued or running" in again.message
+    [job] = _queued_jobs(queue)
+    assert (job.job_id, job.requested_by, job.reason, job.notify_targets) == (
+        queued.job_id, "slack:UADMIN", "docs changed", target)
+
+
+def test_slot_of_an_ended_job_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    assert records.acquire_active_job(store, "crashed-job")
+    records.save_job_status(store, JobStatus(job_id="crashed-job", state="running"))
+    busy = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                           store=store, queue=queue)
+    assert busy.status == "already_queued" and busy.job_id == "crashed-job"
+    records.update_job_status(store, "crashed-job", state="failed", error="worker died")  # never released
+    outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                              store=store, queue=queue)
+    assert outcome.status == "queued" and records.active_job_id(store) == outcome.job_id
+
+
+def test_a_failed_enqueue_frees_the_slot_and_loses_nothing(settings: Settings, store: BlobStore, moto_server: str) -> None:
+    broken = SqsQueue(f"{moto_server}/123456789012/gone.fifo", max_attempts=1)
+    with pytest.raises(QueueError, match=r"gone\.fifo"):
+        request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                        store=store, queue=broken)
+    assert records.active_job_id(store) is None
+    assert records.last_job(store) is None
+    failed = [s for s in records.iter_job_statuses(store) if s.state == "failed"]
+    assert len(failed) == 1 and "could not enqueue" in (failed[0].error or "")
+
+
+def _hold_slot(store: BlobStore, job_id: str, minutes_ago: int) -> None:
+    acquired = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    store.put(records.ACTIVE_JOB_KEY, json.dumps({"job_id": job_id, "acquired_at": acquired.isoformat()}).encode())
+
+
+def test_slot_of_a_job_whose_message_is_gone_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    records.save_job_status(store, JobStatus(job_id="lost-job", state="running"))
+    _hold_slot(store, "lost-job", minutes_ago=5)  # young: the worker may still be on it
+    ask = {"requested_by": "slack:UADMIN", "notify_targets": [], "reason": "", "settings": settings, "store": store}
+    assert request_retrain(**ask, queue=queue).status == "already_queued"
+    queue.send("message of the running job", dedup_id="lost-job")
+    _hold_slot(store, "lost-job", minutes_ago=30)  # old, but its message is still in the queue
+    assert request_retrain(**ask, queue=queue).status == "already_queued"
+    message = queue.receive(wait_s=1)
+    assert message is not None
+    queue.delete(message.receipt_handle)  # gone (e.g. dead-lettered after the worker crashed)
+    outcome = request_retrain(**ask, queue=queue)
+    assert outcome.status == "queued" and records.active_job_id(store) == outcome.job_id
+    lost = records.load_job_status(store, "lost-job")
+    assert lost is not None and lost.state == "failed" and "left the queue" in (lost.error or "")
+
+
+def test_slot_of_a_request_that_died_before_sending_is_reclaimed(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    _hold_slot(store, "never-sent", minutes_ago=30)
+    outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                              store=store, queue=queue)
+    assert outcome.status == "queued"
+
+
+def test_without_event_times_state_changes_are_new_events_and_repeats_are_not(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    """Discord gateway / buttons / console give no event time: identity is the user's n-th change."""
+    post_answer(store, "555", platform="discord")
+
+    def tap(emoji: str, action: str = "added") -> None:
+        react(settings, store, queue, user="D1", emoji=emoji, action=action, message_id="555", event_ts="",
+              platform="discord")
+
+    def state() -> tuple[int, list[int]]:
+        return len(list(records.iter_feedback(store))), [row.label for row in records.labelled_answers(store)]
+
+    for _ in range(3):
+        tap("👍")
+    assert state() == (1, [1])  # a replayed gateway event: one record
+    tap("👍", "removed")
+    tap("👍", "removed")
+    assert state() == (2, [])
+    tap("👍")  # re-added after the removal: a new event, not the first one again
+    assert state() == (3, [1])
+    tap("👎")  # a button click for the other answer
+    assert state() == (4, [-1])
+    tap("👍")  # changed their mind back: 👍 is again the latest
+    assert state() == (5, [1])
+    tap("👍")
+    assert state() == (5, [1])

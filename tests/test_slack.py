@@ -1,0 +1,549 @@
+"""Slack end to end: signed API Gateway (HTTP API v2) events into `handlers.slack_events.handler`,
+the Web API on a local fake Slack, lazy listeners run in-process through a fake Lambda `Invoke`,
+the real agent over a real Qdrant (local mode) collection ingested here, and the local store/queue
+(S3 + SQS on moto in the AWS test)."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slack_bolt.adapter.aws_lambda.lazy_listener_runner import LambdaLazyListenerRunner
+
+from core.contracts import make_answer_id
+from core.queue import open_queue
+from core.records import iter_feedback, load_answer
+from core.settings import Settings, get_settings
+from core.store import open_store
+from rag.types import AgentAnswer, Citation
+from tests.support_slack import (
+    BOT_USER_ID,
+    FakeLambda,
+    FakeSlack,
+    LambdaContext,
+    api_gateway_event,
+    event_callback,
+    signed_event,
+    slash_command,
+)
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+HR, ENG, OPEN = "CHR00001", "CENG0001", "COPEN001"
+ADMIN = "UADMIN01"
+
+HR_DOC = """# 휴가 규정
+
+연차 휴가는 1년에 15일이 주어집니다. 3년 이상 근무하면 2년마다 하루씩 늘어납니다.
+
+## 입사 첫해
+
+입사 첫해에는 한 달 개근할 때마다 연차 휴가가 하루씩 생깁니다. 첫해에는 최대 11일입니다.
+
+## 신청
+
+연차 휴가 신청은 HR 포털에서 사용일 3일 전까지 합니다.
+"""
+
+ENG_DOC = """# 온콜 운영 가이드
+
+온콜 엔지니어는 주간 단위로 교대합니다. 장애가 나면 15분 안에 응답합니다.
+
+## 온콜 중 휴가
+
+온콜 주간에 연차 휴가를 쓰려면 대체 근무자를 먼저 정하고 팀 채널에 알립니다.
+
+## Deploys
+
+Production deploys happen on Tuesdays and Thursdays through the release pipeline.
+"""
+
+
+# --- the knowledge base (ingested once for the module) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rag.ingest import ingest_paths
+
+    root = tmp_path_factory.mktemp("kb")
+    (root / "hr").mkdir()
+    (root / "eng").mkdir()
+    (root / "hr" / "leave.md").write_text(HR_DOC, encoding="utf-8")
+    (root / "eng" / "oncall.md").write_text(ENG_DOC, encoding="utf-8")
+    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")
+    for space in ("hr", "eng"):
+        summary = ingest_paths([root / space], space=space, settings=settings, progress=False)
+        assert summary.failed == 0 and summary.added >= 1
+    return root
+
+
+# --- the rig: env, handler, fake Slack, fake Lambda -------------------------------------------------
+
+
+@dataclass
+class Rig:
+    fake: FakeSlack
+    lam: FakeLambda
+    handler: Any
+    settings: Settings
+    _events: int = 0
+
+    def send(self, body: str, **kwargs: Any) -> dict[str, Any]:
+        return self.handler(signed_event(body, SECRET, **kwargs), LambdaContext())
+
+    def deliver(self, event: dict[str, Any], *, event_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        if event_id is None:
+            self._events += 1
+            event_id = f"Ev{self._events:04d}{time.time_ns() % 10**6}"
+        return self.send(event_callback(event, event_id=event_id), **kwargs)
+
+    def mention(self, channel: str, text: str, *, user: str = "U0000001", thread_ts: str | None = None,
+                **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A person mentions the bot; Slack delivers app_mention. Returns (message, response)."""
+        message = self.fake.user_message(channel, user, f"<@{BOT_USER_ID}> {text}", thread_ts=thread_ts)
+        event = {"type": "app_mention", "user": user, "text": message["text"], "ts": message["ts"],
+                 "channel": channel, "event_ts": message["ts"]}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return message, self.deliver(event, **kwargs)
+
+    def message_event(self, channel: str, message: dict[str, Any], *, channel_type: str = "channel") -> dict[str, Any]:
+        event = {"type": "message", "channel_type": channel_type, "channel": channel, "user": message["user"],
+                 "text": message["text"], "ts": message["ts"], "event_ts": message["ts"]}
+        if message.get("thread_ts"):
+            event["thread_ts"] = message["thread_ts"]
+        return event
+
+    def command(self, command: str, text: str, *, user: str, channel: str, trigger: str) -> dict[str, Any]:
+        body = slash_command(command, text, user=user, channel=channel,
+                             response_url=self.fake.response_url(trigger), trigger_id=trigger)
+        return self.send(body, content_type="application/x-www-form-urlencoded")
+
+    def reaction(self, kind: str, *, user: str, channel: str, ts: str, emoji: str = "+1",
+                 item_user: str = BOT_USER_ID, event_ts: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        event = {"type": kind, "user": user, "reaction": emoji, "item_user": item_user,
+                 "item": {"type": "message", "channel": channel, "ts": ts},
+                 "event_ts": event_ts or f"{int(time.time())}.{time.time_ns() % 10**6:06d}"}
+        return self.deliver(event, **kwargs)
+
+    @property
+    def store(self) -> Any:
+        return open_store(self.settings)
+
+    def answer_record(self, channel: str, message_ts: str) -> Any:
+        return load_answer(self.store, make_answer_id("slack", channel, message_ts))
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+def _make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: FakeSlack,
+              **env: str) -> Iterator[Rig]:
+    base = {
+        "DATA_DIR": str(tmp_path),
+        "QDRANT_PATH": str(kb / "qdrant"),
+        "LLM_BACKEND": "extractive",
+        "SLACK_BOT_TOKEN": "xoxb-test-token",
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_BASE_URL": fake.base_url,
+        "ADMIN_USER_IDS": f"slack:{ADMIN}",
+        "CHANNEL_SPACES": json.dumps({HR: ["hr"], ENG: ["eng"]}),
+        "RETRAIN_THRESHOLD": "1000",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "EchoRAGTest",
+        "POWERTOOLS_SERVICE_NAME": "echorag-slack-test",
+    }
+    for name in ("FEEDBACK_BUCKET", "TRAINING_QUEUE_URL", "SLACK_SECRET_ARN", "QDRANT_URL", "LLM_BASE_URL",
+                 "DENSE_MODEL", "RERANKER_MODEL", "STORE_DIR", "QUEUE_PATH", "SLACK_REACTION_THANKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**base, **env}.items():
+        monkeypatch.setenv(name, value)
+    slack_events = importlib.import_module("handlers.slack_events")
+    get_settings.cache_clear()
+    slack_events.reset()
+    request_handler = slack_events.request_handler()
+    lam = FakeLambda(slack_events.handler)
+    app = request_handler.app
+    app.listener_runner.lazy_listener_runner = LambdaLazyListenerRunner(app.logger, lambda_client=lam)
+    try:
+        yield Rig(fake=fake, lam=lam, handler=slack_events.handler, settings=get_settings())
+    finally:
+        app.services.close()
+        slack_events.reset()
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> Iterator[Rig]:
+    yield from _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack)
+
+
+def _section_texts(message: dict[str, Any]) -> list[str]:
+    return [b["text"]["text"] for b in message.get("blocks", []) if b.get("type") == "section"]
+
+
+def _answers_in(rig: Rig, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+    return [m for m in rig.fake.thread(channel, thread_ts) if m.get("user") == BOT_USER_ID]
+
+
+# --- asking ---------------------------------------------------------------------------------------
+
+
+def test_mention_gets_one_threaded_answer_with_sources(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    question, response = rig.mention(HR, "연차 휴가는 1년에 며칠인가요?")
+    assert response["statusCode"] == 200
+
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1
+    answer = answers[0]
+    assert answer["thread_ts"] == question["ts"] and answer.get("edited")
+    posted = rig.fake.calls_of("chat.postMessage")[0].args
+    assert posted["thread_ts"] == question["ts"] and posted["text"].startswith("찾아보는 중")
+    sections = _section_texts(answer)
+    assert "15일" in sections[0]
+    assert any("출처" in s and "휴가 규정" in s for s in sections)
+    context = next(b for b in answer["blocks"] if b["type"] == "context")
+    assert "model: extractive" in context["elements"][0]["text"]
+
+    record = rig.answer_record(HR, answer["ts"])  # the placeholder's ts is the answer's message id
+    assert record is not None and record.thread_id == question["ts"] and record.spaces == ["hr"]
+    assert record.contexts and all("hr" in Path(c.source).parts for c in record.contexts)
+    assert '"AnswerLatency"' in capsys.readouterr().out  # the lazy invocation flushed EMF metrics
+
+
+def test_follow_up_in_the_thread_uses_earlier_turns(rig: Rig) -> None:
+    question, _ = rig.mention(HR, "연차 휴가는 1년에 며칠인가요?")
+    follow = rig.fake.user_message(HR, "U0000001", "그럼 입사 첫해에는?", thread_ts=question["ts"])
+    assert rig.deliver(rig.message_event(HR, follow))["statusCode"] == 200
+
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 2
+    replies = rig.fake.calls_of("conversations.replies")
+    assert replies and replies[-1].args["ts"] == question["ts"]
+    record = rig.answer_record(HR, answers[1]["ts"])
+    assert record is not None and record.question == "그럼 입사 첫해에는?"
+    assert "연차" in record.condensed_question  # the earlier user turn reached the agent
+    assert "첫해" in _section_texts(answers[1])[0]
+
+
+def test_thread_reply_elsewhere_and_plain_channel_messages_are_ignored(rig: Rig) -> None:
+    root = rig.fake.user_message(HR, "U0000001", "점심 뭐 먹죠?")
+    reply = rig.fake.user_message(HR, "U0000002", "그럼 연차 쓰고 가요", thread_ts=root["ts"])
+    for message in (root, reply):
+        assert rig.deliver(rig.message_event(HR, message))["statusCode"] == 200
+    assert rig.fake.calls_of("chat.postMessage") == [] and rig.lam.invocations == []
+
+
+def test_mention_inside_a_thread_arrives_twice_and_is_answered_once(rig: Rig) -> None:
+    question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    again, _ = rig.mention(HR, "연차 신청은 어디서 하나요?", thread_ts=question["ts"])
+    # Slack also delivers the same message as a `message` event (a different event id)
+    assert rig.deliver(rig.message_event(HR, again))["statusCode"] == 200
+    assert len(_answers_in(rig, HR, question["ts"])) == 2  # one per question
+
+
+def test_dm_is_answered_in_its_thread(rig: Rig) -> None:
+    dm = rig.fake.user_message("D0000001", "U0000003", "How many vacation days? 연차 휴가는 며칠?")
+    assert rig.deliver(rig.message_event("D0000001", dm, channel_type="im"))["statusCode"] == 200
+    answers = _answers_in(rig, "D0000001", dm["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+
+
+def test_ask_command_posts_question_and_answer_in_channel(rig: Rig) -> None:
+    response = rig.command("/ask", "연차 휴가 신청은 언제까지 하나요?", user="U0000004", channel=HR, trigger="t-ask-1")
+    assert response["statusCode"] == 200
+    posts = rig.fake.bot_messages(HR)
+    assert len(posts) == 1 and "thread_ts" not in posts[0]
+    sections = _section_texts(posts[0])
+    assert sections[0].startswith("<@U0000004>") and "3일 전" in " ".join(sections)
+    assert rig.answer_record(HR, posts[0]["ts"]) is not None
+    usage = rig.command("/ask", "", user="U0000004", channel=HR, trigger="t-ask-2")
+    assert usage["statusCode"] == 200 and rig.fake.responses[-1]["response_type"] == "ephemeral"
+
+
+# --- retries ----------------------------------------------------------------------------------------
+
+
+def test_retried_delivery_never_answers_twice(rig: Rig) -> None:
+    question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?", event_id="EvRetry1")
+    calls = len(rig.fake.calls)
+    event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
+             "channel": HR, "event_ts": question["ts"]}
+    for retry in (1, 2, 3):
+        assert rig.deliver(event, event_id="EvRetry1", retry_num=retry)["statusCode"] == 200
+    assert len(_answers_in(rig, HR, question["ts"])) == 1
+    writes = [c for c in rig.fake.calls[calls:] if c.method in ("chat.postMessage", "chat.update")]
+    assert writes == []
+
+
+def test_failed_first_attempt_is_answered_by_the_retry(rig: Rig) -> None:
+    rig.fake.fail_next("chat.update", "internal_error")
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    assert response["statusCode"] == 200
+    assert len(rig.lam.errors) == 1  # the first lazy invocation failed; Lambda's async retry answered
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1  # the retry edited the same placeholder
+    assert "15일" in answers[0]["text"] and any("출처" in s for s in _section_texts(answers[0]))
+    assert rig.answer_record(HR, answers[0]["ts"]) is not None
+
+
+def test_lost_lazy_invocation_is_answered_by_slacks_retry(rig: Rig) -> None:
+    rig.lam.throttle_next = 1  # the async Invoke itself fails: Slack sees an error and retries
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?", event_id="EvThrottle")
+    assert response["statusCode"] >= 500 and _answers_in(rig, HR, question["ts"]) == []
+    event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
+             "channel": HR, "event_ts": question["ts"]}
+    assert rig.deliver(event, event_id="EvThrottle", retry_num=1)["statusCode"] == 200
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+
+
+# --- feedback ---------------------------------------------------------------------------------------
+
+
+def test_reactions_become_feedback_once(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+    answer_id = make_answer_id("slack", HR, answer_ts)
+
+    def feedback() -> list[Any]:
+        return sorted(iter_feedback(rig.store), key=lambda e: e.created_at)
+
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, event_ts="1800000000.000100",
+                 event_id="EvReact1")
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, event_ts="1800000000.000100",
+                 event_id="EvReact1", retry_num=1)  # a retried delivery
+    assert [(e.answer_id, e.label, e.action) for e in feedback()] == [(answer_id, 1, "added")]
+
+    rig.reaction("reaction_removed", user="U0000009", channel=HR, ts=answer_ts, event_ts="1800000000.000200")
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, emoji="-1::skin-tone-3",
+                 event_ts="1800000000.000300")
+    assert [(e.label, e.action) for e in feedback()] == [(1, "added"), (1, "removed"), (-1, "added")]
+
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, emoji="eyes")  # not a vote
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=question["ts"], item_user="U0000001")
+    assert len(feedback()) == 3
+    assert '"FeedbackEvents"' in capsys.readouterr().out
+
+
+def test_optional_ephemeral_thanks_for_a_vote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              knowledge_base: Path, fake_slack: FakeSlack) -> None:
+    rig_iter = _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_REACTION_THANKS="true")
+    rig = next(rig_iter)
+    try:
+        question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
+        answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+        rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts)
+        rig.reaction("reaction_removed", user="U0000009", channel=HR, ts=answer_ts)
+        thanks = fake_slack.calls_of("chat.postEphemeral")
+        assert [(c.args["channel"], c.args["user"]) for c in thanks] == [(HR, "U0000009")]
+    finally:
+        rig_iter.close()
+
+
+# --- /retrain ---------------------------------------------------------------------------------------
+
+
+def test_retrain_refused_for_non_admins_and_queued_once_for_admins(rig: Rig) -> None:
+    queue = open_queue(rig.settings)
+    assert rig.command("/retrain", "", user="U0000005", channel=HR, trigger="t-r1")["statusCode"] == 200
+    refusal = rig.fake.responses[-1]
+    assert refusal["response_type"] == "ephemeral" and "ADMIN_USER_IDS" in refusal["text"]
+    assert queue.depth() == 0
+
+    assert rig.command("/retrain", "new docs", user=ADMIN, channel=HR, trigger="t-r2")["statusCode"] == 200
+    queued = rig.fake.responses[-1]
+    assert queued["response_type"] == "in_channel"
+    assert queue.depth() == 1
+    job = json.loads(queue.receive(wait_s=0).body)
+    assert job["requested_by"] == f"slack:{ADMIN}" and job["notify_targets"][0]["channel"] == HR
+
+    rig.command("/retrain", "", user=ADMIN, channel=HR, trigger="t-r3")
+    assert rig.fake.responses[-1]["response_type"] == "ephemeral"  # already queued: only the asker hears
+
+
+# --- bad requests -----------------------------------------------------------------------------------
+
+
+def test_bad_signature_or_stale_timestamp_is_401(rig: Rig) -> None:
+    body = event_callback({"type": "app_mention", "channel": HR, "ts": "1.1", "text": "hi", "user": "U1"},
+                          event_id="EvBad")
+    assert rig.send(body, signature="v0=" + "0" * 64)["statusCode"] == 401
+    assert rig.send(body, timestamp=int(time.time()) - 600)["statusCode"] == 401
+    forged = signed_event(body, "another-secret")
+    assert rig.handler(forged, LambdaContext())["statusCode"] == 401
+    assert rig.fake.calls_of("chat.postMessage") == []
+
+
+def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
+    no_context = signed_event("{}", SECRET)
+    del no_context["requestContext"]
+    body_not_text = signed_event("{}", SECRET)
+    body_not_text["body"] = {"type": "event_callback"}
+    bad_base64 = signed_event("{}", SECRET)
+    bad_base64.update(body="%%%not base64%%%", isBase64Encoded=True)
+    unsigned_junk = api_gateway_event("{not json", {"content-type": "application/json"})
+    cases = {
+        "signed junk JSON": signed_event("{not json", SECRET),
+        "unsigned junk JSON": unsigned_junk,
+        "signed junk payload": signed_event("payload=%7Bnot-json", SECRET,
+                                            content_type="application/x-www-form-urlencoded"),
+        "event is not an object": signed_event('{"type":"event_callback","event":"oops"}', SECRET),
+        "event without type": signed_event('{"type":"event_callback","event":{"channel":"C1"}}', SECRET),
+        "JSON array": signed_event("[1, 2, 3]", SECRET),
+        "empty body": signed_event("", SECRET),
+        "no request context": no_context,
+        "body of the wrong type": body_not_text,
+        "bad base64": bad_base64,
+        "not a dict": [1, 2],
+    }
+    for name, event in cases.items():
+        status = rig.handler(event, LambdaContext())["statusCode"]
+        assert 400 <= status < 500, f"{name}: {status}"
+    assert rig.fake.calls_of("chat.postMessage") == []
+
+
+def test_base64_encoded_body_is_accepted(rig: Rig) -> None:
+    message = rig.fake.user_message(HR, "U0000001", f"<@{BOT_USER_ID}> 연차 휴가는 며칠인가요?")
+    body = event_callback({"type": "app_mention", "user": "U0000001", "text": message["text"],
+                           "ts": message["ts"], "channel": HR, "event_ts": message["ts"]}, event_id="EvB64")
+    event = signed_event(body, SECRET)
+    event.update(body=base64.b64encode(body.encode()).decode(), isBase64Encoded=True)
+    assert rig.handler(event, LambdaContext())["statusCode"] == 200
+    assert len(_answers_in(rig, HR, message["ts"])) == 1
+
+
+def test_url_verification_challenge(rig: Rig) -> None:
+    body = json.dumps({"token": "legacy", "challenge": "abc123", "type": "url_verification"})
+    response = rig.send(body)
+    assert response["statusCode"] == 200 and "abc123" in response["body"]
+
+
+# --- knowledge spaces -------------------------------------------------------------------------------
+
+
+def test_channel_mapped_to_a_space_never_cites_another(rig: Rig) -> None:
+    question = "연차 휴가 신청은 어떻게 하나요?"
+    by_channel = {}
+    for channel in (ENG, HR):
+        message, _ = rig.mention(channel, question)
+        answer = _answers_in(rig, channel, message["ts"])[0]
+        record = rig.answer_record(channel, answer["ts"])
+        assert record is not None
+        by_channel[channel] = (record, " ".join(_section_texts(answer)))
+    eng_record, eng_text = by_channel[ENG]
+    assert eng_record.spaces == ["eng"]
+    assert eng_record.contexts and all("eng" in Path(c.source).parts for c in eng_record.contexts)
+    assert "휴가 규정" not in eng_text and "leave.md" not in eng_text
+    hr_record, _ = by_channel[HR]
+    assert hr_record.contexts and all("hr" in Path(c.source).parts for c in hr_record.contexts)
+
+
+# --- AWS backends (S3 + SQS on moto) and Secrets Manager ------------------------------------------
+
+
+def test_on_s3_sqs_with_secrets_manager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path,
+                                        fake_slack: FakeSlack, aws_settings: Settings) -> None:
+    import boto3
+
+    arn = boto3.client("secretsmanager").create_secret(
+        Name=f"echorag-slack-{time.time_ns()}",
+        SecretString=json.dumps({"signing_secret": SECRET, "bot_token": "xoxb-from-secrets-manager"}),
+    )["ARN"]
+    rig_iter = _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack,
+                         FEEDBACK_BUCKET=str(aws_settings.feedback_bucket),
+                         TRAINING_QUEUE_URL=str(aws_settings.training_queue_url),
+                         SLACK_SECRET_ARN=arn, SLACK_SIGNING_SECRET="not-the-real-one",
+                         SLACK_BOT_TOKEN="xoxb-not-the-real-one")
+    rig = next(rig_iter)
+    try:
+        question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+        assert response["statusCode"] == 200
+        assert {c.token for c in fake_slack.calls} == {"xoxb-from-secrets-manager"}
+        answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+        assert rig.answer_record(HR, answer_ts) is not None  # read back from S3
+        rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts)
+        assert len(list(iter_feedback(rig.store))) == 1
+        rig.command("/retrain", "", user=ADMIN, channel=HR, trigger="t-aws")
+        assert open_queue(rig.settings).depth() == 1
+    finally:
+        rig_iter.close()
+
+
+# --- rendering limits -------------------------------------------------------------------------------
+
+
+def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> None:
+    from bots.slack_render import render_answer
+
+    paragraph = ("연차 & 휴가 <규정> @channel <!here> " * 40 + "\n\n") * 120  # ~150k characters
+    citations = [Citation(n=i, title=f"문서 {i} <b>", source=f"https://wiki.example.com/p?id={i}&v=2",
+                          location=f"§ {i}", doc_id=f"d{i}", chunk_id=f"c{i}", score=1.0) for i in range(1, 15)]
+    answer = AgentAnswer(question="q", condensed_question="q", text=paragraph, language="ko",
+                         citations=citations, model="vllm/echorag", adapter_version="v3")
+    messages = render_answer(answer)
+    assert len(messages) >= 4
+    rendered = []
+    for message in messages:
+        assert len(message.blocks) <= 50 and len(message.text) <= 40_000
+        for block in message.blocks:
+            if block["type"] == "section":
+                assert len(block["text"]["text"]) <= 3000
+                rendered.append(block["text"]["text"])
+    everything = "\n".join(rendered + [m.text for m in messages])
+    assert "<!" not in everything and "@channel" not in everything and "<규정>" not in everything
+    assert "&amp;" in everything and "&lt;규정&gt;" in everything
+    assert "adapter: v3" in json.dumps(messages[-1].blocks, ensure_ascii=False)
+    assert "<https://wiki.example.com/p?id=1&amp;v=2|문서 1 &lt;b&gt;>" in everything
+
+
+# --- Socket Mode ------------------------------------------------------------------------------------
+
+
+def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> None:
+    from slack_sdk.socket_mode.request import SocketModeRequest
+
+    from bots.slack_socket import build_handler
+    from core.errors import ConfigError
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",
+                        llm_backend="extractive", slack_bot_token="xoxb-socket", slack_app_token="xapp-1-socket",
+                        slack_api_base_url=fake_slack.base_url)
+    with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
+        build_handler(settings.model_copy(update={"slack_app_token": None}))
+
+    handler = build_handler(settings)
+    sent: list[Any] = []
+
+    class Client:  # what the handler needs from SocketModeClient: send the ack
+        logger = handler.client.logger
+
+        def send_socket_mode_response(self, response: Any) -> None:
+            sent.append(response)
+
+    message = fake_slack.user_message("C0SOCKET", "U0000001", f"<@{BOT_USER_ID}> 연차 휴가는 며칠인가요?")
+    payload = json.loads(event_callback({"type": "app_mention", "user": "U0000001", "text": message["text"],
+                                         "ts": message["ts"], "channel": "C0SOCKET"}, event_id="EvSock"))
+    try:
+        for retry in (None, 1):  # Socket Mode redelivery carries retry_attempt
+            handler.handle(Client(), SocketModeRequest(type="events_api", envelope_id=f"env-{retry}",
+                                                       payload=payload, retry_attempt=retry))
+        handler.app.listener_runner.lazy_listener_runner.executor.shutdown(wait=True)
+        assert [r.envelope_id for r in sent] == ["env-None", "env-1"]
+        answers = [m for m in fake_slack.thread("C0SOCKET", message["ts"]) if m.get("user") == BOT_USER_ID]
+        assert len(answers) == 1 and "15일" in answers[0]["text"]
+    finally:
+        handler.app.services.close()
+        handler.client.close()
+

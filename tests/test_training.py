@@ -1,0 +1,367 @@
+"""The feedback → retrain → publish loop on a tiny random model, on the local twins and on moto.
+
+Reactions go in through `bots.feedback.record_reaction`, the job through `bots.retrain.request_retrain`,
+and the worker runs its one-message loop in-process against the real queue and store. Slack, Discord
+and vLLM are small local HTTP servers that record what they were sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bots.feedback import record_reaction
+from bots.retrain import request_retrain
+from core import records
+from core.contracts import AnswerRecord, ContextRef, NotifyTarget, make_answer_id
+from core.queue import open_queue
+from core.registry import AdapterRegistry
+from core.settings import Settings
+from core.store import open_store
+from tests.conftest import make_settings
+from tests.support_training import QA, FakeServer, build_tiny_base
+from training.dataset import EVAL_PERCENT, NotEnoughFeedback, build_snapshot, split, split_bucket
+from training.worker import Worker
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture
+def fakes() -> Iterator[dict[str, FakeServer]]:
+    servers = {kind: FakeServer(kind) for kind in ("slack", "discord", "vllm")}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "base_model": str(base),
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_modules_to_save": ["lm_head"],  # a random lm_head keeps logits flat: train it too
+        "train_epochs": 4,
+        "train_lr": 8e-3,
+        "train_batch_size": 4,
+        "train_max_length": 256,
+        "train_min_examples": 4,
+        "retrain_threshold": 0,
+        "queue_visibility_s": 60,
+        "train_retry_delay_s": 0,
+        "adapter_poll_s": 0,
+        "slack_bot_token": "xoxb-test",
+        "slack_api_base_url": fakes["slack"].url + "/api/",
+        "discord_bot_token": "discord-test-token",
+        "discord_api_base_url": fakes["discord"].url + "/api/v10",
+        "announce_discord_channel": "998877",
+        "vllm_url": fakes["vllm"].url,
+    }
+    values.update(overrides)
+    return make_settings(data_dir, **values)
+
+
+def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool = True) -> None:
+    """Answers as the agent records them, then 👍 (and one 👎) through the reaction path."""
+    store, queue = open_store(settings), open_queue(settings)
+    posts: list[tuple[str, str, str, str, str, str]] = []
+    for i, (question, title, text, answer) in enumerate(QA[:approved]):
+        posts.append((f"m{i}", question, title, text, answer, "+1"))
+    if with_bad:
+        question, title, text, _ = QA[0]
+        posts.append(("bad0", question, title, text, "모르겠습니다.", "-1"))
+    for message_id, question, title, text, answer, reaction in posts:
+        language = "ko" if any("가" <= ch <= "힣" for ch in question) else "en"
+        records.save_answer(store, AnswerRecord(
+            answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
+            message_id=message_id, question=question, language=language, answer=answer,
+            contexts=[ContextRef(doc_id=f"doc-{title}", chunk_id=f"chunk-{title}", title=title, text=text, score=1.0)],
+        ))
+        event = record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U1",
+                                reaction=reaction, action="added", event_ts="1700000000.1", settings=settings,
+                                store=store, queue=queue)
+        assert event is not None
+
+
+def queue_job(settings: Settings) -> str:
+    outcome = request_retrain(
+        requested_by="slack:UADMIN", is_admin=True, reason="test",
+        notify_targets=[NotifyTarget(platform="slack", channel="C1", thread_ts="1700000000.000001")],
+        settings=settings, store=open_store(settings), queue=open_queue(settings),
+    )
+    assert outcome.status == "queued", outcome.message
+    assert outcome.job_id is not None
+    return outcome.job_id
+
+
+def read_jsonl(settings: Settings, key: str) -> list[dict]:
+    data = open_store(settings).get(key)
+    assert data is not None, key
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+# --- the whole loop -----------------------------------------------------------------------------
+
+
+def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, fakes, tmp_path) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes)
+    seed_feedback(settings)
+    job_id = queue_job(settings)
+
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+
+    assert outcome.outcome == "published", outcome.detail
+    store = open_store(settings)
+    train = read_jsonl(settings, f"datasets/{job_id}/train.jsonl")
+    held = read_jsonl(settings, f"datasets/{job_id}/eval.jsonl")
+    pairs = read_jsonl(settings, f"datasets/{job_id}/pairs.jsonl")
+    assert len(train) + len(held) == len(QA) and held and train
+    assert all(row["prompt"].startswith("<|system|>") and row["prompt"].endswith("<|assistant|>\n") for row in train)
+    assert train[0]["messages"][0]["role"] == "system" and "[1]" in train[0]["messages"][0]["content"]
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(QA[0][3], "모르겠습니다.")]
+    registry = AdapterRegistry(store, settings.adapter_name)
+    assert registry.current() == 1
+    manifest = registry.manifest(1)
+    assert manifest is not None and manifest.job_id == job_id
+    candidate, base = manifest.metrics["candidate"]["eval_nll"], manifest.metrics["current"]["eval_nll"]
+    assert candidate < base, (candidate, base)
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "published" and status.adapter_version == 1
+    assert status.progress == 1.0 and status.examples == len(train)
+    assert records.active_job_id(store) is None
+    assert open_queue(settings).depth() == 0
+    # vLLM was told to swap the adapter in place, from a local copy of v1.
+    [load] = fakes["vllm"].calls
+    assert load["path"] == "/v1/load_lora_adapter"
+    assert load["body"]["lora_name"] == "echorag" and load["body"]["load_inplace"] is True
+    assert (Path(load["body"]["lora_path"]) / "adapter_config.json").is_file()
+    # The asking thread (Slack) and the announcement channel (Discord) heard about it.
+    [slack_post] = fakes["slack"].calls
+    assert slack_post["path"] == "/api/chat.postMessage"
+    assert slack_post["body"]["channel"] == "C1" and slack_post["body"]["thread_ts"] == "1700000000.000001"
+    assert "v1" in slack_post["body"]["text"] and "held-out answer NLL" in slack_post["body"]["text"]
+    [discord_post] = fakes["discord"].calls
+    assert discord_post["path"] == "/api/v10/channels/998877/messages"
+    assert discord_post["headers"]["Authorization"] == "Bot discord-test-token"
+    assert "v1" in discord_post["body"]["content"]
+
+    # The in-process backend serves the base model with CURRENT.
+    from rag.llm_transformers import TransformersLLM
+
+    llm = TransformersLLM(settings.model_copy(update={"llm_model": str(tiny_base)}), store=store)
+    assert llm.adapter_version == "v1"
+    assert isinstance(llm.complete([{"role": "user", "content": QA[0][0]}], max_tokens=4), str)
+
+    # A second run with a destructive learning rate is worse on the held-out set: v1 stays live.
+    wrecked = settings.model_copy(update={"train_lr": 30.0, "train_epochs": 1})
+    second = queue_job(wrecked)
+    [outcome] = Worker(wrecked, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "rejected", outcome.detail
+    assert registry.current() == 1 and registry.list_versions() == [1]
+    status = records.load_job_status(store, second)
+    assert status is not None and status.state == "rejected" and "held-out answer NLL got worse" in status.message
+    assert records.active_job_id(store) is None
+    assert len(fakes["vllm"].calls) == 1  # nothing new to load
+    assert "not published" in fakes["slack"].calls[-1]["body"]["text"]
+
+    # Redelivering the first job's message is acknowledged without training again.
+    queue = open_queue(settings)
+    first_body = json.dumps({"schema": 1, "job_id": job_id, "requested_by": "slack:UADMIN"})
+    queue.send(first_body, dedup_id=job_id + "-again")
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "duplicate" and queue.depth() == 0
+    assert registry.list_versions() == [1]
+
+    # A restarted worker makes vLLM serve CURRENT (in case a hot-load was missed).
+    assert "now serves v1" in Worker(settings, show_progress=False).sync_serving()
+    assert fakes["vllm"].calls[-1]["body"]["lora_path"].endswith("/echorag/v1")
+
+
+def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes, tmp_path) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes)
+    seed_feedback(settings, with_bad=False)
+    job_id = queue_job(settings)
+    store = open_store(settings)
+    registry = AdapterRegistry(store, settings.adapter_name)
+    steps: list[float] = []
+
+    def sigterm_at_second_step(fraction: float, loss: float) -> None:
+        steps.append(fraction)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    worker = Worker(settings, progress_hook=sigterm_at_second_step, show_progress=False)
+    try:
+        worker.install_signal_handlers()
+        outcomes = worker.run(wait_s=0)  # the loop itself stops on the signal
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+    assert [o.outcome for o in outcomes] == ["interrupted"]
+    assert registry.current() is None and registry.list_versions() == []  # nothing half-published
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "queued" and "interrupted" in status.message
+    assert records.active_job_id(store) == job_id  # still this job's turn
+    assert not (tmp_path / "work" / job_id).exists()
+
+    # The next worker gets the released message at once and finishes it; vLLM refuses the load.
+    from rag.llm_transformers import TransformersLLM
+
+    llm = TransformersLLM(settings.model_copy(update={"llm_model": str(tiny_base)}), store=store)
+    assert llm.adapter_version is None
+    fakes["vllm"].rec.fail_with = 500
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "published" and outcome.job_id == job_id
+    assert "vLLM hot-load FAILED" in outcome.hot_load and "HTTP 500" in outcome.hot_load
+    assert registry.current() == 1
+    status = records.load_job_status(store, job_id)
+    assert status is not None and "vLLM hot-load FAILED" in status.message
+    assert "vLLM hot-load FAILED" in fakes["slack"].calls[-1]["body"]["text"]
+    assert records.active_job_id(store) is None
+    llm.complete([{"role": "user", "content": "hi"}], max_tokens=2)
+    assert llm.adapter_version == "v1"  # picked up the published adapter without a restart
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+def test_malformed_job_message_goes_to_the_dlq_with_a_reason(tmp_path, fakes, caplog) -> None:
+    settings = make_settings(tmp_path, queue_max_receives=2)
+    queue = open_queue(settings)
+    queue.send("this is not json", dedup_id="bad-1")
+    caplog.set_level(logging.ERROR, logger="training.worker")
+    worker = Worker(settings, show_progress=False)
+    outcomes = []
+    for _ in range(4):
+        outcomes += worker.run(once=True, wait_s=0)
+    assert [o.outcome for o in outcomes] == ["malformed", "malformed"]
+    assert queue.depth() == 0
+    assert [m.body for m in queue.dead_letters()] == ["this is not json"]
+    assert "malformed training job message" in caplog.text and "dead-letter queue" in caplog.text
+    assert "Invalid JSON" in caplog.text
+
+
+def test_a_failing_job_is_retried_reported_and_then_dead_lettered(tiny_base, fakes, tmp_path) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes, base_model=str(tmp_path / "missing-model"),
+                                 queue_max_receives=2)
+    seed_feedback(settings, with_bad=False)
+    job_id = queue_job(settings)
+    store, queue = open_store(settings), open_queue(settings)
+    worker = Worker(settings, show_progress=False)
+    first = worker.run(once=True, wait_s=0)
+    assert [o.outcome for o in first] == ["retrying"]
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "queued" and "cannot load the base model" in (status.error or "")
+    assert "will be retried" in fakes["slack"].calls[-1]["body"]["text"]
+    second = worker.run(once=True, wait_s=0)
+    assert [o.outcome for o in second] == ["failed"]
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "failed"
+    assert "dead-letter queue" in fakes["discord"].calls[-1]["body"]["content"]
+    assert records.active_job_id(store) is None  # the next /retrain may queue
+    assert worker.run(once=True, wait_s=0) == []  # the receive moved it to the DLQ
+    assert [json.loads(m.body)["job_id"] for m in queue.dead_letters()] == [job_id]
+
+
+def test_not_enough_feedback_ends_the_job_and_says_so(tiny_base, fakes, tmp_path) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=5)
+    seed_feedback(settings, approved=3, with_bad=False)
+    job_id = queue_job(settings)
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "not_enough_feedback"
+    status = records.load_job_status(open_store(settings), job_id)
+    assert status is not None and status.state == "rejected" and "need at least 5" in status.message
+    assert "not enough feedback" in fakes["slack"].calls[-1]["body"]["text"]
+    assert open_queue(settings).depth() == 0 and records.active_job_id(open_store(settings)) is None
+
+
+def test_a_notify_outage_does_not_fail_the_job(tiny_base, fakes, tmp_path) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=9)
+    fakes["slack"].rec.fail_with = 500
+    fakes["discord"].rec.fail_with = 503
+    seed_feedback(settings, approved=2, with_bad=False)
+    queue_job(settings)
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "not_enough_feedback" and outcome.notified == 0
+    assert len(fakes["slack"].calls) == 1 and len(fakes["discord"].calls) == 1
+
+
+# --- over S3 + SQS (moto) -----------------------------------------------------------------------
+
+
+def test_loop_over_s3_and_sqs_with_a_gold_set(tiny_base, fakes, aws_settings) -> None:
+    gold = aws_settings.data_dir / "gold.jsonl"
+    gold.write_text("".join(
+        json.dumps({"question": q, "answers": [a], "contexts": [{"title": t, "text": c}]}, ensure_ascii=False) + "\n"
+        for q, t, c, a in QA[:2]
+    ), encoding="utf-8")
+    settings = training_settings(tiny_base, aws_settings.data_dir, fakes, **{
+        "feedback_bucket": aws_settings.feedback_bucket, "training_queue_url": aws_settings.training_queue_url,
+        "queue_max_receives": 3, "vllm_url": None, "gold_questions": gold,
+    })
+    seed_feedback(settings, with_bad=False)
+    job_id = queue_job(settings)
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=1)
+    assert outcome.outcome == "published", outcome.detail
+    store = open_store(settings)
+    manifest = AdapterRegistry(store, settings.adapter_name).current_manifest()
+    assert manifest is not None and manifest.version == 1
+    for side in ("candidate", "current"):  # both adapters scored on the held-out split and the gold set
+        assert set(manifest.metrics[side]) == {"eval_nll", "gold_nll", "gold_contains"}
+    assert manifest.metrics["candidate"]["gold_nll"] < manifest.metrics["current"]["gold_nll"]
+    assert manifest.dataset["snapshot"] == f"datasets/{job_id}/" and manifest.dataset["train"] >= 1 and "feedback_until" in manifest.dataset
+    assert store.get(f"datasets/{job_id}/train.jsonl")
+    assert open_queue(settings).depth() == 0
+    # A malformed body on SQS is redriven by SQS itself after maxReceiveCount receives.
+    queue = open_queue(settings)
+    queue.send('{"job_id": 5}', dedup_id="bad-sqs")
+    outcomes = []
+    for _ in range(4):
+        outcomes += Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert [o.outcome for o in outcomes] == ["malformed"] * 3
+    assert [m.body for m in queue.dead_letters()] == ['{"job_id": 5}']
+
+
+# --- dataset rules ------------------------------------------------------------------------------
+
+
+def test_dataset_dedups_retracts_and_splits_deterministically(tmp_path, fakes) -> None:
+    settings = make_settings(tmp_path, retrain_threshold=0)
+    seed_feedback(settings, with_bad=True)
+    store, queue = open_store(settings), open_queue(settings)
+    # The same approved answer posted twice is one example; a removed 👍 no longer counts.
+    question, title, text, answer = QA[1]
+    for message_id in ("dup", "retracted"):
+        records.save_answer(store, AnswerRecord(
+            answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
+            message_id=message_id, question=question, language="ko",
+            answer=answer if message_id == "dup" else "다른 답",
+            contexts=[ContextRef(doc_id="d", chunk_id="c", title=title, text=text)],
+        ))
+        record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U2", reaction="+1",
+                        action="added", event_ts="1700000001.0", settings=settings, store=store, queue=queue)
+    record_reaction(platform="slack", channel="C1", message_id="retracted", user_id="U2", reaction="+1",
+                    action="removed", event_ts="1700000002.0", settings=settings, store=store, queue=queue)
+    snapshot = build_snapshot("job", records.labelled_answers(store), min_examples=4)
+    examples = snapshot.train + snapshot.eval
+    assert len(examples) == len(QA) and snapshot.stats["duplicates"] == 1
+    assert not any(ex.answer == "다른 답" for ex in examples)
+    assert {ex.id for ex in snapshot.eval} == {ex.id for ex in examples if split_bucket(ex.id) < EVAL_PERCENT} or (
+        len(snapshot.eval) == 1)
+    again = build_snapshot("job2", records.labelled_answers(store), min_examples=4)
+    assert [ex.id for ex in again.eval] == [ex.id for ex in snapshot.eval]
+    assert split(examples[:2])[0] and split(examples[:2])[1]
+    with pytest.raises(NotEnoughFeedback, match="need at least 20"):
+        build_snapshot("job3", records.labelled_answers(store), min_examples=20)

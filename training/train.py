@@ -1,0 +1,247 @@
+"""LoRA fine-tuning on the approved answers (transformers + peft, a plain torch loop).
+
+Continual: when an adapter is live, training resumes from it (`PeftModel.from_pretrained(…,
+is_trainable=True)`) so each run adds the new feedback on top of what the bot already learned.
+The loss covers the answer tokens only (the prompt is masked to -100), the prompt is rendered
+exactly as the serving backend renders it, and the seed fixes data order and LoRA init.
+bf16 on a GPU, fp32 on CPU. Progress goes to a tqdm bar (with the loss) and to a callback the
+worker uses for job status and for stopping early (the callback may raise to abort).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError
+from core.settings import Settings
+from rag.llm_transformers import render_prompt
+
+if TYPE_CHECKING:
+    from training.dataset import Example
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, float], None]  # (fraction done 0..1, current loss)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a run trains: the base model and the LoRA / optimiser settings (from settings by default)."""
+
+    base_model: str
+    r: int = 16
+    alpha: int = 32
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    modules_to_save: tuple[str, ...] = ()
+    epochs: int = 2
+    lr: float = 2e-4
+    max_length: int = 1024
+    batch_size: int = 4
+    seed: int = 42
+    dtype: str | None = None  # "float32" / "bfloat16"; None: bf16 on GPU, fp32 on CPU (benchmarks override)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrainConfig:
+        if not settings.base_model:
+            raise ConfigError("BASE_MODEL is not set: give the path or hub id of the model the adapters sit on")
+        return cls(
+            base_model=settings.base_model,
+            r=settings.lora_r,
+            alpha=settings.lora_alpha,
+            target_modules=tuple(settings.lora_target_modules),
+            modules_to_save=tuple(settings.lora_modules_to_save),
+            epochs=settings.train_epochs,
+            lr=settings.train_lr,
+            max_length=settings.train_max_length,
+            batch_size=settings.train_batch_size,
+            seed=settings.train_seed,
+        )
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    examples: int
+    final_loss: float
+    seconds: float
+    trainable_params: int
+    train_seconds: float = 0.0  # the optimisation loop alone (no loading or saving)
+    losses: list[float] = field(default_factory=list)
+
+
+def pick_device() -> tuple[Any, Any]:
+    """(device, dtype): bf16 on CUDA, fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def load_tokenizer(base_model: str) -> Any:
+    """The base model's tokenizer (a pad token is borrowed from eos when missing)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the base model {base_model!r} (BASE_MODEL): {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(base_model: str, *, device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """The base causal LM (bf16 on GPU, fp32 on CPU) and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    if device is None or dtype is None:
+        device, dtype = pick_device()
+    tokenizer = load_tokenizer(base_model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the base model {base_model!r} (BASE_MODEL): {exc}") from exc
+    return model.to(device), tokenizer
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels: the prompt (as served) masked, the answer + end-of-turn token learned.
+
+    Prompt and answer are tokenised separately, as at serving time (the prompt is encoded, the answer
+    generated after it). Over-long examples keep the answer (up to half the budget) and drop the start
+    of the prompt.
+    """
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        answer_ids = [*answer_ids, tokenizer.eos_token_id]
+    answer_ids = answer_ids[: max(1, max_length // 2)] if len(prompt_ids) + len(answer_ids) > max_length else answer_ids
+    keep = max_length - len(answer_ids)
+    prompt_ids = prompt_ids[-keep:] if keep > 0 else []
+    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any) -> dict[str, Any]:
+    """Right-padded input_ids / attention_mask / labels tensors."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, labs) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(labs)] = torch.tensor(labs)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def attach_lora(model: Any, config: TrainConfig, init_adapter: Path | None) -> Any:
+    """Resume the live adapter (trainable) or start a fresh LoRA from the configured shape."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter is not None:
+        log.info("continuing from the current adapter at %s", init_adapter)
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in config.target_modules if m in present]
+    if not targets:
+        raise ConfigError(
+            f"none of LORA_TARGET_MODULES {list(config.target_modules)} exist in {config.base_model}; "
+            f"pick from its linear layers (e.g. q_proj, v_proj)"
+        )
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=list(config.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train_lora(
+    config: TrainConfig,
+    examples: Sequence[Example],
+    out_dir: Path,
+    *,
+    init_adapter: Path | None = None,
+    progress: ProgressFn | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train on `examples` (messages + approved answer) and save the adapter to `out_dir`."""
+    import torch
+    from tqdm import tqdm
+
+    if not examples:
+        raise ConfigError("no training examples")
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device, dtype = pick_device()
+    if config.dtype:
+        dtype = getattr(torch, config.dtype)
+    base, tokenizer = load_base(config.base_model, device=device, dtype=dtype)
+    model = attach_lora(base, config, init_adapter)
+    model.train()
+    rows = [encode_example(tokenizer, ex.messages, ex.answer, config.max_length) for ex in examples]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    batches_per_epoch = math.ceil(len(rows) / config.batch_size)
+    total = max(1, config.epochs * batches_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    autocast = torch.autocast(device_type="cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else None
+    loop_started = time.perf_counter()
+    bar = tqdm(total=total, desc="training", unit="step", disable=not show_progress, leave=False)
+    try:
+        for _ in range(config.epochs):
+            order = torch.randperm(len(rows), generator=generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch = collate([rows[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id, device)
+                if autocast is not None:
+                    with autocast:
+                        loss = model(**batch).loss
+                else:
+                    loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if progress is not None:
+                    progress(len(losses) / total, losses[-1])
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - loop_started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    return TrainResult(
+        steps=len(losses),
+        examples=len(rows),
+        final_loss=losses[-1],
+        seconds=time.perf_counter() - started,
+        trainable_params=sum(p.numel() for p in params),
+        train_seconds=train_seconds,
+        losses=losses,
+    )

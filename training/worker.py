@@ -1,0 +1,312 @@
+"""`echorag worker`: the GPU host's training loop, one job at a time from the training queue.
+
+For each message: parse the job (a malformed body is logged and left to the dead-letter queue), skip
+it when it already ended (idempotent by job id: a redelivered job that was published or rejected is
+acknowledged, not retrained), then snapshot → train → gate → publish → hot-load → announce. A
+heartbeat thread keeps the message invisible while the job runs; the message is deleted only after
+the job has ended, so a crash means redelivery, never a lost job. SIGTERM stops at the next
+training step and releases the message (visibility 0) for the next worker. A failed attempt is
+retried after TRAIN_RETRY_DELAY_S and goes to the DLQ after QUEUE_MAX_RECEIVES. The single
+active-job slot (`jobs/ACTIVE`) is freed whenever a job ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from core import records
+from core.contracts import AdapterManifest, JobStatus, TrainingJob, utcnow
+from core.queue import JobQueue, QueueMessage, open_queue
+from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
+from core.settings import Settings
+from core.store import BlobStore, open_store
+from rag.llm_transformers import local_adapter
+from training.dataset import NotEnoughFeedback, build_snapshot, write_snapshot
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[float, float], None]
+
+
+class JobInterrupted(Exception):
+    """The worker was asked to stop while a job ran: release the message, keep the job queued."""
+
+
+@dataclass
+class JobOutcome:
+    """What one message turned into (for logs, tests and the CLI's exit summary)."""
+
+    job_id: str
+    outcome: str  # published | rejected | not_enough_feedback | failed | retrying | interrupted | duplicate | malformed
+    detail: str = ""
+    version: int | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    hot_load: str = ""
+    notified: int = 0
+
+
+class Heartbeat:
+    """Extends the message's visibility every `interval_s` until stopped (keeps a long job ours)."""
+
+    def __init__(self, queue: JobQueue, receipt: str, visibility_s: int) -> None:
+        self.queue, self.receipt, self.visibility_s = queue, receipt, visibility_s
+        self.interval_s = max(1.0, visibility_s / 3)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.queue.extend(self.receipt, self.visibility_s)
+            except Exception as exc:  # keep beating: the next extension may succeed
+                log.warning("could not extend the job message's visibility: %s", exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class Worker:
+    """Polls the queue and runs jobs; `run()` until stopped, or `run(once=True)` for one message."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: BlobStore | None = None,
+        queue: JobQueue | None = None,
+        progress_hook: ProgressHook | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.queue = queue or open_queue(settings)
+        self.progress_hook = progress_hook
+        self.show_progress = show_progress
+        self.registry = AdapterRegistry(self.store, settings.adapter_name)
+        self.stop_event = threading.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        if not self.stop_event.is_set():
+            log.warning("stop requested: finishing at the next safe point and releasing the current job")
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (systemd, docker stop) and SIGINT stop the loop and release the running job."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def sync_serving(self) -> str:
+        """At start-up: make vLLM serve CURRENT (it may have missed a hot-load, or restarted)."""
+        current = self.registry.current()
+        if current is None or not self.settings.vllm_url:
+            return ""
+        detail = self._hot_load(self.settings.adapter_name, current)
+        log.info("start-up sync: %s", detail)
+        return detail
+
+    def run(self, *, once: bool = False, wait_s: int = 20) -> list[JobOutcome]:
+        """Handle messages until stopped (or one receive when `once`); returns what each became."""
+        outcomes: list[JobOutcome] = []
+        while not self.stop_event.is_set():
+            message = self.queue.receive(wait_s=wait_s, visibility_s=self.settings.queue_visibility_s)
+            if message is not None:
+                outcomes.append(self.handle(message))
+            if once:
+                break
+        return outcomes
+
+    # --- one message ------------------------------------------------------------------------
+
+    def handle(self, message: QueueMessage) -> JobOutcome:
+        try:
+            job = TrainingJob.model_validate_json(message.body)
+        except ValidationError as exc:
+            return self._poison(message, exc)
+        status = records.load_job_status(self.store, job.job_id)
+        if status is not None and status.state in ("published", "rejected"):
+            log.info("job %s already %s; acknowledging the redelivered message", job.job_id, status.state)
+            self.queue.delete(message.receipt_handle)
+            records.release_active_job(self.store, job.job_id)
+            return JobOutcome(job.job_id, "duplicate", f"already {status.state}", version=status.adapter_version)
+        published = next((m.version for m in self.registry.manifests() if m.job_id == job.job_id), None)
+        if published is not None:  # published, but the worker died before recording it
+            self._set_status(job, state="published", progress=1.0, adapter_version=published,
+                             message=f"adapter v{published} published")
+            self.queue.delete(message.receipt_handle)
+            records.release_active_job(self.store, job.job_id)
+            return JobOutcome(job.job_id, "duplicate", "already published", version=published)
+
+        workdir = self.settings.data_dir / "work" / job.job_id
+        try:
+            with Heartbeat(self.queue, message.receipt_handle, self.settings.queue_visibility_s):
+                outcome = self._run_job(job, message, workdir)
+        except JobInterrupted:
+            self._set_status(job, state="queued", message="interrupted by a worker shutdown; it will run again")
+            self.queue.release(message.receipt_handle)
+            log.warning("job %s interrupted; message released for redelivery", job.job_id)
+            return JobOutcome(job.job_id, "interrupted", "released for redelivery")
+        except Exception as exc:
+            log.exception("job %s failed (attempt %s)", job.job_id, message.receive_count)
+            return self._failed(job, message, exc)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.queue.delete(message.receipt_handle)
+        records.release_active_job(self.store, job.job_id)
+        return outcome
+
+    def _poison(self, message: QueueMessage, exc: ValidationError) -> JobOutcome:
+        """A body that is not a TrainingJob can never succeed: release it so the queue's redrive
+        moves it to the DLQ after QUEUE_MAX_RECEIVES receives (no retry delay, no training)."""
+        reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+        log.error(
+            "malformed training job message %s (receive %s of %s): %s; it goes to the dead-letter queue",
+            message.message_id, message.receive_count, self.settings.queue_max_receives, reason,
+        )
+        self.queue.release(message.receipt_handle)
+        return JobOutcome("", "malformed", reason)
+
+    def _failed(self, job: TrainingJob, message: QueueMessage, exc: Exception) -> JobOutcome:
+        final = message.receive_count >= self.settings.queue_max_receives
+        error = f"{type(exc).__name__}: {exc}"
+        if final:
+            next_step = (f"This was attempt {message.receive_count} of {self.settings.queue_max_receives}: the job "
+                         "goes to the dead-letter queue. The live adapter is unchanged.")
+            records.release_active_job(self.store, job.job_id)
+        else:
+            next_step = (f"Attempt {message.receive_count} of {self.settings.queue_max_receives}: it will be retried "
+                         f"in {self.settings.train_retry_delay_s} s. The live adapter is unchanged.")
+        status = self._set_status(job, state="failed" if final else "queued", error=error, message=next_step)
+        try:  # the message comes back after the retry delay (or moves to the DLQ on its next receive)
+            self.queue.extend(message.receipt_handle, self.settings.train_retry_delay_s)
+        except Exception as queue_exc:
+            log.warning("could not set the retry delay for job %s: %s", job.job_id, queue_exc)
+        notified = self._notify(job, status.model_copy(update={"state": "failed"}))
+        return JobOutcome(job.job_id, "failed" if final else "retrying", error, notified=notified)
+
+    # --- the job ----------------------------------------------------------------------------
+
+    def _set_status(self, job: TrainingJob, **changes: Any) -> JobStatus:
+        changes.setdefault("requested_by", job.requested_by)
+        return records.update_job_status(self.store, job.job_id, **changes)
+
+    def _progress(self, job: TrainingJob, start: float, end: float) -> Callable[[float, float], None]:
+        """Training progress → job status (at most every 2 s), test hook, and the stop check."""
+        last = [0.0]
+
+        def report(fraction: float, loss: float) -> None:
+            if self.progress_hook is not None:
+                self.progress_hook(fraction, loss)
+            if self.stop_event.is_set():
+                raise JobInterrupted
+            now = time.monotonic()
+            if now - last[0] >= 2.0 or fraction >= 1.0:
+                last[0] = now
+                self._set_status(job, progress=round(start + (end - start) * fraction, 3),
+                                 message=f"training: loss {loss:.4f}")
+
+        return report
+
+    def _run_job(self, job: TrainingJob, message: QueueMessage, workdir: Path) -> JobOutcome:
+        from training.evaluate import evaluate, load_gold
+        from training.train import TrainConfig, load_tokenizer, train_lora
+
+        settings, name, registry = self.settings, self.settings.adapter_name, self.registry
+        config = TrainConfig.from_settings(settings)
+        self._set_status(job, state="running", progress=0.0, error=None,
+                         message=f"building the dataset (attempt {message.receive_count})")
+        taken_at = utcnow()  # feedback up to here is in this snapshot (the retrain counter restarts here)
+        try:
+            snapshot = build_snapshot(job.job_id, records.labelled_answers(self.store),
+                                      min_examples=settings.train_min_examples)
+        except NotEnoughFeedback as exc:
+            status = self._set_status(job, state="rejected", progress=1.0, message=str(exc))
+            notified = self._notify(job, status, next_step="Collect more 👍 on good answers, then /retrain again.")
+            return JobOutcome(job.job_id, "not_enough_feedback", str(exc), notified=notified)
+        write_snapshot(self.store, snapshot, tokenizer=load_tokenizer(config.base_model))
+        self._set_status(job, progress=0.05, examples=len(snapshot.train),
+                         message=f"training on {len(snapshot.train)} examples")
+        if self.stop_event.is_set():
+            raise JobInterrupted
+
+        current = registry.current()
+        current_dir = local_adapter(registry, current, settings.resolved_adapter_cache_dir) if current else None
+        candidate_dir = workdir / "candidate"
+        result = train_lora(config, snapshot.train, candidate_dir, init_adapter=current_dir,
+                            progress=self._progress(job, 0.05, 0.85), show_progress=self.show_progress)
+        self._set_status(job, progress=0.85, message="evaluating against the live adapter")
+        if self.stop_event.is_set():
+            raise JobInterrupted
+        gold = load_gold(settings.gold_questions, settings) if settings.gold_questions else []
+        label = f"v{current}" if current else "base"
+        report = evaluate(config, candidate_dir, current_dir, snapshot.eval, gold=gold, current_label=label)
+        metrics = {"candidate": report.candidate, "current": report.current}
+        train_metrics = {"train_loss": result.final_loss, "train_steps": float(result.steps)}
+        if not report.passed:
+            status = self._set_status(job, state="rejected", progress=1.0, message=f"rejected by the gate: {report.reason}",
+                                      metrics={**_flat(metrics), **train_metrics})
+            notified = self._notify(job, status, before=report.current, after=report.candidate)
+            return JobOutcome(job.job_id, "rejected", report.reason, metrics=metrics, notified=notified)
+        if self.stop_event.is_set():  # last safe point: after this the adapter is published
+            raise JobInterrupted
+
+        manifest = AdapterManifest(
+            name=name, version=0, parent_version=current, base_model=config.base_model, job_id=job.job_id,
+            dataset={"snapshot": f"datasets/{job.job_id}/", **{k: int(v) for k, v in snapshot.stats.items()},
+                     FEEDBACK_CUTOFF_KEY: taken_at.isoformat()},
+            metrics={**metrics, "training": train_metrics},
+        )
+        version = registry.publish(candidate_dir, manifest, promote=True)  # CURRENT moves atomically
+        hot = self._hot_load(name, version)
+        message_text = f"adapter v{version} published ({report.reason})"
+        if hot:
+            message_text += f"; {hot}"
+        status = self._set_status(job, state="published", progress=1.0, adapter_version=version, message=message_text,
+                                  metrics={**_flat(metrics), **train_metrics})
+        notified = self._notify(job, status, before=report.current, after=report.candidate)
+        return JobOutcome(job.job_id, "published", report.reason, version=version, metrics=metrics, hot_load=hot,
+                          notified=notified)
+
+    def _hot_load(self, name: str, version: int) -> str:
+        """Load the new version into vLLM; '' when no vLLM is configured, else what happened."""
+        if not self.settings.vllm_url:
+            return ""
+        from training.serving import hot_load
+
+        path = local_adapter(self.registry, version, self.settings.resolved_adapter_cache_dir)
+        result = hot_load(self.settings.vllm_url, lora_name=name, lora_path=path, api_key=self.settings.llm_api_key)
+        if result.ok:
+            return f"vLLM now serves v{version} as {name!r}"
+        return f"vLLM hot-load FAILED ({result.detail}): vLLM keeps serving the previous adapter until it is reloaded"
+
+    def _notify(self, job: TrainingJob, status: JobStatus, *, before: dict[str, float] | None = None,
+                after: dict[str, float] | None = None, next_step: str = "") -> int:
+        from bots.notify import notify_job
+
+        try:
+            results = notify_job(job, status, self.settings, before=before, after=after, next_step=next_step)
+        except Exception as exc:  # announcing is best effort
+            log.warning("could not announce job %s: %s", job.job_id, exc)
+            return 0
+        return sum(1 for r in results if r.ok)
+
+
+def _flat(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{side}_{key}": value for side, values in metrics.items() for key, value in values.items()}
+
