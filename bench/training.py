@@ -6,7 +6,8 @@
 Reports examples/s of the optimisation loop (loading and saving excluded), peak process RSS during
 the run (sampled every 10 ms) and, on a GPU, `torch.cuda.max_memory_allocated`, then the ratio
 variant / baseline. A short warm-up run first pays torch's one-time start-up costs, so neither side
-is charged for them. Comparisons:
+is charged for them; the two configurations alternate `--repeats` times and the best run of each is
+reported. Comparisons:
 
 - `lm_head`: LoRA only (baseline) vs LoRA + a fully trained `lm_head` (modules_to_save), the
   setting the tests need for tiny random models — what it costs on a real model.
@@ -23,16 +24,15 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.prompts import build_messages  # noqa: E402
-from rag.types import Passage  # noqa: E402
-from training.dataset import Example  # noqa: E402
-from training.train import TrainConfig, train_lora  # noqa: E402
+from rag.prompts import build_messages
+from rag.types import Passage
+from training.dataset import Example
+from training.train import TrainConfig, train_lora
 
 TOPICS = [
     ("휴가는 며칠인가요?", "휴가 규정", "정규직 직원의 연차 휴가는 연 15일이며 입사 첫 해에는 비례하여 부여됩니다.",
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best one reported)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args(argv)
 
@@ -147,14 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         examples = synthetic_examples(args.examples, args.contexts)
         train_lora(config, examples[: args.batch_size], workdir / "warmup", show_progress=False)  # one-time costs
         (base_label, base_over), (var_label, var_over) = VARIANTS[args.compare]
-        rows = [
-            run_one(base_label, dataclasses.replace(config, **base_over), examples, workdir),
-            run_one(var_label, dataclasses.replace(config, **var_over), examples, workdir),
-        ]
+        runs: dict[str, list[dict[str, Any]]] = {base_label: [], var_label: []}
+        for _ in range(args.repeats):  # interleaved, so a busy machine slows both sides alike
+            runs[base_label].append(run_one(base_label, dataclasses.replace(config, **base_over), examples, workdir))
+            runs[var_label].append(run_one(var_label, dataclasses.replace(config, **var_over), examples, workdir))
+        rows = [max(runs[label], key=lambda r: r["examples_per_s"]) for label in (base_label, var_label)]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"base model: {'tiny random Llama (hidden 64, 2 layers)' if args.tiny else args.base_model}")
     print(f"device: {device}; {args.examples} examples x {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"max length {args.max_length}, {args.contexts} contexts per prompt")
+          f"max length {args.max_length}, {args.contexts} contexts per prompt; best of {args.repeats} runs each")
     cols = ["examples_per_s", "train_s", "trainable_params", "peak_rss_mib", "rss_growth_mib"]
     if "cuda_peak_mib" in rows[0]:
         cols.append("cuda_peak_mib")

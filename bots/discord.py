@@ -9,6 +9,7 @@ Mentions never ping (`allowed_mentions: {"parse": []}`) and `@everyone`/`@here` 
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from typing import Any
 
 from core.settings import Settings
@@ -43,8 +44,8 @@ _COLOR_ANSWER = 0x5865F2
 _COLOR_ABSTAIN = 0x99AAB5
 
 _LABELS = {
-    "ko": {"sources": "출처", "model": "모델", "adapter": "어댑터", "no_sources": "출처 없음"},
-    "en": {"sources": "Sources", "model": "model", "adapter": "adapter", "no_sources": "no sources"},
+    "ko": {"sources": "출처", "model": "모델", "adapter": "어댑터"},
+    "en": {"sources": "Sources", "model": "model", "adapter": "adapter"},
 }
 
 # The two slash commands, as registered with PUT applications/{id}/commands (see handlers/cli_discord).
@@ -152,10 +153,11 @@ def _source_line(citation: Citation) -> str:
     line = f"[{citation.n}] "
     if citation.source.startswith(("http://", "https://")):
         line += f"[{truncate(title, 200)}]({citation.source})"
-    else:
+    else:  # a file: its name only (server paths are nobody's business)
         line += truncate(title, 200)
-        if citation.source and citation.source != citation.title:
-            line += f" · `{truncate(citation.source, 120)}`"
+        name = PurePath(citation.source).name if citation.source else ""
+        if name and name != citation.title:
+            line += f" · `{truncate(name, 120)}`"
     if citation.location:
         line += f" — {truncate(citation.location, 80)}"
     return line
@@ -170,7 +172,7 @@ def footer_text(answer: AgentAnswer) -> str:
 
 
 def _source_fields(answer: AgentAnswer) -> list[dict[str, Any]]:
-    """Sources as fields of whole lines, within SOURCES_BUDGET characters ("+N more" beyond)."""
+    """Sources as fields of whole lines, within SOURCES_BUDGET characters ("… +N" beyond)."""
     labels = _LABELS.get(answer.language, _LABELS["en"])
     lines: list[str] = []
     used = 0
@@ -181,7 +183,7 @@ def _source_fields(answer: AgentAnswer) -> list[dict[str, Any]]:
             break
         lines.append(line)
         used += len(line) + 1
-    chunks = split_text("\n".join(lines), FIELD_VALUE_LIMIT) or [labels["no_sources"]]
+    chunks = split_text("\n".join(lines), FIELD_VALUE_LIMIT)  # none when the answer abstained
     return [
         {"name": labels["sources"] if i == 0 else f"{labels['sources']} ({i + 1})", "value": chunk, "inline": False}
         for i, chunk in enumerate(chunks)

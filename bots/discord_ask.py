@@ -94,7 +94,9 @@ def _answer(job: AskJob, runtime: DiscordRuntime) -> AskOutcome:
         log.warning("ask interaction %s rejected: %s", job.interaction_id, exc)
         rest.edit_original(job.application_id, job.token, render_notice(f"⚠️ {exc}"))
         return AskOutcome("rejected", message_id=message_id)
-    rest.edit_original(job.application_id, job.token, render_answer(answer, answer_id=answer.answer_id))
+    edited = rest.edit_original(job.application_id, job.token, render_answer(answer, answer_id=answer.answer_id))
+    if edited and str(edited.get("id")) != message_id:  # Discord keeps the id on edit; say so if not
+        log.error("edited message id %s differs from @original %s", edited.get("id"), message_id)
     log.info(
         "answered ask interaction %s as message %s (answer %s)",
         job.interaction_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import discord
@@ -20,7 +21,7 @@ from discord import app_commands
 from bots.discord import COMMANDS, EPHEMERAL
 from bots.discord_ask import answer_ask
 from bots.discord_interactions import AskJob, Handled, button_feedback, retrain
-from bots.discord_runtime import DiscordRuntime
+from bots.discord_runtime import DiscordRuntime, resolve_settings
 from bots.feedback import record_reaction
 from core.contracts import FeedbackEvent
 from core.errors import ConfigError, EchoRagError
@@ -30,10 +31,18 @@ log = logging.getLogger(__name__)
 
 
 def reaction_feedback(
-    payload: discord.RawReactionActionEvent, runtime: DiscordRuntime, *, bot_user_id: int | None
+    payload: discord.RawReactionActionEvent,
+    runtime: DiscordRuntime,
+    *,
+    bot_user_id: int | None,
+    received_at: float | None = None,
 ) -> FeedbackEvent | None:
     """A raw reaction add/remove as feedback; None for the bot's own reactions, messages another
-    author wrote, and anything record_reaction does not count (not an answer, unmapped emoji)."""
+    author wrote, and anything record_reaction does not count (not an answer, unmapped emoji).
+
+    Gateway reaction events carry no timestamp or id, so the receipt time (ms) is the event time:
+    it orders add/remove/re-add correctly (a re-add after a removal is a new event), and the same
+    delivery handled twice with the same receipt time is stored once."""
     if bot_user_id is not None and payload.user_id == bot_user_id:
         return None
     if bot_user_id is not None and payload.message_author_id not in (None, bot_user_id):
@@ -47,6 +56,7 @@ def reaction_feedback(
         user_id=str(payload.user_id),
         reaction=payload.emoji.name,
         action="added" if payload.event_type == "REACTION_ADD" else "removed",
+        event_ts=f"{time.time() if received_at is None else received_at:.3f}",
         settings=runtime.settings,
         store=runtime.store,
         queue=runtime.training_queue,
@@ -76,8 +86,11 @@ class GatewayBot(discord.Client):
 
     async def _reaction(self, payload: discord.RawReactionActionEvent) -> FeedbackEvent | None:
         bot_id = self.user.id if self.user else None
+        received_at = time.time()
         try:
-            event = await asyncio.to_thread(reaction_feedback, payload, self.runtime, bot_user_id=bot_id)
+            event = await asyncio.to_thread(
+                reaction_feedback, payload, self.runtime, bot_user_id=bot_id, received_at=received_at
+            )
         except EchoRagError:
             log.exception("reaction on message %s could not be recorded", payload.message_id)
             return None
@@ -163,6 +176,7 @@ async def _respond(interaction: discord.Interaction, handled: Handled) -> None:
 
 def run_gateway(settings: Settings) -> None:
     """Connect and run until interrupted; needs DISCORD_BOT_TOKEN."""
+    settings = resolve_settings(settings)
     if not settings.discord_bot_token:
         raise ConfigError("DISCORD_BOT_TOKEN is not set (Developer Portal → your app → Bot → Reset Token)")
     bot = GatewayBot(settings)

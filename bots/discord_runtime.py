@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from bots.discord_rest import DiscordRest
+from core.errors import ConfigError
 from core.queue import JobQueue, SqliteQueue, SqsQueue, open_queue
 from core.settings import Settings
 from core.store import BlobStore, open_store
@@ -86,13 +87,35 @@ class DiscordRuntime:
         self.__dict__.pop("store", None)
 
 
+def resolve_settings(settings: Settings) -> Settings:
+    """The settings with the Discord credentials from Secrets Manager when DISCORD_SECRET_ARN names a
+    JSON secret {"public_key", "bot_token", "application_id"} (cached 5 minutes: rotation applies)."""
+    if not settings.discord_secret_arn:
+        return settings
+    from aws_lambda_powertools.utilities import parameters
+
+    secret = parameters.get_secret(settings.discord_secret_arn, transform="json", max_age=300)
+    if not isinstance(secret, dict) or not secret.get("public_key"):
+        raise ConfigError(f"secret {settings.discord_secret_arn} must be JSON with at least public_key")
+    update = {
+        field: str(secret[name])
+        for name, field in (
+            ("public_key", "discord_public_key"),
+            ("bot_token", "discord_bot_token"),
+            ("application_id", "discord_application_id"),
+        )
+        if secret.get(name)
+    }
+    return settings.model_copy(update=update)
+
+
 _current: DiscordRuntime | None = None
 
 
 def runtime_for(settings: Settings) -> DiscordRuntime:
     """The process's runtime for these settings (a new one, closing the old, when they change)."""
     global _current
-    if _current is None or _current.settings is not settings:
+    if _current is None or _current.settings != settings:
         if _current is not None:
             _current.close()
         _current = DiscordRuntime(settings)

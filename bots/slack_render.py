@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from rag.types import AgentAnswer, Citation
 
@@ -125,7 +126,9 @@ def _citation_line(citation: Citation) -> str:
     if _SAFE_URL.match(source):
         label = f"<{source.replace('&', '&amp;')}|{title}>"
     elif source and source != citation.title:
-        where = escape_mrkdwn(source).replace("`", "'")
+        # a file path or s3:// key: the folder and file name say enough (and leak no local layout)
+        short = "/".join(PurePosixPath(source.replace("\\", "/")).parts[-2:]) if "/" in source or "\\" in source else source
+        where = escape_mrkdwn(short).replace("`", "'")
         label = f"*{title}* · `{where}`"
     else:
         label = f"*{title}*"

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     discord_public_key: str | None = None
     discord_bot_token: str | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
+    # Lambda: Secrets Manager secret (JSON {"public_key", "bot_token", "application_id"}) overriding the above
+    discord_secret_arn: str | None = None
     ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> DATA_DIR/ask-queue.sqlite
     channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
     announce_slack_channel: str | None = None

@@ -10,12 +10,13 @@ import argparse
 
 from bots.discord import COMMANDS
 from bots.discord_rest import DiscordRest
+from bots.discord_runtime import resolve_settings
 from core.errors import ConfigError
 from core.settings import get_settings
 
 
 def _register_commands(args: argparse.Namespace) -> int:
-    settings = get_settings()
+    settings = resolve_settings(get_settings())
     if not settings.discord_application_id:
         raise ConfigError(
             "DISCORD_APPLICATION_ID is not set (Developer Portal → your app → General Information)"

@@ -26,7 +26,7 @@ from bots.discord_interactions import (
     parse_interaction,
     verify_signature,
 )
-from bots.discord_runtime import runtime_for
+from bots.discord_runtime import resolve_settings, runtime_for
 from core.errors import EchoRagError
 from core.settings import get_settings
 
@@ -58,9 +58,10 @@ def _raw_body() -> bytes:
 def interactions() -> Response:
     event = app.current_event
     body = _raw_body()
+    settings = resolve_settings(get_settings())  # a missing/unreadable secret raises: a 5xx + alarm
     try:
         verify_signature(
-            get_settings().discord_public_key,
+            settings.discord_public_key,
             event.get_header_value("x-signature-ed25519"),
             event.get_header_value("x-signature-timestamp"),
             body,
@@ -72,7 +73,7 @@ def interactions() -> Response:
     try:
         payload = parse_interaction(body)
         logger.append_keys(interaction_id=str(payload.get("id", "")), interaction_type=payload["type"])
-        handled = handle_interaction(payload, runtime_for(get_settings()))
+        handled = handle_interaction(payload, runtime_for(settings))
     except BadInteraction as exc:
         logger.warning("malformed interaction: %s", exc)
         metrics.add_metric(name="InteractionMalformed", unit=MetricUnit.Count, value=1)

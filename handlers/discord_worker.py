@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bots.discord_ask import answer_ask
 from bots.discord_interactions import AskJob
-from bots.discord_runtime import runtime_for
+from bots.discord_runtime import resolve_settings, runtime_for
 from core.settings import get_settings
 
 logger = Logger(service="discord-worker")
@@ -32,7 +32,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     # A body that is not an AskJob raises here: it is retried, then kept in the DLQ, never dropped.
     job = AskJob.model_validate_json(record.body)
     logger.append_keys(interaction_id=job.interaction_id)
-    settings = get_settings()
+    settings = resolve_settings(get_settings())
     receives = int(record.attributes.approximate_receive_count or 1)
     # The claim lasts as long as this invocation can: a retry after a timeout or crash retakes it.
     lease_s = lambda_context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_S

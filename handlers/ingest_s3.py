@@ -95,6 +95,7 @@ def record_handler(record: SQSRecord) -> None:
     try:
         records = s3_records(record)
         if not records:
+            metrics.add_metric(name="DocumentEventsIgnored", unit=MetricUnit.Count, value=1)
             logger.info("S3 test event ignored", extra={"message_id": record.message_id})
         for s3_record in records:
             sync_record(s3_record)

@@ -191,8 +191,11 @@ class Agent:
 
     def _grade(self, state: AgentState) -> dict[str, Any]:
         evidence = assess(state["condensed"], state["passages"])
+        semantic = bool(self.settings.dense_model or self.settings.embedding_model)
         ok = evidence.sufficient(
-            min_coverage=self.settings.abstain_coverage, min_score=self.settings.abstain_score
+            min_coverage=self.settings.abstain_coverage,
+            min_score=self.settings.abstain_score,
+            semantic=semantic,
         )
         return {"abstained": not ok, "scores": {"coverage": round(evidence.coverage, 4)}}
 

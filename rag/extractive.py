@@ -2,11 +2,13 @@
 retrieved passages that answers the question, cited `[n]`.
 
 Why this shape: a quoted sentence cannot hallucinate, and a sentence that shares the question's rare
-terms (IDF within the candidates, so a topic word every sentence repeats counts little), has them
-close together, sits in a well-ranked passage, and holds the kind of thing the question asks for (a
-person for 누구/who, a date for 언제/when, a number for 몇/how many) is where an extractive QA model
-would find its span. A neighbouring sentence is added only when it supplies question terms (or the
-asked-for kind of entity) that the best sentence lacks.
+terms (IDF within the candidates, so a topic word every sentence repeats counts little), sits in a
+well-ranked passage, and holds the kind of thing the question asks for (a person for 누구/who, a
+date for 언제/when, a number for 몇/how many) is where an extractive QA model would find its span.
+A neighbouring sentence is added only when it supplies question terms the best sentence lacks, or
+when the best one opens with a pronoun ("그는 …", "This law …") whose referent is the sentence before.
+Measured on KorQuAD-style dev questions (docs/agent.md): a term-proximity bonus and pairing on a
+missing entity kind did not help, so neither is here.
 """
 
 from __future__ import annotations
@@ -166,10 +168,9 @@ class Weights:
 
     rank_decay: float = 0.15  # score * (1 - rank_decay * rank) for the passage's rank 0, 1, 2, …
     retrieval: float = 0.15  # bonus * passage score normalised by the best passage's
-    proximity: float = 0.1  # bonus for matched terms close together
     cue: float = 0.2  # bonus when the sentence holds the kind of entity the question asks for
     novelty: float = 0.05  # bonus for content the question does not already contain (the answer)
-    pair_gain: float = 0.25  # add a neighbour when it covers this share of the missing term weight
+    pair_gain: float = 0.15  # add a neighbour when it covers this share of the missing term weight
     max_passages: int = 3
 
 
@@ -201,6 +202,11 @@ class Extract:
         return " ".join(parts)
 
 
+_ANAPHOR = re.compile(
+    r"^(?:\d{4}년[^,.]{0,12}\s)?(?:그는|그가|그의|그녀는|그녀가|그녀의|그들은|이는|이들은|이\s\S+[은는이가]\s|이후\s|"
+    r"(?:he|she|it|they|this|these|its|his|her|their)\b)",
+    re.I,
+)
 _LINE_END = re.compile(r"(?<=[.!?:;)。])[ \t]*\n|\n\s*\n")
 _EN_BOUNDARY = re.compile(r"(?<=[a-z0-9%)][.!?])\s+(?=[A-Z\"'(])")
 
@@ -290,15 +296,6 @@ def _has_cue(cue: str, sentence: _Sentence, question_terms: set[str]) -> bool:
     return False
 
 
-def _proximity(sentence: _Sentence, matched: set[str]) -> float:
-    """1.0 when the matched terms sit next to each other, falling towards 0 as they spread out."""
-    positions = [i for i, term in enumerate(sentence.terms) if term in matched]
-    if len(positions) < 2:
-        return 0.0
-    spread = positions[-1] - positions[0] + 1
-    return len(set(matched)) / spread if spread else 0.0
-
-
 def extract(
     question: str, passages: Sequence[Passage], weights: Weights = Weights(), *, focus: str | None = None
 ) -> Extract | None:
@@ -342,7 +339,6 @@ def extract(
         score = coverage * (1.0 - weights.rank_decay * s.passage)
         if best_passage_score > 0:
             score += weights.retrieval * max(candidates[s.passage].score, 0.0) / best_passage_score
-        score += weights.proximity * _proximity(s, s.matched)
         if cues and any(_has_cue(cue, s, q_set) for cue in cues):
             score += weights.cue
         novel = len([t for t in s.terms if t not in q_set])
@@ -353,17 +349,19 @@ def extract(
     if best.score <= 0.0:
         return None
     chosen = [best]
+    neighbours = [s for s in sentences if s.passage == best.passage and abs(s.position - best.position) == 1]
     missing = q_set - best.matched
-    if missing:
-        missing_weight = sum(weight[t] for t in missing)
-        neighbours = [
-            s for s in sentences if s.passage == best.passage and abs(s.position - best.position) == 1
-        ]
-        gains = [(sum(weight[t] for t in s.matched & missing), s) for s in neighbours]
-        gains = [(g, s) for g, s in gains if g >= weights.pair_gain * missing_weight and g > 0]
-        if gains:
-            _, neighbour = max(gains, key=lambda item: item[0])
-            chosen = sorted([best, neighbour], key=lambda s: s.position)
+    missing_weight = sum(weight[t] for t in missing)
+    gains = [(sum(weight[t] for t in s.matched & missing), s) for s in neighbours]
+    gains = [(g, s) for g, s in gains if g > 0 and g >= weights.pair_gain * missing_weight]
+    if gains:
+        chosen = sorted([best, max(gains, key=lambda item: item[0])[1]], key=lambda s: s.position)
+    elif _ANAPHOR.match(best.text) and not cues & {"date", "number"}:
+        # "그는 …" / "This law …": what the pronoun stands for — often the asked-for name — is in
+        # the sentence before.
+        previous = [s for s in neighbours if s.position == best.position - 1]
+        if previous:
+            chosen = [previous[0], best]
     covered = set().union(*(s.matched for s in chosen))
     return Extract(
         sentences=[(s.text, s.passage + 1) for s in chosen],

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.extractive import analyse, matched_terms
+from rag.language import detect_language
 from rag.types import Passage
 
 # Below this share of question terms in the best passage the evidence is too weak to answer from
@@ -28,24 +29,46 @@ class Evidence:
     top_score: float
     query_terms: int
     passages: int
+    cross_lingual: bool = False  # the passages are in another language than the question
 
-    def sufficient(self, *, min_coverage: float = MIN_COVERAGE, min_score: float = 0.0) -> bool:
-        if self.passages == 0 or self.query_terms == 0:
+    def sufficient(
+        self, *, min_coverage: float = MIN_COVERAGE, min_score: float = 0.0, semantic: bool = False
+    ) -> bool:
+        """`semantic`: a dense retriever is configured, so passages in another language can be real
+        matches (words cannot overlap across languages; the score, or the reranker's through
+        ABSTAIN_SCORE, is the evidence then). With words alone they are noise."""
+        if self.passages == 0 or self.top_score < min_score:
             return False
-        return self.coverage >= min_coverage and self.top_score >= min_score
+        if self.cross_lingual and semantic:
+            return True
+        return self.query_terms > 0 and self.coverage >= min_coverage
 
 
 def assess(question: str, passages: Sequence[Passage], *, look_at: int = 3) -> Evidence:
     """Coverage of the question's terms by the best of the first `look_at` passages."""
     top = list(passages[:look_at])
     top_score = max((p.score for p in passages), default=0.0)
+    language = detect_language(question)
+    cross = bool(top) and all(detect_language(p.text) != language for p in top)
     texts = [question] + [f"{p.title.replace('_', ' ')}\n{p.text}" for p in top]
     analysed = analyse(texts)
     q_terms = list(dict.fromkeys(analysed[0][0]))
     if not q_terms or not top:
-        return Evidence(coverage=0.0, top_score=top_score, query_terms=len(q_terms), passages=len(passages))
+        return Evidence(
+            coverage=0.0,
+            top_score=top_score,
+            query_terms=len(q_terms),
+            passages=len(passages),
+            cross_lingual=cross,
+        )
     coverage = max(
         len(matched_terms(q_terms, forms, text)) / len(q_terms)
         for (forms, _), text in zip(analysed[1:], texts[1:], strict=True)
     )
-    return Evidence(coverage=coverage, top_score=top_score, query_terms=len(q_terms), passages=len(passages))
+    return Evidence(
+        coverage=coverage,
+        top_score=top_score,
+        query_terms=len(q_terms),
+        passages=len(passages),
+        cross_lingual=cross,
+    )

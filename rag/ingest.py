@@ -29,7 +29,7 @@ from rag.vectorstore import StorePoint, VectorStore, open_vector_store, point_id
 
 log = logging.getLogger(__name__)
 
-_DOC_BATCH = 64  # documents analysed per Kiwi batch
+_DOC_BATCH = 256  # documents analysed per Kiwi batch (bigger batches keep Kiwi's threads busy)
 _POINT_BATCH = 256  # points per upsert
 
 

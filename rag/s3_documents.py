@@ -63,7 +63,7 @@ def parse_key(bucket: str, key: str, *, default_space: str) -> DocumentKey:
     if not key.startswith(DOCS_PREFIX):
         raise DocumentSyncError(f"s3://{bucket}/{key} is outside {DOCS_PREFIX}: only documents under it are ingested")
     parts = key[len(DOCS_PREFIX) :].split("/")
-    if any(part in ("", ".", "..") for part in parts[:-1]):
+    if any(part in (".", "..") for part in parts) or "" in parts[:-1]:
         raise DocumentSyncError(f"s3://{bucket}/{key}: empty or relative path segment")
     space = parts[0] if len(parts) > 1 else default_space
     if not _SPACE.match(space):

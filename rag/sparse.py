@@ -19,6 +19,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 from core.settings import Settings
@@ -38,7 +39,9 @@ class SparseVec:
     values: list[float]
 
 
+@lru_cache(maxsize=1_048_576)
 def _hash(kind: str, term: str) -> int:
+    """Stable 31-bit feature index (crc32: the same across processes and versions of Python)."""
     return zlib.crc32(f"{kind}:{term}".encode()) & 0x7FFFFFFF
 
 

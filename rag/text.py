@@ -25,15 +25,14 @@ _STOP_FORMS = frozenset({"것", "수", "등", "때", "중", "데", "바", "뿐",
 
 # English function words (Kiwi tags every Latin word SL): without this list "how do I …" matches
 # any English passage through "a", "do", "i".
-_EN_STOP = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
+_EN_STOP_WORDS = """a about above after again against all am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have
     having he her here hers herself him himself his how i if in into is it its itself just me more most my
     myself no nor not now of off on once only or other our ours ourselves out over own same she should so
     some such than that the their theirs them themselves then there these they this those through to too
     under until up very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves""".split()
-)
+    yours yourself yourselves"""
+_EN_STOP = frozenset(_EN_STOP_WORDS.split())
 
 _lock = threading.Lock()
 _HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
@@ -77,22 +76,26 @@ def _english_stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=262_144)
+def _term(form: str, tag: str) -> str | None:
+    """The BM25 term of one morpheme, or None (cached: ingestion sees the same morphemes over and over)."""
+    base = tag.split("-")[0]
+    if base not in CONTENT_TAGS:
+        return None
+    form = form.lower()
+    if base in _PREDICATE_TAGS:
+        return form + "다"
+    if base == "SL":
+        return None if len(form) < 2 or form in _EN_STOP else _english_stem(form)
+    return None if form in _STOP_FORMS else form
+
+
 def _terms_from_tokens(tokens: Iterable) -> list[str]:
     out: list[str] = []
     for tok in tokens:
-        tag = tok.tag.split("-")[0]
-        if tag not in CONTENT_TAGS:
-            continue
-        form = tok.form.lower()
-        if tag in _PREDICATE_TAGS:
-            form += "다"
-        elif tag == "SL":
-            if len(form) < 2 or form in _EN_STOP:
-                continue
-            form = _english_stem(form)
-        elif form in _STOP_FORMS:
-            continue
-        out.append(form)
+        term = _term(tok.form, tok.tag)
+        if term is not None:
+            out.append(term)
     return out
 
 
@@ -132,10 +135,12 @@ def _sentences_from_tokens(sent_tokens: list[list]) -> list[Sentence]:
             continue
         start = toks[0].start
         end = toks[-1].start + toks[-1].len
-        terms = tuple(
-            (tok.start, term) for tok in toks for term in _terms_from_tokens((tok,))
-        )
-        out.append(Sentence(start, end, terms))
+        terms = []
+        for tok in toks:
+            term = _term(tok.form, tok.tag)
+            if term is not None:
+                terms.append((tok.start, term))
+        out.append(Sentence(start, end, tuple(terms)))
     return out
 
 

@@ -25,6 +25,11 @@ from nacl.signing import SigningKey
 
 from core.settings import Settings, get_settings
 
+APPLICATION_ID = "1100000000000000001"
+GUILD_ID = "1200000000000000001"
+CHANNEL_ID = "1200000000000000100"
+BOT_USER = {"id": APPLICATION_ID, "username": "EchoRAG", "discriminator": "0", "avatar": None, "bot": True}
+
 _snowflakes = itertools.count(1_300_000_000_000_000_000)
 
 
@@ -47,6 +52,8 @@ class FakeDiscord:
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # interaction token -> @original
     failures: dict[str, list[int]] = field(default_factory=dict)  # method -> statuses to answer next
+    interactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> gateway interaction
+    responses: dict[str, Any] = field(default_factory=dict)  # token -> initial response body
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -112,12 +119,34 @@ class FakeDiscord:
             return [c for c in self.calls if c.method == method and re.search(path_pattern, c.path)]
 
     # --- the API --------------------------------------------------------------------------------
+    def expect(self, interaction: dict[str, Any]) -> None:
+        """Remember an interaction sent over the gateway, so its callback can open its message."""
+        with self.lock:
+            self.interactions[interaction["token"]] = interaction
+
     def handle(self, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+        path = path.split("?", 1)[0]
         with self.lock:
             self.calls.append(Call(method, path, body, headers))
             pending = self.failures.get(method)
             if pending:
                 return pending.pop(0), {"message": "injected failure", "code": 0}
+        if method == "GET" and path == "/api/v10/users/@me":  # discord.py's login
+            return 200, BOT_USER
+        if method == "GET" and path == "/api/v10/oauth2/applications/@me":
+            return 200, {
+                "id": APPLICATION_ID,
+                "name": "EchoRAG",
+                "description": "",
+                "icon": None,
+                "bot_public": False,
+                "bot_require_code_grant": False,
+                "owner": {**BOT_USER, "id": "2000000000000000099", "bot": False},
+                "verify_key": "00" * 32,
+                "flags": 0,
+            }
+        if m := re.fullmatch(r"/api/v10/interactions/(\d+)/([^/]+)/callback", path):
+            return self._callback(m.group(1), m.group(2), body)
         if m := re.fullmatch(r"/api/v10/webhooks/(\d+)/([^/]+)/messages/@original", path):
             return self._original(method, m.group(2), body)
         if m := re.fullmatch(r"/api/v10/applications/(\d+)(?:/guilds/(\d+))?/commands", path):
@@ -130,6 +159,19 @@ class FakeDiscord:
                 for c in body
             ]
         return 404, {"message": "404: Not Found", "code": 0}
+
+    def _callback(self, interaction_id: str, token: str, body: Any) -> tuple[int, Any]:
+        """The initial response to a gateway interaction (discord.py asks `with_response=1`)."""
+        with self.lock:
+            interaction = self.interactions.get(token)
+        if interaction is None:
+            return 404, {"message": "Unknown interaction", "code": 10062}
+        self.responses[token] = body
+        answer: dict[str, Any] = {"interaction": {"id": interaction_id, "type": interaction["type"]}}
+        if body.get("type") == 5:
+            message = self.open_deferred(interaction["application_id"], token, interaction["channel_id"])
+            answer["interaction"].update(response_message_id=message["id"], response_message_loading=True)
+        return 200, answer
 
     def _original(self, method: str, token: str, body: Any) -> tuple[int, Any]:
         with self.lock:
@@ -225,16 +267,41 @@ def response_json(response: dict[str, Any]) -> Any:
 
 # --- interactions ----------------------------------------------------------------------------------
 
-APPLICATION_ID = "1100000000000000001"
-GUILD_ID = "1200000000000000001"
-CHANNEL_ID = "1200000000000000100"
 
 
 def _member(user_id: str, permissions: str) -> dict[str, Any]:
+    user = {"id": user_id, "username": f"user{user_id[-3:]}", "discriminator": "0", "avatar": None}
     return {
-        "user": {"id": user_id, "username": f"user{user_id[-3:]}"},
+        "user": user,
         "permissions": permissions,
         "roles": [],
+        "joined_at": "2026-01-02T03:04:05.000000+00:00",
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+    }
+
+
+def _common(kind: int, channel_id: str, user_id: str, permissions: str, locale: str) -> dict[str, Any]:
+    """Fields Discord sends with every guild interaction (over HTTP and the gateway alike)."""
+    return {
+        "id": snowflake(),
+        "application_id": APPLICATION_ID,
+        "type": kind,
+        "token": "itoken-" + uuid.uuid4().hex,
+        "version": 1,
+        "guild_id": GUILD_ID,
+        "guild": {"id": GUILD_ID, "locale": "en-US", "features": []},
+        "channel_id": channel_id,
+        "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "general", "position": 0},
+        "member": _member(user_id, permissions),
+        "locale": locale,
+        "guild_locale": "en-US",
+        "app_permissions": "2248473465835073",
+        "entitlements": [],
+        "authorizing_integration_owners": {"0": GUILD_ID},
+        "context": 0,
+        "attachment_size_limit": 10485760,
     }
 
 
@@ -251,20 +318,7 @@ def command_interaction(
     data: dict[str, Any] = {"id": snowflake(), "name": name, "type": 1}
     if options is not None:
         data["options"] = options
-    return {
-        "id": snowflake(),
-        "application_id": APPLICATION_ID,
-        "type": 2,
-        "token": "itoken-" + uuid.uuid4().hex,
-        "version": 1,
-        "guild_id": GUILD_ID,
-        "channel_id": channel_id,
-        "channel": {"id": channel_id, "type": 0},
-        "member": _member(user_id, permissions),
-        "locale": locale,
-        "app_permissions": "2248473465835073",
-        "data": data,
-    }
+    return {**_common(2, channel_id, user_id, permissions, locale), "data": data}
 
 
 def ask_interaction(question: str, **kwargs: Any) -> dict[str, Any]:
@@ -276,15 +330,7 @@ def button_interaction(
 ) -> dict[str, Any]:
     """A click on a message component (type 3): Discord includes the message it sits on."""
     return {
-        "id": snowflake(),
-        "application_id": APPLICATION_ID,
-        "type": 3,
-        "token": "itoken-" + uuid.uuid4().hex,
-        "version": 1,
-        "guild_id": GUILD_ID,
-        "channel_id": message["channel_id"],
-        "member": _member(user_id, "0"),
-        "locale": locale,
+        **_common(3, message["channel_id"], user_id, "0", locale),
         "message": message,
         "data": {"custom_id": custom_id, "component_type": 2},
     }

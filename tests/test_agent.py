@@ -21,6 +21,7 @@ from core.store import open_store
 from rag.agent import ABSTAIN_MESSAGE, Agent
 from rag.condense import condense_rule, is_follow_up
 from rag.extractive import extractive_answer, question_cues
+from rag.grading import assess
 from rag.language import detect_language
 from rag.llm import LLMError, OpenAICompatibleLLM, llm_from_settings
 from rag.prompts import LANGUAGE_INSTRUCTION, build_messages, renumber_citations
@@ -102,6 +103,22 @@ def test_extractive_prefixes_a_line_when_languages_differ() -> None:
     assert same == "등대의 높이는 26미터이다. [1]"
 
 
+def test_grade_trusts_other_language_passages_only_with_a_dense_retriever() -> None:
+    passages = [
+        Passage(
+            chunk_id="c", doc_id="d", title="재택근무", text="재택근무는 주 3일까지 가능합니다.", score=0.8
+        )
+    ]
+    evidence = assess("How many remote work days per week?", passages)
+    assert evidence.cross_lingual and evidence.coverage == 0.0
+    assert not evidence.sufficient()
+    assert evidence.sufficient(semantic=True)
+    assert not evidence.sufficient(semantic=True, min_score=0.9)
+    same = assess("재택근무는 주 며칠 가능한가요?", passages)
+    assert not same.cross_lingual and same.sufficient()
+    assert not assess("화성의 수도는 어디인가요?", passages).sufficient()
+
+
 def test_condense_rule_carries_the_topic_into_an_elliptical_follow_up() -> None:
     history = [
         Turn("user", "재택근무는 주 며칠까지 할 수 있나요?"),
@@ -178,7 +195,7 @@ def test_follow_up_uses_the_earlier_turn(agent: Agent) -> None:
     follow_en = agent.ask("And how long does it take?", history=[Turn("user", first_en.question)])
     assert "roll back" in follow_en.condensed_question
     assert "3 minutes" in follow_en.text
-    assert agent.ask("And how long does it take?").abstained
+    assert "3 minutes" not in agent.ask("And how long does it take?").text  # no thread, no topic
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from bots.discord_gateway import GatewayBot, reaction_feedback
 from bots.discord_runtime import close_runtime, open_ask_queue, runtime_for
 from core.contracts import make_answer_id
 from core.queue import open_queue
-from core.records import iter_feedback, load_answer
+from core.records import effective_votes, iter_feedback, load_answer
 from core.settings import Settings
 from core.store import open_store
 from handlers import discord_interactions, discord_worker
@@ -323,7 +323,8 @@ def test_ask_defers_then_edits_the_response_once_with_answer_sources_and_buttons
     embed = patch["embeds"][0]
     assert "Tuesday" in embed["description"]
     assert embed["title"] == "When do production deployments happen?"
-    assert "Deployments" in embed["fields"][0]["value"]  # the cited source
+    assert "Deployments" in embed["fields"][0]["value"]  # the cited source, by title and file name
+    assert "`deploy-en.md`" in embed["fields"][0]["value"] and "/tmp" not in embed["fields"][0]["value"]
     assert "extractive" in embed["footer"]["text"]
     assert patch["allowed_mentions"] == {"parse": []}
 
@@ -347,6 +348,16 @@ def test_korean_question_is_answered_in_korean(
     embed = message["embeds"][0]
     assert "15일" in embed["description"]
     assert embed["fields"][0]["name"] == "출처"
+
+
+def test_channel_mapped_to_another_space_never_cites_the_default_space(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    settings = apply_settings_env(monkeypatch, settings.model_copy(update={"channel_spaces": {CHANNEL_ID: ["hr"]}}))
+    message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    embed = message["embeds"][0]
+    assert "Tuesday" not in embed["description"]
+    assert embed.get("fields") == []  # nothing cited from a space the channel may not see
 
 
 def test_same_interaction_delivered_twice_and_replayed_by_sqs_gives_one_answer(
@@ -373,16 +384,20 @@ def test_ask_over_sqs_on_moto(
 ) -> None:
     import boto3
 
+    # As deployed: a standard ask queue, and the Discord credentials in Secrets Manager, not in env.
     sqs = boto3.client("sqs")
-    ask_url = sqs.create_queue(
-        QueueName=f"asks-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "360"}
-    )["QueueUrl"]
-    settings = apply_settings_env(
-        monkeypatch,
-        aws_settings.model_copy(
-            update={**_discord_fields(key, fake_discord, kb_qdrant), "ask_queue_url": ask_url}
-        ),
-    )
+    ask_url = sqs.create_queue(QueueName=f"asks-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "300"})[
+        "QueueUrl"
+    ]
+    credentials = {"public_key": key.verify_key.encode().hex(), "bot_token": "x", "application_id": APPLICATION_ID}
+    secret_arn = boto3.client("secretsmanager").create_secret(
+        Name=f"echorag-discord-{uuid.uuid4().hex[:8]}", SecretString=json.dumps(credentials)
+    )["ARN"]
+    fields = {**_discord_fields(key, fake_discord, kb_qdrant), "ask_queue_url": ask_url}
+    fields.update(discord_secret_arn=secret_arn, discord_public_key=None, discord_bot_token=None)
+    settings = apply_settings_env(monkeypatch, aws_settings.model_copy(update=fields))
+    wrong = signed_event(SigningKey.generate(), {"id": "1", "application_id": APPLICATION_ID, "type": 1})
+    assert discord_interactions.handler(wrong, LambdaContext())["statusCode"] == 401
     payload = ask_interaction("How is a failed deployment rolled back?")
     assert send(key, fake_discord, payload) == (200, {"type": 5})
     assert send(key, fake_discord, payload) == (200, {"type": 5})  # a standard queue keeps both copies
@@ -537,29 +552,89 @@ def test_gateway_reactions_on_answers_become_feedback(
     bot = GatewayBot(settings, runtime=runtime)
     answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
 
+    # Through the client's own event handlers, as discord.py dispatches them.
     asyncio.run(bot.on_raw_reaction_add(_raw_reaction(message["id"], "👍🏽", "REACTION_ADD")))
-    asyncio.run(
-        bot.on_raw_reaction_add(_raw_reaction(message["id"], "👍🏽", "REACTION_ADD"))
-    )  # resumed: replayed
-    asyncio.run(bot.on_raw_reaction_remove(_raw_reaction(message["id"], "👍🏽", "REACTION_REMOVE")))
     asyncio.run(bot.on_raw_reaction_add(_raw_reaction(message["id"], "🎉", "REACTION_ADD")))  # not a vote
-    asyncio.run(
-        bot.on_raw_reaction_add(_raw_reaction("1399999999999999998", "👍", "REACTION_ADD", author_id=None))
-    )
+    other_message = _raw_reaction("1399999999999999998", "👍", "REACTION_ADD", author_id=None)
+    asyncio.run(bot.on_raw_reaction_add(other_message))  # not an answer
+    asyncio.run(bot.on_raw_reaction_remove(_raw_reaction(message["id"], "👍🏽", "REACTION_REMOVE")))
     events = sorted(iter_feedback(runtime.store), key=lambda e: e.action)
     assert [(e.answer_id, e.reaction, e.label, e.action) for e in events] == [
         (answer_id, "+1", 1, "added"),
         (answer_id, "+1", 1, "removed"),
     ]
+    assert answer_id not in effective_votes(iter_feedback(runtime.store))  # retracted
+
+    # The same delivery handled twice is stored once; a re-add after the removal counts again.
+    bot_id = int(APPLICATION_ID)
+    readd = _raw_reaction(message["id"], "👍", "REACTION_ADD")
+    at = time.time() + 5
+    for _ in range(2):
+        assert reaction_feedback(readd, runtime, bot_user_id=bot_id, received_at=at) is not None
+    assert len(list(iter_feedback(runtime.store))) == 3
+    votes = effective_votes(iter_feedback(runtime.store))[answer_id]
+    assert [v.label for v in votes.values()] == [1]
 
     # The bot's own reactions and reactions on other authors' messages are skipped up front.
-    bot_id = int(APPLICATION_ID)
     own = _raw_reaction(message["id"], "👎", "REACTION_ADD", user_id=APPLICATION_ID)
     assert reaction_feedback(own, runtime, bot_user_id=bot_id) is None
     other = _raw_reaction(message["id"], "👎", "REACTION_ADD", author_id="4000000000000000004")
     assert reaction_feedback(other, runtime, bot_user_id=bot_id) is None
     down = reaction_feedback(_raw_reaction(message["id"], "👎", "REACTION_ADD"), runtime, bot_user_id=bot_id)
     assert down is not None and down.label == -1 and down.answer_id == answer_id
+
+
+async def _until(condition: Any, what: str) -> None:
+    """Let the bot's tasks run until `condition()` holds (a bound, not a timing assertion)."""
+    for _ in range(600):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway bot never {what}")
+
+
+def test_gateway_serves_ask_buttons_and_retrain_without_an_endpoint(
+    monkeypatch: pytest.MonkeyPatch, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    """Interactions as the gateway delivers them (INTERACTION_CREATE dispatch data) through
+    discord.py's own parser and command tree, answering through the fake REST API."""
+    monkeypatch.setattr(discord.http.Route, "BASE", fake_discord.url)
+    runtime = runtime_for(settings)
+
+    async def scenario() -> None:
+        bot = GatewayBot(settings, runtime=runtime)
+        await bot.login("test-bot-token")
+        dispatch = bot._connection.parsers["INTERACTION_CREATE"]
+        try:
+            ask = ask_interaction("When do production deployments happen?")
+            fake_discord.expect(ask)
+            dispatch(ask)
+            await _until(lambda: fake_discord.calls_of("PATCH"), "edited its deferred reply")
+            assert fake_discord.responses[ask["token"]] == {"type": 5}
+            message = fake_discord.messages[ask["token"]]
+            assert "Tuesday" in message["embeds"][0]["description"]
+
+            click = button_interaction(message["components"][0]["components"][0]["custom_id"], message)
+            fake_discord.expect(click)
+            dispatch(click)
+            await _until(lambda: click["token"] in fake_discord.responses, "answered the click")
+            reply = fake_discord.responses[click["token"]]
+            assert reply["type"] == 4 and reply["data"]["flags"] & 64
+            events = list(iter_feedback(runtime.store))
+            assert [(e.label, e.message_id) for e in events] == [(1, message["id"])]
+
+            for permissions, ephemeral in (("0", True), (str(0x20), False)):
+                retrain = command_interaction("retrain", permissions=permissions)
+                fake_discord.expect(retrain)
+                dispatch(retrain)
+                await _until(lambda r=retrain: r["token"] in fake_discord.responses, "answered /retrain")
+                data = fake_discord.responses[retrain["token"]]["data"]
+                assert bool(data.get("flags", 0) & 64) is ephemeral
+            assert open_queue(settings).depth() == 1
+        finally:
+            await bot.close()
+
+    asyncio.run(scenario())
 
 
 def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> None:
@@ -596,6 +671,8 @@ def test_register_commands_without_token_is_one_clear_error(
 ) -> None:
     apply_settings_env(monkeypatch, settings.model_copy(update={"discord_bot_token": None}))
     assert cli_main(["discord", "register-commands"]) == 2
+    assert "DISCORD_BOT_TOKEN" in capsys.readouterr().err
+    assert cli_main(["serve", "discord"]) == 2  # the gateway needs the token too
     assert "DISCORD_BOT_TOKEN" in capsys.readouterr().err
     assert fake_discord.calls == []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+def pipeline(moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     import boto3
 
     suffix = uuid.uuid4().hex[:10]
@@ -254,3 +255,22 @@ def test_a_batch_of_only_bad_messages_is_reported_not_raised(pipeline: Pipeline)
     reported = {item["itemIdentifier"] for item in response["batchItemFailures"]}
     bad = {mid for mid, body in bodies.items() if body in ("not json", json.dumps({"Records": []}))}
     assert reported == bad and len(bad) == 2 and len(bodies) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "space"),
+    [("docs/hr/a.md", "hr"), ("docs/a.md", "default"), ("docs/인사/규정.md", "인사"), ("docs/hr/sub/b.pdf", "hr")],
+)
+def test_the_first_folder_under_docs_is_the_space(key: str, space: str) -> None:
+    from rag.s3_documents import parse_key
+
+    doc = parse_key("bucket", key, default_space="default")
+    assert (doc.space, doc.uri) == (space, f"s3://bucket/{key}")
+
+
+@pytest.mark.parametrize("key", ["uploads/a.md", "docs/hr/../a.md", "docs//a.md", "docs/bad space/a.md", "docs/hr/.."])
+def test_keys_outside_the_layout_are_refused_with_a_reason(key: str) -> None:
+    from rag.s3_documents import DocumentSyncError, parse_key
+
+    with pytest.raises(DocumentSyncError, match=r"s3://bucket/"):
+        parse_key("bucket", key, default_space="default")

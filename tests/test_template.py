@@ -382,6 +382,8 @@ def test_each_dlq_and_function_has_an_alarm(resources: dict[str, Any]) -> None:
     p95 = [a for a in alarms if a.get("ExtendedStatistic") == "p95"]
     assert any(a["Namespace"] == "AWS/ApiGateway" and a["MetricName"] == "Latency" for a in p95)
     assert all(a["AlarmActions"] for a in alarms)
+    # CloudWatch cannot publish to a topic encrypted with the AWS-managed SNS key.
+    assert resources["AlarmTopic"]["Properties"].get("KmsMasterKeyId") != "alias/aws/sns"
 
 
 # ------------------------------------------------------------------------------ storage -------

@@ -240,17 +240,20 @@ def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes
 def test_malformed_job_message_goes_to_the_dlq_with_a_reason(tmp_path, fakes, caplog) -> None:
     settings = make_settings(tmp_path, queue_max_receives=2)
     queue = open_queue(settings)
+    future = json.dumps({"schema": 9, "job_id": "j9", "requested_by": "threshold"})
     queue.send("this is not json", dedup_id="bad-1")
+    queue.send(future, dedup_id="bad-2")
     caplog.set_level(logging.ERROR, logger="training.worker")
     worker = Worker(settings, show_progress=False)
     outcomes = []
-    for _ in range(4):
+    for _ in range(6):
         outcomes += worker.run(once=True, wait_s=0)
-    assert [o.outcome for o in outcomes] == ["malformed", "malformed"]
+    assert [o.outcome for o in outcomes] == ["malformed"] * 4
     assert queue.depth() == 0
-    assert [m.body for m in queue.dead_letters()] == ["this is not json"]
+    assert [m.body for m in queue.dead_letters()] == ["this is not json", future]
     assert "malformed training job message" in caplog.text and "dead-letter queue" in caplog.text
-    assert "Invalid JSON" in caplog.text
+    assert "Invalid JSON" in caplog.text and "unknown job schema 9" in caplog.text
+    assert records.load_job_status(open_store(settings), "j9") is None  # nothing was started
 
 
 def test_a_failing_job_is_retried_reported_and_then_dead_lettered(tiny_base, fakes, tmp_path) -> None:

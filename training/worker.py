@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from core import records
-from core.contracts import AdapterManifest, JobStatus, TrainingJob, utcnow
+from core.contracts import SCHEMA_VERSION, AdapterManifest, JobStatus, TrainingJob, utcnow
+from core.errors import QueueError
 from core.queue import JobQueue, QueueMessage, open_queue
 from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
 from core.settings import Settings
@@ -36,6 +37,7 @@ from training.dataset import NotEnoughFeedback, build_snapshot, write_snapshot
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[float, float], None]
+ERROR_BACKOFF_S = 10.0
 
 
 class JobInterrupted(Exception):
@@ -125,9 +127,24 @@ class Worker:
         """Handle messages until stopped (or one receive when `once`); returns what each became."""
         outcomes: list[JobOutcome] = []
         while not self.stop_event.is_set():
-            message = self.queue.receive(wait_s=wait_s, visibility_s=self.settings.queue_visibility_s)
+            try:
+                message = self.queue.receive(wait_s=wait_s, visibility_s=self.settings.queue_visibility_s)
+            except QueueError as exc:  # SQS unreachable: say so, back off, keep polling
+                log.error("cannot receive from the training queue: %s; retrying in %s s", exc, ERROR_BACKOFF_S)
+                if once:
+                    raise
+                self.stop_event.wait(ERROR_BACKOFF_S)
+                continue
+            if message is not None and self.stop_event.is_set():
+                self.queue.release(message.receipt_handle)  # arrived as we were stopping: give it back
+                break
             if message is not None:
-                outcomes.append(self.handle(message))
+                try:
+                    outcomes.append(self.handle(message))
+                except Exception:  # the store failed outside a job: the message comes back after its timeout
+                    log.exception("could not handle message %s; it will be redelivered", message.message_id)
+                    if once:
+                        raise
             if once:
                 break
         return outcomes
@@ -138,19 +155,20 @@ class Worker:
         try:
             job = TrainingJob.model_validate_json(message.body)
         except ValidationError as exc:
-            return self._poison(message, exc)
+            reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+            return self._poison(message, reason)
+        if job.schema_version != SCHEMA_VERSION:
+            return self._poison(message, f"unknown job schema {job.schema_version} (this worker reads {SCHEMA_VERSION})")
         status = records.load_job_status(self.store, job.job_id)
         if status is not None and status.state in ("published", "rejected"):
             log.info("job %s already %s; acknowledging the redelivered message", job.job_id, status.state)
-            self.queue.delete(message.receipt_handle)
-            records.release_active_job(self.store, job.job_id)
+            self._finish(message, job.job_id)
             return JobOutcome(job.job_id, "duplicate", f"already {status.state}", version=status.adapter_version)
         published = next((m.version for m in self.registry.manifests() if m.job_id == job.job_id), None)
         if published is not None:  # published, but the worker died before recording it
             self._set_status(job, state="published", progress=1.0, adapter_version=published,
                              message=f"adapter v{published} published")
-            self.queue.delete(message.receipt_handle)
-            records.release_active_job(self.store, job.job_id)
+            self._finish(message, job.job_id)
             return JobOutcome(job.job_id, "duplicate", "already published", version=published)
 
         workdir = self.settings.data_dir / "work" / job.job_id
@@ -167,14 +185,20 @@ class Worker:
             return self._failed(job, message, exc)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        self.queue.delete(message.receipt_handle)
-        records.release_active_job(self.store, job.job_id)
+        self._finish(message, job.job_id)
         return outcome
 
-    def _poison(self, message: QueueMessage, exc: ValidationError) -> JobOutcome:
+    def _finish(self, message: QueueMessage, job_id: str) -> None:
+        """The job ended: acknowledge the message and free the single job slot."""
+        try:
+            self.queue.delete(message.receipt_handle)
+        except QueueError as exc:  # e.g. the receipt went stale; a redelivery is acknowledged as a duplicate
+            log.warning("could not delete the message of finished job %s: %s", job_id, exc)
+        records.release_active_job(self.store, job_id)
+
+    def _poison(self, message: QueueMessage, reason: str) -> JobOutcome:
         """A body that is not a TrainingJob can never succeed: release it so the queue's redrive
         moves it to the DLQ after QUEUE_MAX_RECEIVES receives (no retry delay, no training)."""
-        reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
         log.error(
             "malformed training job message %s (receive %s of %s): %s; it goes to the dead-letter queue",
             message.message_id, message.receive_count, self.settings.queue_max_receives, reason,
@@ -274,7 +298,8 @@ class Worker:
         )
         version = registry.publish(candidate_dir, manifest, promote=True)  # CURRENT moves atomically
         hot = self._hot_load(name, version)
-        message_text = f"adapter v{version} published ({report.reason})"
+        message_text = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
+                        f"{len(snapshot.eval)} held out ({report.reason})")
         if hot:
             message_text += f"; {hot}"
         status = self._set_status(job, state="published", progress=1.0, adapter_version=version, message=message_text,
