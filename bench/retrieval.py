@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -64,6 +65,12 @@ def score(name: str, rank: Ranker, questions: list[dict]) -> dict:
     return row
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): comparable on a machine others share."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bm25s_ranker(corpus: list[dict], tokenize: Callable[[str], list[str]]) -> Ranker:
     import bm25s
 
@@ -87,15 +94,16 @@ def our_ranker(settings: Settings, corpus_file: Path, space: str = "eval") -> tu
     from rag.ingest import ingest_paths
     from rag.retrieval import Retriever
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     summary = ingest_paths([corpus_file], space=space, settings=settings, progress=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     retriever = Retriever.from_settings(settings)
 
     def rank(question: str) -> list[str]:
         return [p.doc_id for p in retriever.search(question, spaces=[space], limit=10)]
 
-    info = {"documents": summary.added, "chunks": summary.chunks, "failed": summary.failed, "ingest_s": round(seconds, 2)}
+    info = {"documents": summary.added, "chunks": summary.chunks, "failed": summary.failed, "ingest_s": round(seconds, 2),
+            "ingest_cpu_s": round(cpu, 2)}
     return rank, retriever, info
 
 
@@ -158,6 +166,7 @@ def run_scale(args: argparse.Namespace) -> dict:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         del rows
         rss_before = psutil.Process().memory_info().rss
+        load_before = os.getloadavg()[0]
         rank, retriever, info = our_ranker(settings, corpus_file)
         quality = score(f"ours at {args.scale} chunks ({args.backend})", rank, questions[: args.queries])
         retriever.close()  # type: ignore[attr-defined]
@@ -168,6 +177,9 @@ def run_scale(args: argparse.Namespace) -> dict:
         "documents": info["documents"],
         "ingest_s": info["ingest_s"],
         "ingest_chunks_per_s": round(info["chunks"] / info["ingest_s"], 1),
+        "ingest_cpu_s": info["ingest_cpu_s"],
+        "ingest_chunks_per_cpu_s": round(info["chunks"] / info["ingest_cpu_s"], 1),
+        "load_avg_1m_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "queries": min(args.queries, len(questions)),
         "query_ms_p50": quality["query_ms_p50"],
         "query_ms_p95": quality["query_ms_p95"],

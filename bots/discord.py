@@ -2,7 +2,7 @@
 
 Everything here builds plain JSON payloads for Discord's REST API (no discord.py import), so the
 Lambda functions stay light. Limits are Discord's: content 2,000 characters, embed description
-4,096, title 256, field value 1,024, 25 fields, 10 embeds and 6,000 characters over all embeds.
+4,096, title 256, field value 1,024, and 6,000 characters over all embeds of a message.
 Mentions never ping (`allowed_mentions: {"parse": []}`) and `@everyone`/`@here` are defused.
 """
 
@@ -18,13 +18,10 @@ from rag.types import AgentAnswer, Citation
 CONTENT_LIMIT = 2000
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
-FIELD_NAME_LIMIT = 256
 FIELD_VALUE_LIMIT = 1024
-FOOTER_LIMIT = 2048
-MAX_FIELDS = 25
-MAX_EMBEDS = 10
 EMBEDS_TOTAL_LIMIT = 6000
 SOURCES_BUDGET = 1800  # characters of the 6,000 kept for the sources list
+FOOTER_BUDGET = 200  # Discord allows 2,048; a model name and a version need far less
 
 EPHEMERAL = 64  # message flag: only the invoking user sees it
 NO_MENTIONS: dict[str, list[str]] = {"parse": []}
@@ -35,6 +32,9 @@ PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 1, 4, 5
 
 MANAGE_GUILD = 0x20
 ADMINISTRATOR = 0x8
+# The bot's invite permissions: View Channels (see reactions there), Send Messages + Embed Links
+# (training announcements). Answers are interaction responses and need none.
+BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000  # = 19456
 
 FEEDBACK_PREFIX = "echorag:fb"
 POSITIVE, NEGATIVE = "+1", "-1"  # the reaction names buttons record (the default emoji map knows them)
@@ -168,7 +168,7 @@ def footer_text(answer: AgentAnswer) -> str:
     text = f"{labels['model']}: {answer.model}"
     if answer.adapter_version:
         text += f" · {labels['adapter']}: {answer.adapter_version}"
-    return truncate(text, FOOTER_LIMIT)
+    return truncate(text, FOOTER_BUDGET)
 
 
 def _source_fields(answer: AgentAnswer) -> list[dict[str, Any]]:
@@ -196,7 +196,7 @@ def answer_embeds(answer: AgentAnswer) -> list[dict[str, Any]]:
     other parts leave of Discord's 6,000-character budget and is cut at a sentence or word break."""
     color = _COLOR_ABSTAIN if answer.abstained else _COLOR_ANSWER
     title = truncate(escape_mass_mentions(answer.question.strip()), TITLE_LIMIT) or "…"
-    footer = {"text": truncate(footer_text(answer), 200)}
+    footer = {"text": footer_text(answer)}
     fields = _source_fields(answer)
     used = len(title) + len(footer["text"]) + sum(len(f["name"]) + len(f["value"]) for f in fields)
     budget = EMBEDS_TOTAL_LIMIT - used

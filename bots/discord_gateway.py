@@ -18,7 +18,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bots.discord import COMMANDS, EPHEMERAL
+from bots.discord import COMMANDS, EPHEMERAL, message_response
 from bots.discord_ask import answer_ask
 from bots.discord_interactions import AskJob, Handled, button_feedback, retrain
 from bots.discord_runtime import DiscordRuntime, resolve_settings
@@ -28,6 +28,8 @@ from core.errors import ConfigError, EchoRagError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_TRY_AGAIN = "⚠️ That did not work on our side; please try again in a moment."
 
 
 def reaction_feedback(
@@ -132,13 +134,17 @@ class GatewayBot(discord.Client):
             log.exception("/ask interaction %s failed", interaction.id)
 
     async def retrain(self, interaction: discord.Interaction) -> None:
-        handled = await asyncio.to_thread(
-            retrain,
-            user_id=str(interaction.user.id),
-            channel_id=str(interaction.channel_id),
-            permissions=interaction.permissions.value,
-            runtime=self.runtime,
-        )
+        try:
+            handled = await asyncio.to_thread(
+                retrain,
+                user_id=str(interaction.user.id),
+                channel_id=str(interaction.channel_id),
+                permissions=interaction.permissions.value,
+                runtime=self.runtime,
+            )
+        except EchoRagError:
+            log.exception("/retrain interaction %s failed", interaction.id)
+            handled = Handled(message_response(_TRY_AGAIN, ephemeral=True), "retrain_failed")
         await _respond(interaction, handled)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
@@ -157,7 +163,7 @@ class GatewayBot(discord.Client):
             )
         except EchoRagError as exc:  # not our button, or the store is down: say so, never crash
             log.warning("button %r not recorded: %s", custom_id[:100], exc)
-            return
+            handled = Handled(message_response(_TRY_AGAIN, ephemeral=True), "feedback_failed")
         await _respond(interaction, handled)
 
     async def close(self) -> None:

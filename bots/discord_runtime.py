@@ -8,8 +8,9 @@ worker only) the agent are built on first use and reused. The interactions funct
 from __future__ import annotations
 
 import contextlib
-from functools import cached_property
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bots.discord_rest import DiscordRest
 from core.errors import ConfigError
@@ -20,18 +21,9 @@ from core.store import BlobStore, open_store
 if TYPE_CHECKING:
     from rag.agent import Agent
 
-ASK_VISIBILITY_S = 360  # local twin of the SQS ask queue's visibility timeout (> the claim lease)
+ASK_VISIBILITY_S = 300  # as the SQS ask queue (template.yaml): longer than one worker run
+T = TypeVar("T")
 ASK_QUEUE_FILE = "ask-queue.sqlite"  # the embedded default's ask queue, beside the training queue
-
-
-class SqsStandardQueue(SqsQueue):
-    """The ask queue is an SQS *standard* queue (no one-at-a-time ordering wanted; duplicates are
-    handled by the worker's claim), and standard queues reject FIFO's deduplication id."""
-
-    def send(self, body: str, *, dedup_id: str, group_id: str = "training") -> str:
-        with self._call("send"):
-            response = self.client.send_message(QueueUrl=self.url, MessageBody=body)
-        return str(response["MessageId"])
 
 
 def open_ask_queue(settings: Settings) -> JobQueue:
@@ -39,9 +31,7 @@ def open_ask_queue(settings: Settings) -> JobQueue:
     DATA_DIR/ask-queue.sqlite — a file of its own so asks never wait behind a training job."""
     url = settings.ask_queue_url
     if url:
-        if url.endswith(".fifo"):
-            return SqsQueue(url, max_attempts=settings.aws_max_attempts)
-        return SqsStandardQueue(url, max_attempts=settings.aws_max_attempts)
+        return SqsQueue(url, max_attempts=settings.aws_max_attempts)
     return SqliteQueue(
         settings.data_dir / ASK_QUEUE_FILE,
         max_receives=settings.queue_max_receives,
@@ -50,41 +40,53 @@ def open_ask_queue(settings: Settings) -> JobQueue:
 
 
 class DiscordRuntime:
-    """Lazily built clients for one `Settings`."""
+    """Lazily built clients for one `Settings`, safe to share between threads (the gateway runs
+    blocking work in a thread pool: two first `/ask`s must not open the Qdrant folder twice)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._built: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
-    @cached_property
+    def _get(self, name: str, build: Callable[[], T]) -> T:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]
+
+    @property
     def store(self) -> BlobStore:
-        return open_store(self.settings)
+        return self._get("store", lambda: open_store(self.settings))
 
-    @cached_property
+    @property
     def training_queue(self) -> JobQueue:
-        return open_queue(self.settings)
+        return self._get("training_queue", lambda: open_queue(self.settings))
 
-    @cached_property
+    @property
     def ask_queue(self) -> JobQueue:
-        return open_ask_queue(self.settings)
+        return self._get("ask_queue", lambda: open_ask_queue(self.settings))
 
-    @cached_property
+    @property
     def rest(self) -> DiscordRest:
-        return DiscordRest.from_settings(self.settings)
+        return self._get("rest", lambda: DiscordRest.from_settings(self.settings))
 
-    @cached_property
+    @property
     def agent(self) -> Agent:
-        from rag.agent import Agent  # heavy (Kiwi, Qdrant): only the worker and the gateway load it
+        def build() -> Agent:
+            from rag.agent import Agent  # heavy (Kiwi, Qdrant): only the worker and the gateway load it
 
-        return Agent.from_settings(self.settings, store=self.store)
+            return Agent.from_settings(self.settings, store=self.store)
+
+        return self._get("agent", build)
 
     def close(self) -> None:
         """Release what was opened (the local Qdrant folder lock above all)."""
-        for name in ("agent", "rest", "ask_queue", "training_queue"):
-            resource = self.__dict__.pop(name, None)
-            if resource is not None and hasattr(resource, "close"):
+        with self._lock:
+            built, self._built = self._built, {}
+        for resource in built.values():
+            if hasattr(resource, "close"):
                 with contextlib.suppress(Exception):
                     resource.close()
-        self.__dict__.pop("store", None)
 
 
 def resolve_settings(settings: Settings) -> Settings:

@@ -97,12 +97,27 @@ def announce_targets(job: TrainingJob, settings: Settings) -> list[NotifyTarget]
     return unique
 
 
+def bot_token(settings: Settings, platform: str) -> str:
+    """SLACK_BOT_TOKEN / DISCORD_BOT_TOKEN, else `bot_token` from the JSON secret SLACK_SECRET_ARN /
+    DISCORD_SECRET_ARN names (the GPU host reads the stack's secrets; cached 5 min, so rotation applies)."""
+    token = settings.slack_bot_token if platform == "slack" else settings.discord_bot_token
+    if token:
+        return token
+    arn = settings.slack_secret_arn if platform == "slack" else settings.discord_secret_arn
+    if not arn:
+        raise RuntimeError(f"{platform.upper()}_BOT_TOKEN (or {platform.upper()}_SECRET_ARN) is not set")
+    from aws_lambda_powertools.utilities import parameters
+
+    secret = parameters.get_secret(arn, transform="json", max_age=300)
+    if not isinstance(secret, dict) or not secret.get("bot_token"):
+        raise RuntimeError(f"secret {arn} has no bot_token")
+    return str(secret["bot_token"])
+
+
 def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
     from slack_sdk import WebClient
 
-    if not settings.slack_bot_token:
-        raise RuntimeError("SLACK_BOT_TOKEN is not set")
-    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_base_url, timeout=15)
+    client = WebClient(token=bot_token(settings, "slack"), base_url=settings.slack_api_base_url, timeout=15)
     kwargs = {"thread_ts": target.thread_ts} if target.thread_ts else {}
     client.chat_postMessage(channel=target.channel, text=text, **kwargs)
 
@@ -110,12 +125,10 @@ def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
 def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:
     import httpx
 
-    if not settings.discord_bot_token:
-        raise RuntimeError("DISCORD_BOT_TOKEN is not set")
     url = f"{settings.discord_api_base_url.rstrip('/')}/channels/{target.channel}/messages"
     response = httpx.post(
         url,
-        headers={"Authorization": f"Bot {settings.discord_bot_token}"},
+        headers={"Authorization": f"Bot {bot_token(settings, 'discord')}"},
         json={"content": text[:2000], "allowed_mentions": {"parse": []}},
         timeout=15,
     )

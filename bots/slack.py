@@ -172,15 +172,6 @@ def _ts_key(ts: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def release_claim(store: BlobStore, key: str) -> None:
-    """Let the next attempt claim `key` at once after a failure (core.idempotency offers claim and
-    complete only): expire the newest attempt's lease, the one this attempt holds."""
-    base = idempotency._base(key)
-    attempts = sorted(store.list(f"{base}/attempt-"))
-    if attempts:
-        store.put(attempts[-1], json.dumps({"claimed_at": 0.0, "expires_at": 0.0, "released": True}).encode())
-
-
 def _thread_key(channel: str, thread_ts: str) -> str:
     return f"slack/threads/{channel}/{thread_ts}"
 
@@ -320,7 +311,7 @@ class Answerer:
                 log.error("slack answer %s failed for good: %s", dedup_key, exc.response.get("error"))
                 idempotency.complete(store, dedup_key)
             else:
-                release_claim(store, dedup_key)
+                idempotency.release(store, dedup_key)
                 _report_failure(exc)
             raise
 

@@ -106,10 +106,13 @@ class SqsQueue:
             raise QueueError(f"SQS {op} on {self.url} failed after retries: {type(exc).__name__}: {exc}") from exc
 
     def send(self, body: str, *, dedup_id: str, group_id: str = "training") -> str:
+        """FIFO queues (`.fifo`) get the group and dedup ids; standard queues reject them, and
+        their consumers deduplicate on their own (the ask worker's claim)."""
+        kwargs: dict[str, Any] = {"QueueUrl": self.url, "MessageBody": body}
+        if self.url.endswith(".fifo"):
+            kwargs.update(MessageGroupId=group_id, MessageDeduplicationId=dedup_id)
         with self._call("send"):
-            response = self.client.send_message(
-                QueueUrl=self.url, MessageBody=body, MessageGroupId=group_id, MessageDeduplicationId=dedup_id
-            )
+            response = self.client.send_message(**kwargs)
         return str(response["MessageId"])
 
     def receive(self, *, wait_s: int = 20, visibility_s: int | None = None) -> QueueMessage | None:

@@ -1,14 +1,16 @@
-"""`echorag discord register-commands [--guild ID]`: create or update /ask and /retrain.
+"""`echorag discord register-commands [--guild ID]` and `echorag discord invite-url`.
 
-A bulk overwrite (PUT) of the application's commands: globally, or in one guild, where changes
-show at once (handy while testing). Needs DISCORD_APPLICATION_ID and DISCORD_BOT_TOKEN.
+register-commands bulk-overwrites (PUT) the application's commands: globally, or in one guild,
+where changes show at once (handy while testing). Needs DISCORD_APPLICATION_ID and DISCORD_BOT_TOKEN.
+invite-url prints the link that adds the bot to a server with the permissions it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+from urllib.parse import urlencode
 
-from bots.discord import COMMANDS
+from bots.discord import BOT_PERMISSIONS, COMMANDS
 from bots.discord_rest import DiscordRest
 from bots.discord_runtime import resolve_settings
 from core.errors import ConfigError
@@ -16,19 +18,32 @@ from core.settings import get_settings
 
 
 def _register_commands(args: argparse.Namespace) -> int:
-    settings = resolve_settings(get_settings())
-    if not settings.discord_application_id:
-        raise ConfigError(
-            "DISCORD_APPLICATION_ID is not set (Developer Portal → your app → General Information)"
-        )
-    rest = DiscordRest.from_settings(settings)
+    application_id = _application_id()
+    rest = DiscordRest.from_settings(resolve_settings(get_settings()))
     try:
-        registered = rest.put_commands(settings.discord_application_id, COMMANDS, guild_id=args.guild)
+        registered = rest.put_commands(application_id, COMMANDS, guild_id=args.guild)
     finally:
         rest.close()
     where = f"guild {args.guild}" if args.guild else "globally"
     names = ", ".join(f"/{c.get('name')} ({c.get('id', '?')})" for c in registered or [])
     print(f"registered {len(registered or [])} commands {where}: {names}")
+    return 0
+
+
+def _application_id() -> str:
+    settings = resolve_settings(get_settings())
+    if not settings.discord_application_id:
+        raise ConfigError(
+            "DISCORD_APPLICATION_ID is not set (Developer Portal → your app → General Information)"
+        )
+    return settings.discord_application_id
+
+
+def _invite_url(args: argparse.Namespace) -> int:
+    query = urlencode(
+        {"client_id": _application_id(), "scope": "bot applications.commands", "permissions": BOT_PERMISSIONS}
+    )
+    print(f"https://discord.com/oauth2/authorize?{query}")
     return 0
 
 
@@ -40,3 +55,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guild", metavar="ID", help="register in this guild only (instant) instead of globally"
     )
     reg.set_defaults(func=_register_commands)
+    invite = discord_sub.add_parser("invite-url", help="print the link that adds the bot to a server")
+    invite.set_defaults(func=_invite_url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -30,9 +31,10 @@ from bots.discord_runtime import resolve_settings, runtime_for
 from core.errors import EchoRagError
 from core.settings import get_settings
 
-logger = Logger(service="discord-interactions")
-tracer = Tracer(service="discord-interactions")
-metrics = Metrics(namespace="EchoRAG", service="discord-interactions")
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord")
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 app = APIGatewayHttpResolver()
 
 
@@ -87,6 +89,13 @@ def interactions() -> Response:
     logger.info("interaction handled", extra={"action": handled.action})
     metrics.add_metric(name=_metric_name(handled.action), unit=MetricUnit.Count, value=1)
     return _json(200, handled.response)
+
+
+@app.not_found
+def not_found(exc: Exception) -> Response:
+    logger.warning("no route for %s %s", app.current_event.http_method, app.current_event.path)
+    metrics.add_metric(name="InteractionNotFound", unit=MetricUnit.Count, value=1)
+    return _json(404, {"error": "not found: Discord interactions are POSTed to /discord/interactions"})
 
 
 def _metric_name(action: str) -> str:

@@ -7,6 +7,7 @@ QUEUE_MAX_RECEIVES deliveries the user is told it failed and the message moves t
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -14,23 +15,29 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
 from bots.discord_ask import answer_ask
 from bots.discord_interactions import AskJob
 from bots.discord_runtime import resolve_settings, runtime_for
 from core.settings import get_settings
 
-logger = Logger(service="discord-worker")
-tracer = Tracer(service="discord-worker")
-metrics = Metrics(namespace="EchoRAG", service="discord-worker")
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord-worker")
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 processor = BatchProcessor(event_type=EventType.SQS)
 LEASE_MARGIN_S = 1.0
 
 
 @tracer.capture_method
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
-    # A body that is not an AskJob raises here: it is retried, then kept in the DLQ, never dropped.
-    job = AskJob.model_validate_json(record.body)
+    try:
+        job = AskJob.model_validate_json(record.body)
+    except ValidationError:  # retried, then kept in the DLQ (alarmed), never silently dropped
+        logger.error("ask message %s is not an AskJob: %.200s", record.message_id, record.body)
+        metrics.add_metric(name="AskMalformed", unit=MetricUnit.Count, value=1)
+        raise
     logger.append_keys(interaction_id=job.interaction_id)
     settings = resolve_settings(get_settings())
     receives = int(record.attributes.approximate_receive_count or 1)
@@ -48,7 +55,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
         metrics.add_metric(name="AnswerLatency", unit=MetricUnit.Milliseconds, value=outcome.elapsed_ms)
         if "top_score" in outcome.answer.scores:
             metrics.add_metric(
-                name="RetrievalTopScore", unit=MetricUnit.Count, value=outcome.answer.scores["top_score"]
+                name="RetrievalTopScore", unit=MetricUnit.NoUnit, value=outcome.answer.scores["top_score"]
             )
         if outcome.answer.abstained:
             metrics.add_metric(name="AnswerAbstained", unit=MetricUnit.Count, value=1)

@@ -20,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 
 from core.contracts import AnswerRecord, ContextRef, make_answer_id
 from core.errors import EchoRagError
+from core.records import save_answer
 from core.settings import Settings
 from rag.condense import condense
 from rag.extractive import extractive_answer
@@ -191,7 +192,7 @@ class Agent:
 
     def _grade(self, state: AgentState) -> dict[str, Any]:
         evidence = assess(state["condensed"], state["passages"])
-        semantic = bool(self.settings.dense_model or self.settings.embedding_model)
+        semantic = bool(self.settings.dense_model or self.settings.embedding_base_url)
         ok = evidence.sufficient(
             min_coverage=self.settings.abstain_coverage,
             min_score=self.settings.abstain_score,
@@ -202,8 +203,9 @@ class Agent:
     def _generate(self, state: AgentState) -> dict[str, Any]:
         passages = state["passages"]
         if self.llm is not None:
-            history = [(turn.role, turn.text) for turn in state["history"][-6:]]
-            messages = build_messages(state["question"], passages, state["language"], history)
+            # The standalone question, no history: exactly the prompt the training set rebuilds from
+            # the answer record (training/dataset.py), so an adapter is served the way it was trained.
+            messages = build_messages(state["condensed"], passages, state["language"])
             raw = self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens)
         else:
             raw = (
@@ -211,7 +213,12 @@ class Agent:
                 or ""
             )
         if not raw.strip():
-            return {"abstained": True, "warnings": ["the answer step produced no text"]}
+            # Extractive: no sentence shares a question term, an ordinary abstention. An LLM that
+            # returns nothing is worth a warning.
+            return {
+                "abstained": True,
+                "warnings": [f"{self.model} returned an empty answer"] if self.llm else [],
+            }
         text, ordered, citations = renumber_citations(raw, passages)
         return {"answer": text, "contexts": ordered, "citations": citations}
 
@@ -228,8 +235,6 @@ class Agent:
         if ref is None:
             return {"answer_id": None}
         answer_id = make_answer_id(ref.platform, ref.channel, ref.message_id)
-        from core.records import save_answer
-
         record = AnswerRecord(
             answer_id=answer_id,
             platform=ref.platform,

@@ -7,6 +7,7 @@ matches questions that name the document's subject.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rag.loaders import Document
@@ -46,10 +47,12 @@ def _split_long(sentence: Sentence, text: str, limit: int) -> list[Sentence]:
 def pack_sentences(
     text: str, sentences: list[Sentence], *, chunk_size: int, overlap: int
 ) -> list[tuple[str, tuple[tuple[str, ...], ...]]]:
-    """Greedy packing of whole sentences into chunks of at most ~`chunk_size` characters.
+    """Pack whole sentences into chunks of at most ~`chunk_size` characters, evenly.
 
-    Each chunk after the first repeats the last `overlap` sentences of the previous one, so an
-    answer spanning a boundary is still whole in one chunk.
+    A section that needs n chunks is cut into n chunks of similar length instead of n-1 full ones
+    and a scrap: a short tail chunk carries too little context to answer from, and BM25 length
+    normalisation would over-rank it. Each chunk after the first repeats the last `overlap`
+    sentences of the previous one, so an answer spanning a boundary is still whole in one chunk.
     """
     sents: list[Sentence] = []
     for sentence in sentences:
@@ -57,8 +60,10 @@ def pack_sentences(
     chunks: list[tuple[str, tuple[tuple[str, ...], ...]]] = []
     i = 0
     while i < len(sents):
+        remaining = sents[-1].end - sents[i].start
+        target = remaining / math.ceil(remaining / chunk_size)
         j = i + 1
-        while j < len(sents) and sents[j].end - sents[i].start <= chunk_size:
+        while j < len(sents) and sents[j].end - sents[i].start <= chunk_size and sents[j - 1].end - sents[i].start < target:
             j += 1
         body = text[sents[i].start : sents[j - 1].end].strip()
         terms = tuple(tuple(t for _, t in s.terms) for s in sents[i:j])

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from core.errors import ConfigError, EchoRagError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+_VERSION_TTL_S = 60.0
 
 
 class LLMError(EchoRagError):
@@ -43,6 +47,7 @@ class OpenAICompatibleLLM:
         timeout_s: float = 60.0,
         adapter_version: str | None = None,
         temperature: float = 0.0,
+        version_source: Callable[[], int | None] | None = None,
     ) -> None:
         from openai import OpenAI  # the client pulls in httpx/pydantic models: load it only when used
 
@@ -51,9 +56,28 @@ class OpenAICompatibleLLM:
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=1
         )
         self.model = model
-        self.adapter_version = adapter_version
+        self._adapter_version = adapter_version
+        self._version_source = version_source
+        self._version_checked = -math.inf
         self.base_url = base_url
         self._temperature = temperature
+
+    @property
+    def adapter_version(self) -> str | None:
+        """The served adapter's registry version ("v3") when the model is our adapter; re-read at most
+        once a minute, since the training host promotes and hot-loads under the same name."""
+        if self._version_source is None:
+            return self._adapter_version
+        now = time.monotonic()
+        if now - self._version_checked >= _VERSION_TTL_S:
+            self._version_checked = now
+            try:
+                version = self._version_source()
+            except EchoRagError as exc:
+                log.warning("could not read the current adapter version: %s", exc)
+            else:
+                self._adapter_version = f"v{version}" if version is not None else None
+        return self._adapter_version
 
     def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
         import openai
@@ -74,6 +98,17 @@ class OpenAICompatibleLLM:
         if not response.choices:
             raise LLMError(f"the LLM returned no choices for model {self.model!r}")
         return (response.choices[0].message.content or "").strip()
+
+
+def _registry_version(settings: Settings) -> Callable[[], int | None]:
+    """When LLM_MODEL is ADAPTER_NAME, vLLM serves the registry's CURRENT adapter under that name."""
+
+    def current() -> int | None:
+        from core.registry import AdapterRegistry
+
+        return AdapterRegistry.from_settings(settings).current()
+
+    return current
 
 
 def llm_from_settings(settings: Settings) -> LLM | None:
@@ -98,6 +133,9 @@ def llm_from_settings(settings: Settings) -> LLM | None:
             base_url=settings.llm_base_url,
             api_key=settings.llm_api_key,
             timeout_s=settings.llm_timeout_s,
+            version_source=_registry_version(settings)
+            if settings.llm_model == settings.adapter_name
+            else None,
         )
     if backend == "transformers":
         # Imported only here: it loads torch/transformers, which Lambda code must never import.

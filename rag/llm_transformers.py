@@ -62,11 +62,26 @@ def local_adapter(registry: AdapterRegistry, version: int, cache_root: Path) -> 
     tmp = dest.parent / f".tmp-v{version}-{uuid.uuid4().hex[:8]}"
     try:
         registry.download(version, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process finished first (or left a partial copy without a manifest)
+            if not (dest / MANIFEST).is_file():
+                shutil.rmtree(dest, ignore_errors=True)
+                tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def prune_local_adapters(cache_root: Path, name: str, keep: set[int]) -> list[Path]:
+    """Delete local copies of versions not in `keep` (the registry keeps every version)."""
+    removed = []
+    folder = cache_root / name
+    for path in folder.glob("v*") if folder.is_dir() else []:
+        if path.name[1:].isdigit() and int(path.name[1:]) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class TransformersLLM:

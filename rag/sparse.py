@@ -23,7 +23,7 @@ from functools import lru_cache
 from itertools import pairwise
 
 from core.settings import Settings
-from rag.text import Sentence, analyze_many
+from rag.text import Sentence, analyze_many, proper_nouns
 
 # Bump when features or weights change: stored documents are re-indexed on the next ingest.
 SPARSE_VERSION = "bm25-mpb-2"
@@ -72,7 +72,10 @@ def features(sentence_terms: Iterable[Sequence[str]], text: str) -> Counter[int]
 class SparseEncoder:
     """Turns texts into BM25 document and query vectors."""
 
-    def __init__(self, *, k1: float = 1.2, b: float = 0.75, avg_chars: float = 500.0) -> None:
+    def __init__(
+        self, *, k1: float = 1.2, b: float = 0.75, avg_chars: float = 500.0, proper_noun_weight: float = 1.0
+    ) -> None:
+        self.proper_noun_weight = proper_noun_weight
         self.k1 = k1
         self.b = b
         self.avg_chars = avg_chars
@@ -96,11 +99,17 @@ class SparseEncoder:
         return [self.document(sents, text) for sents, text in zip(analyze_many(texts), texts, strict=True)]
 
     def query(self, text: str) -> SparseVec:
-        """1.0 per distinct feature: Qdrant's IDF modifier weighs them."""
+        """1.0 per distinct feature (Qdrant's IDF modifier weighs them); proper nouns weigh more."""
         sentences = analyze_many([text])[0]
         counts = features(([t for _, t in s.terms] for s in sentences), text)
-        keys = sorted(counts)
-        return SparseVec(indices=keys, values=[1.0] * len(keys))
+        weights = dict.fromkeys(counts, 1.0)
+        if self.proper_noun_weight != 1.0:
+            for term in proper_nouns(text):
+                key = _hash("m", term)
+                if key in weights:
+                    weights[key] = self.proper_noun_weight
+        keys = sorted(weights)
+        return SparseVec(indices=keys, values=[weights[k] for k in keys])
 
 
 def sparse_from_settings(settings: Settings) -> SparseEncoder:

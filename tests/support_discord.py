@@ -107,6 +107,16 @@ class FakeDiscord:
                     "embeds": [],
                     "components": [],
                     "flags": 128,  # LOADING
+                    "type": 20,  # CHAT_INPUT_COMMAND: the reply to a slash command
+                    "webhook_id": application_id,
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "edited_timestamp": None,
+                    "tts": False,
+                    "mention_everyone": False,
+                    "mentions": [],
+                    "mention_roles": [],
+                    "attachments": [],
+                    "pinned": False,
                 },
             )
 

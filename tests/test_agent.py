@@ -41,6 +41,11 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Any
     settings = make_settings(tmp_path_factory.mktemp("kb"))
     summary = ingest_paths([EXAMPLES], space="default", settings=settings, progress=False)
     assert summary.failed == 0 and summary.added >= 7
+    clubs = tmp_path_factory.mktemp("clubs") / "동호회.md"
+    clubs.write_text(
+        "# 사내 동호회\n\n사내 동호회는 회원 1인당 매월 3만 원의 활동비를 지원받습니다.\n", encoding="utf-8"
+    )
+    assert ingest_paths([clubs], space="clubs", settings=settings, progress=False).added == 1
     retriever = Retriever.from_settings(settings)
     yield settings, retriever
     retriever.close()
@@ -214,6 +219,15 @@ def test_abstains_when_the_documents_do_not_say(agent: Agent, question: str, lan
     assert "generate" not in answer.timings_ms
 
 
+def test_spaces_limit_what_the_agent_may_cite(agent: Agent) -> None:
+    question = "사내 동호회 활동비는 매월 얼마인가요?"
+    assert _source_names(agent.ask(question))[0] == "동호회.md"
+    in_clubs = agent.ask(question, spaces=["clubs"])
+    assert "3만 원" in in_clubs.text and {c.space for c in in_clubs.citations} == {"clubs"}
+    elsewhere = agent.ask(question, spaces=["default"])
+    assert all(name != "동호회.md" for name in _source_names(elsewhere))
+
+
 def test_empty_question_is_a_clear_error(agent: Agent) -> None:
     with pytest.raises(EchoRagError, match="empty"):
         agent.ask("   ")
@@ -333,9 +347,37 @@ def test_llm_condenses_a_follow_up(kb: tuple[Settings, Any], llm_server: str) ->
     assert "Follow-up: 그럼 지원금은?" in condense_request["messages"][-1]["content"]
     assert "재택근무는 주 며칠까지" in condense_request["messages"][-1]["content"]
     assert _source_names(answer)[0] == "재택근무.md"
+    assert _FakeOpenAI.requests[-1]["messages"][-1]["content"] == answer.condensed_question
 
 
 def test_unreachable_llm_is_a_clear_error() -> None:
     llm = OpenAICompatibleLLM(model="m", base_url="http://127.0.0.1:9/v1", timeout_s=2)
     with pytest.raises(LLMError, match=r"cannot reach the LLM at http://127\.0\.0\.1:9/v1"):
         llm.complete([{"role": "user", "content": "hi"}], max_tokens=5)
+
+
+def test_served_adapter_version_comes_from_the_registry(
+    kb: tuple[Settings, Any], llm_server: str, tmp_path: Path
+) -> None:
+    from core.contracts import AdapterManifest
+    from core.registry import AdapterRegistry
+
+    settings, retriever = kb
+    # LLM_MODEL == ADAPTER_NAME: vLLM serves the registry's CURRENT adapter under that name.
+    llm_settings = settings.model_copy(
+        update={"llm_base_url": llm_server, "llm_model": settings.adapter_name}
+    )
+    agent = Agent.from_settings(llm_settings, retriever=retriever)
+    assert agent.ask("배우자 출산 휴가는 며칠인가요?").adapter_version is None  # nothing published yet
+
+    files = tmp_path / "adapter"
+    files.mkdir()
+    (files / "adapter_config.json").write_text("{}")
+    registry = AdapterRegistry.from_settings(settings)
+    version = registry.publish(files, AdapterManifest(name=settings.adapter_name, version=0), promote=True)
+    fresh = Agent.from_settings(llm_settings, retriever=retriever)
+    ref = AnswerRef(platform="discord", channel="42", message_id="777")
+    answer = fresh.ask("배우자 출산 휴가는 며칠인가요?", ref=ref)
+    assert answer.adapter_version == f"v{version}" and answer.model == settings.adapter_name
+    record = load_answer(open_store(settings), answer.answer_id or "")
+    assert record is not None and record.adapter_version == f"v{version}"

@@ -34,7 +34,7 @@ from bots.discord_runtime import close_runtime, open_ask_queue, runtime_for
 from core.contracts import make_answer_id
 from core.queue import open_queue
 from core.records import effective_votes, iter_feedback, load_answer
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from core.store import open_store
 from handlers import discord_interactions, discord_worker
 from handlers.cli import main as cli_main
@@ -103,6 +103,7 @@ def kb_qdrant(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _close_runtime() -> Iterator[None]:
     yield
     close_runtime()  # releases the local Qdrant folder for the next test
+    get_settings.cache_clear()  # the env this test exported is gone; later tests read their own
 
 
 @pytest.fixture
@@ -353,7 +354,9 @@ def test_korean_question_is_answered_in_korean(
 def test_channel_mapped_to_another_space_never_cites_the_default_space(
     monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
-    settings = apply_settings_env(monkeypatch, settings.model_copy(update={"channel_spaces": {CHANNEL_ID: ["hr"]}}))
+    settings = apply_settings_env(
+        monkeypatch, settings.model_copy(update={"channel_spaces": {CHANNEL_ID: ["hr"]}})
+    )
     message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
     embed = message["embeds"][0]
     assert "Tuesday" not in embed["description"]
@@ -386,10 +389,14 @@ def test_ask_over_sqs_on_moto(
 
     # As deployed: a standard ask queue, and the Discord credentials in Secrets Manager, not in env.
     sqs = boto3.client("sqs")
-    ask_url = sqs.create_queue(QueueName=f"asks-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "300"})[
-        "QueueUrl"
-    ]
-    credentials = {"public_key": key.verify_key.encode().hex(), "bot_token": "x", "application_id": APPLICATION_ID}
+    ask_url = sqs.create_queue(
+        QueueName=f"asks-{uuid.uuid4().hex[:12]}", Attributes={"VisibilityTimeout": "300"}
+    )["QueueUrl"]
+    credentials = {
+        "public_key": key.verify_key.encode().hex(),
+        "bot_token": "x",
+        "application_id": APPLICATION_ID,
+    }
     secret_arn = boto3.client("secretsmanager").create_secret(
         Name=f"echorag-discord-{uuid.uuid4().hex[:8]}", SecretString=json.dumps(credentials)
     )["ARN"]
@@ -437,6 +444,17 @@ def test_failed_first_attempt_is_retried_and_answers_once(
     assert "Tuesday" in fake_discord.messages[payload["token"]]["embeds"][0]["description"]
     assert run_worker([(message.message_id, message.body, 3)]) == []  # a late duplicate: no third edit
     assert len(fake_discord.calls_of("PATCH")) == 2
+
+
+def test_a_malformed_message_fails_alone_in_its_batch(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    send(key, fake_discord, ask_interaction("Who answers pages?"))
+    message = open_ask_queue(settings).receive(wait_s=0)
+    assert message is not None
+    batch = [("poison-1", '{"question": 1}', 1), (message.message_id, message.body, 1)]
+    assert run_worker(batch) == ["poison-1"]  # reported for redelivery (then the DLQ); the good one answered
+    assert len(answer_patches(fake_discord)) == 1
 
 
 def test_last_attempt_failure_tells_the_user(
@@ -661,6 +679,17 @@ def test_register_commands_puts_both_commands(fake_discord: FakeDiscord, setting
     assert ask["options"][0]["type"] == 3
     assert retrain["name"] == "retrain" and retrain["default_member_permissions"] == "32"
     assert guild_call.body == COMMANDS
+
+
+def test_invite_url_names_the_app_scopes_and_permissions(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["discord", "invite-url"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url == (
+        f"https://discord.com/oauth2/authorize?client_id={APPLICATION_ID}"
+        "&scope=bot+applications.commands&permissions=19456"
+    )
 
 
 def test_register_commands_without_token_is_one_clear_error(

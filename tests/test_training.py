@@ -310,9 +310,14 @@ def test_loop_over_s3_and_sqs_with_a_gold_set(tiny_base, fakes, aws_settings) ->
         json.dumps({"question": q, "answers": [a], "contexts": [{"title": t, "text": c}]}, ensure_ascii=False) + "\n"
         for q, t, c, a in QA[:2]
     ), encoding="utf-8")
+    import boto3
+
+    secret = boto3.client("secretsmanager").create_secret(
+        Name=f"slack-{aws_settings.feedback_bucket}", SecretString=json.dumps({"bot_token": "xoxb-from-secret"}))
     settings = training_settings(tiny_base, aws_settings.data_dir, fakes, **{
         "feedback_bucket": aws_settings.feedback_bucket, "training_queue_url": aws_settings.training_queue_url,
         "queue_max_receives": 3, "vllm_url": None, "gold_questions": gold,
+        "slack_bot_token": None, "slack_secret_arn": secret["ARN"],  # the GPU host reads the stack's secret
     })
     seed_feedback(settings, with_bad=False)
     job_id = queue_job(settings)
@@ -327,6 +332,8 @@ def test_loop_over_s3_and_sqs_with_a_gold_set(tiny_base, fakes, aws_settings) ->
     assert manifest.dataset["snapshot"] == f"datasets/{job_id}/" and manifest.dataset["train"] >= 1 and "feedback_until" in manifest.dataset
     assert store.get(f"datasets/{job_id}/train.jsonl")
     assert open_queue(settings).depth() == 0
+    [slack_post] = fakes["slack"].calls
+    assert slack_post["headers"]["Authorization"] == "Bearer xoxb-from-secret"
     # A malformed body on SQS is redriven by SQS itself after maxReceiveCount receives.
     queue = open_queue(settings)
     queue.send('{"job_id": 5}', dedup_id="bad-sqs")
@@ -368,3 +375,36 @@ def test_dataset_dedups_retracts_and_splits_deterministically(tmp_path, fakes) -
     assert split(examples[:2])[0] and split(examples[:2])[1]
     with pytest.raises(NotEnoughFeedback, match="need at least 20"):
         build_snapshot("job3", records.labelled_answers(store), min_examples=20)
+
+
+def test_echorag_worker_cli_handles_one_message(tmp_path, monkeypatch, capsys) -> None:
+    from core.settings import get_settings
+    from handlers.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        open_queue(get_settings()).send('{"requested_by": "x"}', dedup_id="cli-bad")
+        assert main(["worker", "--once", "--wait-s", "0", "--no-progress"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert "malformed" in out and "job_id: Field required" in out
+
+
+def test_heartbeat_keeps_a_long_job_invisible(tmp_path) -> None:
+    import time
+
+    from training.worker import Heartbeat
+
+    queue = open_queue(make_settings(tmp_path))
+    queue.send("{}", dedup_id="long-job")
+    message = queue.receive(wait_s=0, visibility_s=1)
+    assert message is not None
+    with Heartbeat(queue, message.receipt_handle, visibility_s=2):
+        time.sleep(1.6)  # past the original 1 s visibility: only the heartbeat keeps it hidden
+        assert queue.receive(wait_s=0) is None
+    queue.release(message.receipt_handle)
+    again = queue.receive(wait_s=0)
+    assert again is not None and again.receive_count == 2

@@ -21,7 +21,15 @@ from core.settings import Settings
 from rag.prompts import build_messages
 from rag.types import Passage
 from training.dataset import Example
-from training.train import IGNORE, TrainConfig, collate, encode_example, load_base, pick_device
+from training.train import (
+    IGNORE,
+    TrainConfig,
+    collate,
+    encode_example,
+    load_base,
+    pick_device,
+    release_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +184,8 @@ def evaluate(
     else:
         with model.disable_adapter():
             current = score(model, tokenizer, examples, gold, config.max_length)
+    del model, base
+    release_memory()
     passed, reason = decide(candidate, current, current_label)
     log.info("gate: %s (candidate %s, %s %s)", "pass" if passed else "reject", candidate, current_label, current)
     return GateReport(candidate=candidate, current=current, passed=passed, reason=reason, compared_with=current_label,

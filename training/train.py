@@ -95,6 +95,17 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def release_memory() -> None:
+    """Give freed GPU memory back between training and evaluation (vLLM may share the card)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_tokenizer(base_model: str) -> Any:
     """The base model's tokenizer (a pad token is borrowed from eos when missing)."""
     from transformers import AutoTokenizer
@@ -236,12 +247,15 @@ def train_lora(
     train_seconds = time.perf_counter() - loop_started
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
+    trainable = sum(p.numel() for p in params)
+    del model, base, optimizer, params
+    release_memory()
     return TrainResult(
         steps=len(losses),
         examples=len(rows),
         final_loss=losses[-1],
         seconds=time.perf_counter() - started,
-        trainable_params=sum(p.numel() for p in params),
+        trainable_params=trainable,
         train_seconds=train_seconds,
         losses=losses,
     )

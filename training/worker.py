@@ -31,7 +31,7 @@ from core.queue import JobQueue, QueueMessage, open_queue
 from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
 from core.settings import Settings
 from core.store import BlobStore, open_store
-from rag.llm_transformers import local_adapter
+from rag.llm_transformers import local_adapter, prune_local_adapters
 from training.dataset import NotEnoughFeedback, build_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Heartbeat:
 
     def __init__(self, queue: JobQueue, receipt: str, visibility_s: int) -> None:
         self.queue, self.receipt, self.visibility_s = queue, receipt, visibility_s
-        self.interval_s = max(1.0, visibility_s / 3)
+        self.interval_s = max(0.5, visibility_s / 3)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
 
@@ -99,6 +99,10 @@ class Worker:
         self.queue = queue or open_queue(settings)
         self.progress_hook = progress_hook
         self.show_progress = show_progress
+        if not show_progress:  # no "Loading weights" bars in the journal either
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         self.registry = AdapterRegistry(self.store, settings.adapter_name)
         self.stop_event = threading.Event()
 
@@ -298,6 +302,8 @@ class Worker:
         )
         version = registry.publish(candidate_dir, manifest, promote=True)  # CURRENT moves atomically
         hot = self._hot_load(name, version)
+        # Keep the new and the previous copy (vLLM serves the previous one until the hot-load lands).
+        prune_local_adapters(settings.resolved_adapter_cache_dir, name, {version, *([current] if current else [])})
         message_text = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
                         f"{len(snapshot.eval)} held out ({report.reason})")
         if hot:

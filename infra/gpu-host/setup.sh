@@ -3,7 +3,7 @@
 # vLLM. Run from a checkout of the repository, as root:
 #
 #   sudo infra/gpu-host/setup.sh                       # install code, venv, config, systemd unit
-#   sudo SLACK_SECRET_ARN=… DISCORD_SECRET_ARN=… infra/gpu-host/setup.sh   # + fill chat tokens
+#   sudo SLACK_SECRET_ARN=… DISCORD_SECRET_ARN=… infra/gpu-host/setup.sh   # + where the chat tokens are
 #
 # Idempotent: re-running updates the code and dependencies and keeps /etc/echorag/worker.env.
 # vLLM itself: `docker compose -f infra/gpu-host/compose.yaml up -d vllm` (or your own install,
@@ -41,7 +41,8 @@ if [[ ! -f $ENV_FILE ]]; then
   echo "setup.sh: wrote $ENV_FILE — fill FEEDBACK_BUCKET, TRAINING_QUEUE_URL, BASE_MODEL, VLLM_URL"
 fi
 
-# Chat tokens for announcements, from the stack's secrets ({"bot_token": …}), when ARNs are given.
+# Chat tokens for announcements: the worker reads `bot_token` from the stack's secrets at run time
+# (SLACK_SECRET_ARN / DISCORD_SECRET_ARN, cached 5 minutes), so no token is copied onto the disk.
 set_env() {  # set_env NAME VALUE: replace or append NAME=VALUE in the env file
   local name=$1 value=$2
   if grep -q "^${name}=" "$ENV_FILE"; then
@@ -50,13 +51,10 @@ set_env() {  # set_env NAME VALUE: replace or append NAME=VALUE in the env file
     echo "${name}=${value}" >>"$ENV_FILE"
   fi
 }
-for pair in "SLACK_SECRET_ARN:SLACK_BOT_TOKEN" "DISCORD_SECRET_ARN:DISCORD_BOT_TOKEN"; do
-  arn_var=${pair%%:*} env_name=${pair##*:}
-  if [[ -n ${!arn_var:-} ]]; then
-    token=$(aws secretsmanager get-secret-value --secret-id "${!arn_var}" --query SecretString --output text |
-      "$PREFIX/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["bot_token"])')
-    set_env "$env_name" "$token"
-    echo "setup.sh: $env_name set from $arn_var"
+for name in SLACK_SECRET_ARN DISCORD_SECRET_ARN; do
+  if [[ -n ${!name:-} ]]; then
+    set_env "$name" "${!name}"
+    echo "setup.sh: $name set in $ENV_FILE"
   fi
 done
 
