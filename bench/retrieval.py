@@ -7,8 +7,8 @@ Quality (one run, same data, same metrics):
   vs BM25 over Kiwi morphemes alone (bm25s), the classic Korean baseline.
 Scale (synthetic chunks recombined from the dev passages' sentences, plus the real passages):
     python bench/retrieval.py --data ../shared/data/korquad1 --scale 100000 [--backend edge|local]
-  ingest chunks/s (end to end: Kiwi, vectors, upserts, optimize), query p50/p95, peak RSS, and
-  R@1/MRR@10 of the 500 questions with the real passages hidden among the synthetic ones.
+  ingest chunks/s (end to end: Kiwi, vectors, upserts, flush), query p50/p95, peak RSS, and the
+  share of questions whose top chunk contains the gold answer.
 Query latency is measured per query, end to end (tokenising the query included), one at a time.
 """
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
-from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k  # noqa: E402
+from rag.metrics import contains_answer, mrr_at_k, ndcg_at_k, recall_at_k  # noqa: E402
 
 Ranker = Callable[[str], list[str]]
 
@@ -167,8 +167,15 @@ def run_scale(args: argparse.Namespace) -> dict:
         del rows
         rss_before = psutil.Process().memory_info().rss
         load_before = os.getloadavg()[0]
-        rank, retriever, info = our_ranker(settings, corpus_file)
-        quality = score(f"ours at {args.scale} chunks ({args.backend})", rank, questions[: args.queries])
+        _, retriever, info = our_ranker(settings, corpus_file)
+        # The synthetic chunks reuse the dev passages' sentences, so a question's gold sentence sits in
+        # many chunks and gold-id recall means nothing here; check that the top chunk holds the answer.
+        latencies, contains = [], 0
+        for q in questions[: args.queries]:
+            start = time.perf_counter()
+            hits = retriever.search(q["question"], limit=10)  # type: ignore[attr-defined]
+            latencies.append((time.perf_counter() - start) * 1000)
+            contains += bool(hits) and contains_answer(hits[0].text, q["answers"])
         retriever.close()  # type: ignore[attr-defined]
         disk = sum(f.stat().st_size for f in (Path(tmp) / "qdrant").rglob("*") if f.is_file())
     return {
@@ -181,10 +188,9 @@ def run_scale(args: argparse.Namespace) -> dict:
         "ingest_chunks_per_cpu_s": round(info["chunks"] / info["ingest_cpu_s"], 1),
         "load_avg_1m_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "queries": min(args.queries, len(questions)),
-        "query_ms_p50": quality["query_ms_p50"],
-        "query_ms_p95": quality["query_ms_p95"],
-        "recall@1": quality["recall@1"],
-        "mrr@10": quality["mrr@10"],
+        "query_ms_p50": round(statistics.median(latencies), 3),
+        "query_ms_p95": round(percentile(latencies, 95), 3),
+        "top1_contains_answer": round(contains / len(latencies), 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_ingest_mb": round(rss_before / 2**20, 1),
         "store_on_disk_mb": round(disk / 2**20, 1),

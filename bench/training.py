@@ -131,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best one reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         workdir = Path(tmp)
         base = args.base_model
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base model: {'tiny random Llama (hidden 64, 2 layers)' if args.tiny else args.base_model}")
     print(f"device: {device}; {args.examples} examples x {args.epochs} epoch(s), batch {args.batch_size}, "
           f"max length {args.max_length}, {args.contexts} contexts per prompt; best of {args.repeats} runs each")
-    cols = ["examples_per_s", "train_s", "trainable_params", "peak_rss_mib", "rss_growth_mib"]
+    # RSS growth per run stays in --json only: the allocator reuses what the previous run freed.
+    cols = ["examples_per_s", "train_s", "trainable_params", "peak_rss_mib"]
     if "cuda_peak_mib" in rows[0]:
         cols.append("cuda_peak_mib")
     print(f"{'config':<14}" + "".join(f"{c:>18}" for c in cols))

@@ -99,11 +99,6 @@ def _terms_from_tokens(tokens: Iterable) -> list[str]:
     return out
 
 
-def proper_nouns(text: str) -> list[str]:
-    """The proper-noun terms (NNP) of a short text, e.g. a question's named entities."""
-    return [tok.form.lower() for tok in get_kiwi().tokenize(text) if tok.tag == "NNP"]
-
-
 def terms(text: str) -> list[str]:
     """Content morphemes of `text`, lowercased (BM25 terms; verbs/adjectives get their '다' form)."""
     if not text.strip():

@@ -241,10 +241,15 @@ class EdgeStore:
         return 0 if self._shard is None else int(self._shard.count(self._qe.CountRequest(exact=True)))
 
     def finish_writes(self) -> None:
-        """Flush and let the optimizer merge segments / build indexes after a bulk write."""
+        """Flush; with dense vectors also run the optimizer, which builds their HNSW index.
+
+        Sparse-only shards skip it: measured at 20k chunks, queries were as fast before as after
+        (~1 ms) while optimizing took seconds and +25% memory.
+        """
         if self._shard is not None:
             self._shard.flush()
-            self._shard.optimize()
+            if self.dense_size():
+                self._shard.optimize()
 
     def close(self) -> None:
         if self._shard is not None:

@@ -29,11 +29,18 @@ from tests.support_training import QA, FakeServer, build_tiny_base
 from training.dataset import EVAL_PERCENT, NotEnoughFeedback, build_snapshot, split, split_bucket
 from training.worker import Worker
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    # peft 0.21 calls a transformers 5 property that warns about its own rename; not ours to fix.
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+]
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from more; shared CI cores stay free
     return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
@@ -155,11 +162,11 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     assert discord_post["headers"]["Authorization"] == "Bot discord-test-token"
     assert "v1" in discord_post["body"]["content"]
 
-    # The in-process backend serves the base model with CURRENT.
-    from rag.llm_transformers import TransformersLLM
+    # LLM_BACKEND=transformers serves the base model with CURRENT.
+    from rag.llm import llm_from_settings
 
-    llm = TransformersLLM(settings.model_copy(update={"llm_model": str(tiny_base)}), store=store)
-    assert llm.adapter_version == "v1"
+    llm = llm_from_settings(settings.model_copy(update={"llm_backend": "transformers", "llm_model": str(tiny_base)}))
+    assert llm is not None and llm.model == str(tiny_base) and llm.adapter_version == "v1"
     assert isinstance(llm.complete([{"role": "user", "content": QA[0][0]}], max_tokens=4), str)
 
     # A second run with a destructive learning rate is worse on the held-out set: v1 stays live.
@@ -232,6 +239,35 @@ def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes
     assert records.active_job_id(store) is None
     llm.complete([{"role": "user", "content": "hi"}], max_tokens=2)
     assert llm.adapter_version == "v1"  # picked up the published adapter without a restart
+
+
+class Killed(BaseException):
+    """Stands in for a hard kill: no `except Exception` in the worker sees it, only `finally` runs."""
+
+
+def test_a_worker_killed_mid_training_leaves_current_alone_and_the_job_is_redelivered(
+    tiny_base, fakes, tmp_path
+) -> None:
+    import time
+
+    settings = training_settings(tiny_base, tmp_path, fakes, queue_visibility_s=1)
+    seed_feedback(settings, with_bad=False)
+    job_id = queue_job(settings)
+    store = open_store(settings)
+    registry = AdapterRegistry(store, settings.adapter_name)
+
+    def die(fraction: float, loss: float) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        Worker(settings, progress_hook=die, show_progress=False).run(once=True, wait_s=0)
+    assert registry.current() is None and registry.list_versions() == []
+    assert open_queue(settings).receive(wait_s=0) is None  # still hidden: nobody has given it back
+    time.sleep(1.2)  # the visibility timeout (1 s) runs out with no heartbeat to extend it
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "published" and outcome.job_id == job_id and registry.current() == 1
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "published" and status.adapter_version == 1
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -368,8 +404,11 @@ def test_dataset_dedups_retracts_and_splits_deterministically(tmp_path, fakes) -
     examples = snapshot.train + snapshot.eval
     assert len(examples) == len(QA) and snapshot.stats["duplicates"] == 1
     assert not any(ex.answer == "다른 답" for ex in examples)
-    assert {ex.id for ex in snapshot.eval} == {ex.id for ex in examples if split_bucket(ex.id) < EVAL_PERCENT} or (
-        len(snapshot.eval) == 1)
+    expected = {ex.id for ex in examples if split_bucket(ex.id) < EVAL_PERCENT} or {
+        min(examples, key=lambda ex: (split_bucket(ex.id), ex.id)).id  # none hashed low: the lowest is held out
+    }
+    assert {ex.id for ex in snapshot.eval} == expected
+    assert not expected & {ex.id for ex in snapshot.train}
     again = build_snapshot("job2", records.labelled_answers(store), min_examples=4)
     assert [ex.id for ex in again.eval] == [ex.id for ex in snapshot.eval]
     assert split(examples[:2])[0] and split(examples[:2])[1]

@@ -20,7 +20,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from core.contracts import AnswerRecord, stable_id
@@ -159,15 +159,7 @@ def build_examples(rows: Iterable[LabelledAnswer]) -> tuple[list[Example], list[
             if ex_id in examples:
                 stats["duplicates"] += 1
                 kept = examples[ex_id]
-                examples[ex_id] = Example(
-                    id=kept.id,
-                    question=kept.question,
-                    answer=kept.answer,
-                    language=kept.language,
-                    messages=kept.messages,
-                    answer_ids=(*kept.answer_ids, record.answer_id),
-                    score=kept.score + score,
-                )
+                examples[ex_id] = replace(kept, answer_ids=(*kept.answer_ids, record.answer_id), score=kept.score + score)
                 continue
             examples[ex_id] = Example(
                 id=ex_id,

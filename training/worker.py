@@ -7,7 +7,8 @@ heartbeat thread keeps the message invisible while the job runs; the message is 
 the job has ended, so a crash means redelivery, never a lost job. SIGTERM stops at the next
 training step and releases the message (visibility 0) for the next worker. A failed attempt is
 retried after TRAIN_RETRY_DELAY_S and goes to the DLQ after QUEUE_MAX_RECEIVES. The single
-active-job slot (`jobs/ACTIVE`) is freed whenever a job ends, whatever the outcome.
+active-job slot (`jobs/ACTIVE`) is freed when a job ends for good (published, rejected, failed on its
+last attempt); an interrupted or retrying job keeps it.
 """
 
 from __future__ import annotations
@@ -320,7 +321,11 @@ class Worker:
             return ""
         from training.serving import hot_load
 
-        path = local_adapter(self.registry, version, self.settings.resolved_adapter_cache_dir)
+        try:
+            path = local_adapter(self.registry, version, self.settings.resolved_adapter_cache_dir)
+        except Exception as exc:  # published already: report, never fail the job over serving
+            log.warning("could not copy v%s to the adapter cache for vLLM: %s", version, exc)
+            return f"vLLM hot-load FAILED (could not copy v{version} locally: {exc}): vLLM keeps the previous adapter"
         result = hot_load(self.settings.vllm_url, lora_name=name, lora_path=path, api_key=self.settings.llm_api_key)
         if result.ok:
             return f"vLLM now serves v{version} as {name!r}"
