@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     space = args.space or settings.default_space
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a broken PDF is reported once, by us, below
     summary = ingest_paths(list(args.paths), space=space, settings=settings, prune=args.prune,
                            progress=not args.quiet)
     for path, reason in summary.failures:

@@ -68,13 +68,14 @@ class _Writer:
         self.sparse = sparse
         self.dense = dense
 
-    def write(self, batch: list[tuple[Document, str]], space: str) -> int:
-        docs = [doc for doc, _ in batch]
+    def write(self, batch: list[tuple[Document, str, bool]], space: str) -> int:
+        """Write the chunks of `(document, hash, replaces_older_version)` items; returns chunks written."""
+        docs = [doc for doc, _, _ in batch]
         all_chunks = chunk_documents(docs, chunk_size=self.settings.chunk_size, overlap=self.settings.chunk_overlap)
         titles = title_terms(docs)
         points: list[StorePoint] = []
         texts: list[str] = []
-        for (doc, doc_hash), chunks, tterms in zip(batch, all_chunks, titles, strict=True):
+        for (doc, doc_hash, _), chunks, tterms in zip(batch, all_chunks, titles, strict=True):
             for chunk in chunks:
                 index_text = chunk.index_text(doc.title)
                 counts = features([tterms, *chunk.sentence_terms], index_text)
@@ -100,8 +101,9 @@ class _Writer:
             points = [StorePoint(p.id, p.sparse, v, p.payload) for p, v in zip(points, vectors, strict=True)]
         for start in range(0, len(points), _POINT_BATCH):
             self.store.upsert(points[start : start + _POINT_BATCH])
-        for doc, doc_hash in batch:  # leftovers of an older version (more chunks, other hash)
-            self.store.delete_document(space, doc.doc_id, keep_hash=doc_hash)
+        for doc, doc_hash, replaces in batch:  # leftovers of an older version (more chunks, other hash)
+            if replaces:
+                self.store.delete_document(space, doc.doc_id, keep_hash=doc_hash)
         return len(points)
 
 
@@ -152,7 +154,7 @@ def ingest_paths(
         seen: set[str] = set()
         failed_files: set[str] = set()
         read_files: set[str] = set()
-        batch: list[tuple[Document, str]] = []
+        batch: list[tuple[Document, str, bool]] = []
         bar = tqdm(total=_count_documents(files), desc=f"ingest → {space}", unit="doc", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
         for path in files:
@@ -179,7 +181,7 @@ def ingest_paths(
                     summary.added += 1
                 else:
                     summary.updated += 1
-                batch.append((item, doc_hash))
+                batch.append((item, doc_hash, before is not None))
                 if len(batch) >= _DOC_BATCH:
                     summary.chunks += writer.write(batch, space)
                     batch = []

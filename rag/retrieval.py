@@ -75,8 +75,11 @@ class Retriever:
         return self.dense.query(query)
 
     def search(self, query: str, *, spaces: list[str] | None = None, limit: int = 5) -> list[Passage]:
-        """Passages best first (`score`: BM25, RRF or cross-encoder score); [] for an empty query."""
-        if not query.strip() or limit < 1:
+        """Passages best first (`score`: BM25, RRF or cross-encoder score); [] for an empty query.
+
+        `spaces=None` searches every space; an empty list allows none (a channel mapped to nothing).
+        """
+        if not query.strip() or limit < 1 or (spaces is not None and not spaces):
             return []
         sparse = self.sparse.query(query)
         dense = self._dense_query(query)

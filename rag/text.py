@@ -35,7 +35,6 @@ _EN_STOP_WORDS = """a about above after again against all am an and any are as a
 _EN_STOP = frozenset(_EN_STOP_WORDS.split())
 
 _lock = threading.Lock()
-_HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
 
 
 @lru_cache(maxsize=1)
@@ -112,11 +111,6 @@ def terms_many(texts: list[str]) -> list[list[str]]:
         return []
     kiwi = get_kiwi()
     return [_terms_from_tokens(toks) for toks in kiwi.tokenize(texts)]
-
-
-def hangul_words(text: str) -> list[str]:
-    """Runs of Hangul syllables (for character n-gram features that survive segmentation errors)."""
-    return _HANGUL_WORD.findall(text)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +125,7 @@ class EdgeStore:
             self._lock_file.close()
             raise EchoRagError(_locked_message(folder)) from None
         self._shard: Any = None
+        self._dense_size: int | None = None
         if self._has_segments():
             try:
                 self._shard = qe.EdgeShard.load(str(folder))
@@ -149,8 +149,10 @@ class EdgeStore:
     def dense_size(self) -> int | None:
         if self._shard is None:
             return None
-        path = self.folder / "dense_size"
-        return int(path.read_text()) if path.exists() else None
+        if self._dense_size is None:  # Edge keeps no readable schema: we record the size beside it
+            path = self.folder / "dense_size"
+            self._dense_size = int(path.read_text()) if path.exists() else 0
+        return self._dense_size or None
 
     def prepare(self, dense_size: int | None) -> None:
         qe = self._qe
@@ -167,6 +169,7 @@ class EdgeStore:
         self._shard.update(qe.UpdateOperation.create_field_index("chunk_index", qe.PayloadSchemaType.Integer))
         if dense_size:
             (self.folder / "dense_size").write_text(str(dense_size))
+        self._dense_size = dense_size or 0
 
     def _require(self) -> Any:
         if self._shard is None:
@@ -273,6 +276,8 @@ class ClientStore:
         self._m = models
         self.collection = settings.qdrant_collection
         self.local = local
+        self._exists = False
+        self._dense_size: int | None = None
         if local:
             folder = settings.resolved_qdrant_path
             folder.mkdir(parents=True, exist_ok=True)
@@ -298,16 +303,20 @@ class ClientStore:
             raise StoreError(f"Qdrant at {self.location} failed to {what}: {exc}") from exc
 
     def exists(self) -> bool:
-        return bool(self._call("check the collection", self._client.collection_exists, self.collection))
+        # Once seen, a collection is assumed to stay (no extra round trip per query on a server).
+        if not self._exists:
+            self._exists = bool(self._call("check the collection", self._client.collection_exists, self.collection))
+        return self._exists
 
     def dense_size(self) -> int | None:
         if not self.exists():
             return None
-        info = self._call("read the collection", self._client.get_collection, self.collection)
-        vectors = info.config.params.vectors
-        if isinstance(vectors, dict) and DENSE_NAME in vectors:
-            return int(vectors[DENSE_NAME].size)
-        return None
+        if self._dense_size is None:
+            info = self._call("read the collection", self._client.get_collection, self.collection)
+            vectors = info.config.params.vectors
+            has_dense = isinstance(vectors, dict) and DENSE_NAME in vectors
+            self._dense_size = int(vectors[DENSE_NAME].size) if has_dense else 0
+        return self._dense_size or None
 
     def prepare(self, dense_size: int | None) -> None:
         m = self._m
@@ -315,6 +324,7 @@ class ClientStore:
             _check_dense(f"{self.location} collection {self.collection}", self.dense_size(), dense_size)
             return
         vectors = {DENSE_NAME: m.VectorParams(size=dense_size, distance=m.Distance.COSINE)} if dense_size else {}
+        self._dense_size = None
         self._call(
             "create the collection",
             self._client.create_collection,
@@ -415,8 +425,3 @@ def _check_dense(where: str, stored: int | None, configured: int | None) -> None
             f"the knowledge base at {where} has {have} but the configured dense encoder makes {configured}; "
             "ingest into a new QDRANT_COLLECTION (or delete the old one) after changing DENSE_MODEL/EMBEDDING_MODEL"
         )
-
-
-def batched(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

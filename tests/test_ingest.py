@@ -56,9 +56,10 @@ def test_ingest_all_formats_and_find_passages(tmp_path: Path) -> None:
         assert passage.chunk_id.startswith(passage.doc_id + "#") and passage.score > 0
 
 
-def test_reingest_is_a_noop_and_changed_files_are_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_reingest_is_a_noop_and_changed_files_are_replaced(tmp_path: Path, backend: str) -> None:
     kb = write_knowledge_base(tmp_path)
-    settings = retrieval_settings(tmp_path / "data", chunk_size=120, chunk_overlap=0)
+    settings = retrieval_settings(tmp_path / "data", chunk_size=120, chunk_overlap=0, vector_backend=backend)
     first = ingest_paths([kb], space="default", settings=settings, progress=False)
     assert first.added == 6 and first.chunks > 6
 
@@ -86,12 +87,13 @@ def test_changing_chunk_settings_reindexes(tmp_path: Path) -> None:
     assert redo.updated == 6 and redo.unchanged == 0
 
 
-def test_prune_deletes_what_disappeared(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_prune_deletes_what_disappeared(tmp_path: Path, backend: str) -> None:
     kb = write_knowledge_base(tmp_path)
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.md").write_text("# 보관\n\n이 문서는 다른 폴더에 있어 지워지면 안 됩니다.", encoding="utf-8")
-    settings = retrieval_settings(tmp_path / "data")
+    settings = retrieval_settings(tmp_path / "data", vector_backend=backend)
     ingest_paths([kb, other], space="default", settings=settings, progress=False)
 
     (kb / "remote.txt").unlink()

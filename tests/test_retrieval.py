@@ -4,6 +4,7 @@ space filters, backend parity; plus the pure pieces (text, chunking, sparse feat
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_chunking_respects_size_overlap_and_sections() -> None:
     first_section = [c for c in chunks if c.location == "§ 연차"]
     assert len(first_section) > 2
     assert all(len(c.text) <= 120 for c in first_section)
-    for left, right in zip(first_section, first_section[1:], strict=False):  # one sentence repeated
+    for left, right in pairwise(first_section):  # one sentence repeated
         assert left.text.split(". ")[-1].rstrip(".") in right.text
     assert chunks[-1].text == "병가는 10일입니다." and chunks[-1].location == "§ 병가"
     assert [c.index for c in chunks] == list(range(len(chunks)))
@@ -97,12 +98,13 @@ def test_metrics() -> None:
 # --- against a real collection ----------------------------------------------------------------
 
 
-def test_space_filter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_space_filter(tmp_path: Path, backend: str) -> None:
     kb = write_knowledge_base(tmp_path)
     eng = tmp_path / "eng"
     eng.mkdir()
     (eng / "vpn.md").write_text("# VPN\n\n재택근무 중에는 VPN에 먼저 접속한 뒤 사내 위키를 엽니다.", encoding="utf-8")
-    settings = retrieval_settings(tmp_path / "data")
+    settings = retrieval_settings(tmp_path / "data", vector_backend=backend)
     ingest_paths([kb], space="hr", settings=settings, progress=False)
     ingest_paths([eng], space="eng", settings=settings, progress=False)
     with Retriever.from_settings(settings) as retriever:
@@ -112,6 +114,7 @@ def test_space_filter(tmp_path: Path) -> None:
         eng_only = retriever.search(query, spaces=["eng"], limit=10)
         assert [p.title for p in eng_only] == ["VPN"]
         assert retriever.search(query, spaces=["nobody"], limit=10) == []
+        assert retriever.search(query, spaces=[], limit=10) == []  # mapped to no space: sees nothing
         assert retriever.search("   ") == []
         ranked = retriever.search("재택근무 코어 출근일 메신저", limit=5)
         assert [p.score for p in ranked] == sorted((p.score for p in ranked), reverse=True)
@@ -183,3 +186,104 @@ def test_dense_settings_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no dense vectors"):
         ingest_paths([kb], space="default", settings=retrieval_settings(tmp_path / "data", dense_model=_minilm_path()),
                      progress=False)
+
+
+class _EmbeddingServer:
+    """A tiny OpenAI-compatible `/v1/embeddings` endpoint on 127.0.0.1 (bag of words → 32 dims)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+                data = [{"object": "embedding", "index": i, "embedding": _bag_of_words(text)}
+                        for i, text in enumerate(body["input"])]
+                payload = json.dumps({"object": "list", "data": data, "model": body["model"],
+                                      "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_SYNONYMS = {"feline": "cat", "kitten": "cat", "cash": "money", "revenue": "money"}
+
+
+def _bag_of_words(text: str) -> list[float]:
+    import zlib
+
+    vec = [0.0] * 32
+    for word in text.lower().replace(".", " ").split():
+        word = _SYNONYMS.get(word, word)
+        vec[zlib.crc32(word.encode()) % 32] += 1.0
+    return vec
+
+
+def test_openai_compatible_embeddings_endpoint(tmp_path: Path) -> None:
+    server = _EmbeddingServer()
+    try:
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        rows = [{"id": "pets", "title": "Pets", "text": "A kitten sleeps."},
+                {"id": "fin", "title": "Finance", "text": "Revenue grew."}]
+        (docs / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        settings = retrieval_settings(tmp_path / "data", embedding_base_url=server.url,
+                                      embedding_model="tiny-embed", embedding_api_key="sk-test")
+        assert ingest_paths([docs], space="default", settings=settings, progress=False).added == 2
+        with Retriever.from_settings(settings) as retriever:
+            assert retriever.store.dense_size() == 32
+            assert retriever.search("feline", limit=1)[0].doc_id == "pets"  # dense leg only
+            assert retriever.search("cash", limit=1)[0].doc_id == "fin"
+        assert {r["path"] for r in server.requests} == {"/v1/embeddings"}
+        assert {r["model"] for r in server.requests} == {"tiny-embed"}
+        assert {r["auth"] for r in server.requests} == {"Bearer sk-test"}
+        assert ["Pets\nA kitten sleeps.", "Finance\nRevenue grew."] in [r["input"] for r in server.requests]
+    finally:
+        server.close()
+
+
+def test_cross_encoder_rerank_reorders_the_fused_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wiring test: a CrossEncoder built on the packaged MiniLM (its score head is untrained, so
+    this checks that every candidate is re-scored and the order follows the cross-encoder)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.manual_seed(0)
+    kb = write_knowledge_base(tmp_path)
+    settings = retrieval_settings(tmp_path / "data", reranker_model=_minilm_path(), retrieve_k=6)
+    ingest_paths([kb], space="default", settings=settings, progress=False)
+    with Retriever.from_settings(settings) as retriever:
+        assert retriever.reranker is not None
+        seen: list[int] = []
+        model = retriever.reranker._model
+        original = model.predict
+
+        def spy(pairs: list, **kw: object) -> object:
+            seen.append(len(pairs))
+            return original(pairs, **kw)
+
+        monkeypatch.setattr(model, "predict", spy)
+        reranked = retriever.search("휴가 병가 재택근무 연차", limit=2)
+        assert len(reranked) == 2 and seen and seen[0] > 2  # more candidates than returned
+        scores = original([("휴가 병가 재택근무 연차", f"{p.title}\n{p.text}") for p in reranked])
+        assert [p.score for p in reranked] == pytest.approx([float(s) for s in scores], rel=1e-4)
+        assert reranked[0].score >= reranked[1].score
