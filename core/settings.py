@@ -29,22 +29,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # --- local data -------------------------------------------------------------------------
-    data_dir: Path = Path("./data")
+    data_dir: Path = Path("./data")  # everything the embedded defaults keep on disk
 
     # --- knowledge base / retrieval ---------------------------------------------------------
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
+    qdrant_url: str | None = None  # Qdrant server/cluster; unset -> embedded engine under DATA_DIR
+    qdrant_api_key: str | None = None  # with QDRANT_URL
     qdrant_path: Path | None = None  # default: DATA_DIR/qdrant
-    qdrant_collection: str = "echorag"
-    # "auto": QDRANT_URL -> server (qdrant-client); otherwise the embedded engine.
-    vector_backend: Literal["auto", "server", "local", "edge"] = "auto"
+    qdrant_collection: str = "echorag"  # collection (server) or folder name (embedded)
+    vector_backend: Literal["auto", "server", "local", "edge"] = "auto"  # auto: server if QDRANT_URL, else edge (qdrant-edge); local = qdrant-client local mode
     chunk_size: int = Field(default=700, ge=100)  # characters per chunk
     chunk_overlap: int = Field(default=1, ge=0)  # sentences repeated between neighbouring chunks
-    default_space: str = "default"
+    default_space: str = "default"  # knowledge space for `ingest` without --space
     dense_model: str | None = None  # sentence-transformers name or path
     embedding_base_url: str | None = None  # OpenAI-compatible /embeddings endpoint
-    embedding_model: str | None = None
-    embedding_api_key: str | None = None
+    embedding_model: str | None = None  # model name sent to EMBEDDING_BASE_URL (e.g. bge-m3)
+    embedding_api_key: str | None = None  # with EMBEDDING_BASE_URL
     reranker_model: str | None = None  # sentence-transformers CrossEncoder name or path
     retrieve_k: int = Field(default=30, ge=1)  # candidates per prefetch
     top_k: int = Field(default=5, ge=1)  # passages given to the answer step
@@ -52,61 +51,58 @@ class Settings(BaseSettings):
     abstain_coverage: float = Field(default=0.4, ge=0, le=1)  # grade: min share of question terms found
 
     # --- answering --------------------------------------------------------------------------
-    llm_backend: Literal["auto", "openai", "transformers", "extractive"] = "auto"
-    llm_base_url: str | None = None
+    llm_backend: Literal["auto", "openai", "transformers", "extractive"] = "auto"  # auto: openai if LLM_BASE_URL, else extractive
+    llm_base_url: str | None = None  # OpenAI-compatible endpoint (vLLM, OpenAI, Ollama, LM Studio)
     llm_model: str | None = None  # with vLLM: the LoRA adapter name is the model
-    llm_api_key: str | None = None
-    llm_timeout_s: float = 60.0
-    llm_max_tokens: int = 512
+    llm_api_key: str | None = None  # with LLM_BASE_URL
+    llm_timeout_s: float = 60.0  # per LLM request
+    llm_max_tokens: int = 512  # answer length cap
 
     # --- feedback loop ----------------------------------------------------------------------
     feedback_bucket: str | None = None  # S3 bucket; unset -> DATA_DIR/store
     store_dir: Path | None = None  # default: DATA_DIR/store
     training_queue_url: str | None = None  # SQS FIFO; unset -> DATA_DIR/queue.sqlite
-    queue_path: Path | None = None
+    queue_path: Path | None = None  # default: DATA_DIR/queue.sqlite
     queue_max_receives: int = 3  # then the job goes to the dead-letter queue
-    queue_visibility_s: int = 900
+    queue_visibility_s: int = 900  # a received job stays hidden this long (the worker extends it)
     admin_user_ids: CsvList = Field(default_factory=list)  # "slack:U123,discord:456" or bare ids
     retrain_threshold: int = 20  # new labelled feedback events since the current adapter
-    positive_emoji: CsvList = Field(default_factory=lambda: ["+1", "thumbsup", "white_check_mark", "100"])
-    negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])
-    adapter_name: str = "echorag"
+    positive_emoji: CsvList = Field(default_factory=lambda: ["+1", "thumbsup", "white_check_mark", "100"])  # label +1
+    negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])  # label -1
+    adapter_name: str = "echorag"  # registry name under adapters/ and the vLLM LoRA name
     aws_max_attempts: int = Field(default=4, ge=1)  # S3/SQS: total tries per call (botocore standard mode)
 
     # --- chat platforms ---------------------------------------------------------------------
-    slack_bot_token: str | None = None
-    slack_signing_secret: str | None = None
+    slack_bot_token: str | None = None  # xoxb-…
+    slack_signing_secret: str | None = None  # verifies Events API requests
     slack_app_token: str | None = None  # xapp-… for Socket Mode
-    slack_api_base_url: str = "https://slack.com/api/"
-    # Lambda: Secrets Manager secret (JSON {"signing_secret", "bot_token"}) overriding the two above
-    slack_secret_arn: str | None = None
+    slack_api_base_url: str = "https://slack.com/api/"  # Web API base (tests point it at a fake)
+    slack_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"signing_secret","bot_token"}
     slack_reaction_thanks: bool = False  # a short ephemeral "thanks" when someone reacts to an answer
-    discord_application_id: str | None = None
-    discord_public_key: str | None = None
-    discord_bot_token: str | None = None
-    discord_api_base_url: str = "https://discord.com/api/v10"
-    # Lambda: Secrets Manager secret (JSON {"public_key", "bot_token", "application_id"}) overriding the above
-    discord_secret_arn: str | None = None
-    ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> DATA_DIR/ask-queue.sqlite
+    discord_application_id: str | None = None  # for webhooks and command registration
+    discord_public_key: str | None = None  # verifies Interactions requests (Ed25519)
+    discord_bot_token: str | None = None  # gateway process, command registration, notifications
+    discord_api_base_url: str = "https://discord.com/api/v10"  # REST base (tests point it at a fake)
+    discord_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"public_key","bot_token","application_id"}
+    ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> local
     channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
-    announce_slack_channel: str | None = None
-    announce_discord_channel: str | None = None
+    announce_slack_channel: str | None = None  # also told about every training result
+    announce_discord_channel: str | None = None  # also told about every training result
 
     # --- training (GPU host) ----------------------------------------------------------------
     base_model: str | None = None  # path or hub id of the model the adapters sit on
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_target_modules: CsvList = Field(
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling
+    lora_target_modules: CsvList = Field(  # modules LoRA wraps
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    train_epochs: int = 2
-    train_lr: float = 2e-4
-    train_max_length: int = 1024
-    train_min_examples: int = 4
-    train_seed: int = 42
-    train_batch_size: int = Field(default=4, ge=1)
-    # Trained in full beside LoRA (e.g. "lm_head": tiny/random models barely move without it).
-    lora_modules_to_save: CsvList = Field(default_factory=list)
+    train_epochs: int = 2  # passes over the snapshot
+    train_lr: float = 2e-4  # learning rate
+    train_max_length: int = 1024  # tokens per example (longer are truncated)
+    train_min_examples: int = 4  # fewer approved answers -> "not enough feedback"
+    train_seed: int = 42  # deterministic runs
+    train_batch_size: int = Field(default=4, ge=1)  # examples per optimiser step
+    lora_modules_to_save: CsvList = Field(default_factory=list)  # trained in full beside LoRA (e.g. lm_head)
     adapter_cache_dir: Path | None = None  # local adapter copies (vLLM's lora_path); default DATA_DIR/adapters
     adapter_poll_s: float = 30.0  # transformers backend: check CURRENT at most this often
     train_retry_delay_s: int = 60  # a failed job is retried after this (up to QUEUE_MAX_RECEIVES)

@@ -136,7 +136,7 @@ def _adapters_promote(args: argparse.Namespace) -> int:
     before = registry.current()
     registry.promote(version)
     print(f"{registry.name}: CURRENT is now v{version}" + (f" (was v{before})" if before else ""))
-    return 0
+    return _serve(registry, version)
 
 
 def _adapters_rollback(args: argparse.Namespace) -> int:
@@ -144,7 +144,18 @@ def _adapters_rollback(args: argparse.Namespace) -> int:
     before = registry.current()
     version = registry.rollback()
     print(f"{registry.name}: rolled back from v{before} to v{version}")
-    return 0
+    return _serve(registry, version)
+
+
+def _serve(registry: Any, version: int) -> int:
+    """With VLLM_URL set (run on the GPU host), make vLLM serve the new CURRENT at once."""
+    from training.serving import serve_version
+
+    result = serve_version(get_settings(), registry, version)
+    if result is None:
+        return 0
+    print(result.detail, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -124,3 +124,33 @@ def test_adapters_list_promote_rollback(settings: Settings, capsys: pytest.Captu
     assert rc == 2 and err.strip() == "error: adapter echorag has no published version v9 (published: v1, v2)"
     rc, _, err = run(capsys, "adapters", "promote", "latest")
     assert rc == 2 and "must look like 3 or v3" in err
+
+
+def test_promote_and_rollback_hot_load_vllm(
+    settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the GPU host (VLLM_URL set) moving CURRENT also makes vLLM serve it; a refusal is exit 1."""
+    from tests.support_training import FakeServer
+
+    vllm = FakeServer("vllm")
+    try:
+        monkeypatch.setenv("VLLM_URL", vllm.url)
+        monkeypatch.setenv("ADAPTER_CACHE_DIR", str(tmp_path / "cache"))
+        get_settings.cache_clear()
+        registry = AdapterRegistry.from_settings(get_settings())
+        files = tmp_path / "adapter"
+        files.mkdir()
+        (files / "adapter_config.json").write_text("{}")
+        for n in (1, 2):
+            registry.publish(files, AdapterManifest(name="x", version=0, job_id=f"job{n}"), promote=True)
+        rc, out, _ = run(capsys, "adapters", "rollback")
+        assert rc == 0 and "vLLM now serves v1" in out
+        [load] = vllm.calls
+        assert load["body"]["lora_name"] == "echorag" and load["body"]["load_inplace"] is True
+        assert (Path(load["body"]["lora_path"]) / "adapter_config.json").is_file()
+        vllm.rec.fail_with = 500
+        rc, out, err = run(capsys, "adapters", "promote", "2")
+        assert rc == 1 and "CURRENT is now v2" in out and "vLLM hot-load FAILED" in err
+        assert registry.current() == 2
+    finally:
+        vllm.close()

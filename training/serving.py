@@ -12,6 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.registry import AdapterRegistry
+    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +48,26 @@ def hot_load(vllm_url: str, *, lora_name: str, lora_path: Path, api_key: str | N
         return HotLoadResult(ok=False, detail=f"vLLM answered HTTP {response.status_code}: {text}")
     log.info("vLLM now serves %s from %s", lora_name, lora_path)
     return HotLoadResult(ok=True, detail="loaded")
+
+
+def serve_version(settings: Settings, registry: AdapterRegistry, version: int) -> HotLoadResult | None:
+    """Copy `version` next to vLLM and hot-load it under the adapter name; None when no vLLM is
+    configured. Never raises: the version is published already, serving it is reported."""
+    if not settings.vllm_url:
+        return None
+    from rag.llm_transformers import local_adapter
+
+    try:
+        path = local_adapter(registry, version, settings.resolved_adapter_cache_dir)
+    except Exception as exc:
+        log.warning("could not copy v%s to the adapter cache for vLLM: %s", version, exc)
+        return HotLoadResult(
+            ok=False, detail=f"vLLM hot-load FAILED (could not copy v{version} locally: {exc}): vLLM keeps the previous adapter"
+        )
+    result = hot_load(settings.vllm_url, lora_name=registry.name, lora_path=path, api_key=settings.llm_api_key)
+    if result.ok:
+        return HotLoadResult(ok=True, detail=f"vLLM now serves v{version} as {registry.name!r}")
+    return HotLoadResult(
+        ok=False,
+        detail=f"vLLM hot-load FAILED ({result.detail}): vLLM keeps serving the previous adapter until it is reloaded",
+    )

@@ -124,7 +124,7 @@ class Worker:
         current = self.registry.current()
         if current is None or not self.settings.vllm_url:
             return ""
-        detail = self._hot_load(self.settings.adapter_name, current)
+        detail = self._hot_load(current)
         log.info("start-up sync: %s", detail)
         return detail
 
@@ -302,7 +302,7 @@ class Worker:
             metrics={**metrics, "training": train_metrics},
         )
         version = registry.publish(candidate_dir, manifest, promote=True)  # CURRENT moves atomically
-        hot = self._hot_load(name, version)
+        hot = self._hot_load(version)
         # Keep the new and the previous copy (vLLM serves the previous one until the hot-load lands).
         prune_local_adapters(settings.resolved_adapter_cache_dir, name, {version, *([current] if current else [])})
         message_text = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
@@ -315,21 +315,12 @@ class Worker:
         return JobOutcome(job.job_id, "published", report.reason, version=version, metrics=metrics, hot_load=hot,
                           notified=notified)
 
-    def _hot_load(self, name: str, version: int) -> str:
-        """Load the new version into vLLM; '' when no vLLM is configured, else what happened."""
-        if not self.settings.vllm_url:
-            return ""
-        from training.serving import hot_load
+    def _hot_load(self, version: int) -> str:
+        """Load `version` into vLLM; '' when no vLLM is configured, else what happened."""
+        from training.serving import serve_version
 
-        try:
-            path = local_adapter(self.registry, version, self.settings.resolved_adapter_cache_dir)
-        except Exception as exc:  # published already: report, never fail the job over serving
-            log.warning("could not copy v%s to the adapter cache for vLLM: %s", version, exc)
-            return f"vLLM hot-load FAILED (could not copy v{version} locally: {exc}): vLLM keeps the previous adapter"
-        result = hot_load(self.settings.vllm_url, lora_name=name, lora_path=path, api_key=self.settings.llm_api_key)
-        if result.ok:
-            return f"vLLM now serves v{version} as {name!r}"
-        return f"vLLM hot-load FAILED ({result.detail}): vLLM keeps serving the previous adapter until it is reloaded"
+        result = serve_version(self.settings, self.registry, version)
+        return result.detail if result else ""
 
     def _notify(self, job: TrainingJob, status: JobStatus, *, before: dict[str, float] | None = None,
                 after: dict[str, float] | None = None, next_step: str = "") -> int:
