@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
+from rag.evaluation import percentile  # noqa: E402
 from rag.metrics import contains_answer, mrr_at_k, ndcg_at_k, recall_at_k  # noqa: E402
 
 Ranker = Callable[[str], list[str]]
@@ -39,11 +40,6 @@ def load(data: Path) -> tuple[list[dict], list[dict]]:
     corpus = [json.loads(line) for line in (data / "corpus.jsonl").open(encoding="utf-8") if line.strip()]
     questions = [json.loads(line) for line in (data / "questions.jsonl").open(encoding="utf-8") if line.strip()]
     return corpus, questions
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def score(name: str, rank: Ranker, questions: list[dict]) -> dict:

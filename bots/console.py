@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,15 +29,9 @@ if TYPE_CHECKING:
 
 PLATFORM = "console"
 CHANNEL = "console"
-# Emoji typed as characters -> the reaction names the settings' emoji maps use (Slack's names).
-EMOJI_NAMES = {
-    "👍": "+1",
-    "👎": "-1",
-    "✅": "white_check_mark",
-    "❌": "x",
-    "💯": "100",
-}
-_SHORTCODE = re.compile(r"^:([a-z0-9_+\-]+):$")
+_SHORTCODE = re.compile(r"^:[a-z0-9_+\-]+:(:skin-tone-\d:)?$")
+# What an emoji typed as characters is made of: symbols, skin tones, variation selectors, ZWJ.
+_EMOJI_CATEGORIES = frozenset({"So", "Sk", "Mn", "Cf"})
 MAX_TURNS = 10  # earlier turns handed to the agent (5 exchanges)
 
 HELP = (
@@ -46,16 +41,15 @@ HELP = (
 
 
 def reaction_name(line: str) -> str | None:
-    """The reaction a line expresses (`+1`, `-1`, an emoji, `:name:`), or None for a question."""
+    """The reaction a line expresses (`+1`, `-1`, `:name:`, or only emoji such as 👍🏽), or None for a
+    question. The reaction is returned as typed: `bots.feedback` normalises it exactly as it does a
+    Slack or Discord reaction, so the console accepts every spelling the settings' emoji maps do."""
     text = line.strip()
-    if text in ("+1", "-1"):
+    if text in ("+1", "-1") or _SHORTCODE.match(text):
         return text
-    if text in EMOJI_NAMES:
-        return EMOJI_NAMES[text]
-    match = _SHORTCODE.match(text)
-    if match:
-        name = match.group(1)
-        return {"thumbsup": "+1", "thumbsdown": "-1"}.get(name, name)
+    categories = {unicodedata.category(ch) for ch in text}
+    if "So" in categories and categories <= _EMOJI_CATEGORIES:
+        return text
     return None
 
 
@@ -115,7 +109,7 @@ class ConsoleChat:
     def react(self, reaction: str) -> str:
         if self.last_message_id is None:
             return "Nothing to react to yet: ask a question first."
-        from bots.feedback import record_reaction
+        from bots.feedback import normalize_emoji, record_reaction
 
         event = record_reaction(
             platform=PLATFORM,
@@ -130,7 +124,7 @@ class ConsoleChat:
         )
         if event is None:
             known = ", ".join([*self.settings.positive_emoji, *self.settings.negative_emoji])
-            return f"'{reaction}' is not a feedback reaction (use one of: {known})."
+            return f"'{normalize_emoji(reaction)}' is not a feedback reaction (use one of: {known})."
         return f"Feedback recorded ({'+' if event.label > 0 else '-'}1 for the last answer)."
 
     def retrain(self, reason: str) -> str:

@@ -12,7 +12,6 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-from core.settings import Settings
 from rag.types import AgentAnswer, Citation
 
 CONTENT_LIMIT = 2000
@@ -250,11 +249,3 @@ def has_manage_server(permissions: str | int | None) -> bool:
     except (TypeError, ValueError):
         return False
     return bool(bits & (MANAGE_GUILD | ADMINISTRATOR))
-
-
-def run_gateway(settings: Settings) -> None:
-    """`echorag serve discord`: the discord.py gateway process (reactions; /ask and /retrain when
-    no Interactions endpoint is set). Imported lazily so the Lambda functions never load discord.py."""
-    from bots.discord_gateway import run_gateway as _run
-
-    _run(settings)

@@ -66,9 +66,8 @@ class Handled:
     """The callback body for Discord plus what happened, for logs and metrics."""
 
     response: dict[str, Any]
-    action: (
-        str  # "ping" | "ask_queued" | "ask_empty" | "retrain_<status>" | "feedback" | "feedback_ignored" | …
-    )
+    # "ping" | "ask_queued" | "ask_empty" | "retrain_<status>" | "feedback" | "feedback_ignored" | …
+    action: str
 
 
 @lru_cache(maxsize=4)
@@ -98,8 +97,11 @@ def verify_signature(
     if abs(current - sent_at) > MAX_SIGNATURE_AGE_S:
         raise SignatureError(f"stale X-Signature-Timestamp ({int(current - sent_at)} s old)")
     try:
-        signature = bytes.fromhex(signature_hex)
-        _verify_key(public_key_hex).verify(timestamp.encode() + body, signature)
+        verify_key = _verify_key(public_key_hex)
+    except ValueError as exc:  # a deployment mistake, not the caller's: say which
+        raise SignatureError("DISCORD_PUBLIC_KEY is not a 64-hex-digit Ed25519 public key") from exc
+    try:
+        verify_key.verify(timestamp.encode() + body, bytes.fromhex(signature_hex))
     except (ValueError, BadSignatureError) as exc:  # bad hex, wrong length, wrong signature
         raise SignatureError("invalid request signature") from exc
 

@@ -87,10 +87,11 @@ class DiscordRest:
     def edit_original(self, application_id: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self._request("PATCH", f"/webhooks/{application_id}/{token}/messages/@original", json=payload)
 
-    def create_followup(self, application_id: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", f"/webhooks/{application_id}/{token}", json=payload)
-
     # --- bot-token calls ---------------------------------------------------------------------
+    def create_message(self, channel_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Post a message as the bot (training announcements)."""
+        return self._request("POST", f"/channels/{channel_id}/messages", json=payload, bot=True)
+
     def put_commands(
         self, application_id: str, commands: list[dict[str, Any]], *, guild_id: str | None = None
     ) -> list[dict[str, Any]]:

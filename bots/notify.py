@@ -123,17 +123,13 @@ def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
 
 
 def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:
-    import httpx
+    from bots.discord_rest import DiscordRest
 
-    url = f"{settings.discord_api_base_url.rstrip('/')}/channels/{target.channel}/messages"
-    response = httpx.post(
-        url,
-        headers={"Authorization": f"Bot {bot_token(settings, 'discord')}"},
-        json={"content": text[:2000], "allowed_mentions": {"parse": []}},
-        timeout=15,
-    )
-    if response.status_code >= 400:
-        raise RuntimeError(f"Discord answered HTTP {response.status_code}: {response.text[:200]}")
+    rest = DiscordRest(settings.discord_api_base_url, bot_token=bot_token(settings, "discord"), timeout_s=15)
+    try:
+        rest.create_message(target.channel, {"content": text[:2000], "allowed_mentions": {"parse": []}})
+    finally:
+        rest.close()
 
 
 def notify_job(

@@ -8,9 +8,11 @@ Exactly-once answers: Slack retries a delivery it thinks failed (`X-Slack-Retry-
 a thread arrives as both `app_mention` and `message`, and Lambda retries a failed async invocation.
 So an answer is claimed in the blob store under the question's identity (team, channel, message ts —
 the same for every retry and for both copies of a thread mention) with a lease: a second attempt
-finds the claim (or its done marker) and stops, and an attempt that failed releases its claim so
-the next retry answers. The placeholder's ts is saved too, so a retry edits the same message
-instead of leaving an orphan "Looking…" behind, and the answer keeps one id.
+finds the done marker and stops, an attempt that failed releases its claim so the next retry
+answers, and an attempt that died without releasing is retaken once its lease runs out (a retry
+that finds the claim still held fails with `ClaimHeld`, so Lambda tries again later). The
+placeholder's ts is saved too, so a retry edits the same message instead of leaving an orphan
+"Looking…" behind, and the answer keeps one id. Thread memory lives in `bots/slack_threads.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -38,8 +40,8 @@ from bots.slack_render import (
     placeholder_text,
     render_answer,
     slack_to_plain,
-    transient_texts,
 )
+from bots.slack_threads import ACCEPTED_SUBTYPES, is_answered_thread, remember_answered_thread, thread_history
 from core import idempotency
 from core.contracts import FeedbackEvent, NotifyTarget, stable_id
 from core.errors import EchoRagError
@@ -48,14 +50,12 @@ from core.records import hash_user
 from core.settings import Settings
 from core.store import BlobStore, open_store
 from rag.language import detect_language
-from rag.types import AgentAnswer, AnswerRef, Turn
+from rag.types import AgentAnswer, AnswerRef
 
 log = logging.getLogger(__name__)
 
 AskFn = Callable[..., AgentAnswer]  # Agent.ask(question, *, history, spaces, ref)
 
-HISTORY_TURNS = 12  # earlier thread messages handed to the agent as memory
-_ACCEPTED_SUBTYPES = (None, "thread_broadcast", "file_share")
 # Slack errors a retry cannot fix: the attempt ends (claim completed) instead of being retried.
 _PERMANENT_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived", "invalid_blocks", "msg_too_long"})
 _THANKS = "Thanks for the feedback! · 피드백 고마워요!"
@@ -157,69 +157,28 @@ class SlackServices:
             agent.close()
 
     @property
-    def lease_s(self) -> int:
-        """Long enough for a slow LLM call; short enough that Slack's 5-minute retry can retake a
-        claim whose holder died without releasing it."""
-        return int(max(120.0, 2 * self.settings.llm_timeout_s + 30))
+    def lease_s(self) -> float:
+        """How long a question's claim holds: at least the Lambda timeout (120 s), so a live attempt
+        is never overtaken, and short enough that Lambda's async retry of an attempt that died (timed
+        out, crashed) without releasing its claim retakes it. `SLACK_ANSWER_LEASE_S` overrides it."""
+        if self.settings.slack_answer_lease_s is not None:
+            return self.settings.slack_answer_lease_s
+        return max(120.0, 2 * self.settings.llm_timeout_s + 30)
 
 
-def _ts_key(ts: str) -> tuple[int, int]:
-    """Slack ts ("1700000000.000100") as an exact sortable value (a float loses the last digits)."""
-    seconds, _, micros = ts.partition(".")
-    try:
-        return int(seconds), int(micros or 0)
-    except ValueError:
-        return (0, 0)
+class ClaimHeld(Exception):
+    """Another attempt holds the question's claim and has not finished: it may be working, or it may
+    have died without releasing the claim. Reported as a lazy failure so Lambda retries later: by
+    then the answer is done (the retry stops) or the lease has run out (the retry answers)."""
 
 
-def _thread_key(channel: str, thread_ts: str) -> str:
-    return f"slack/threads/{channel}/{thread_ts}"
+def answer_key(team_id: str | None, channel: str, ts: str) -> str:
+    """A question's dedup key: the same for every retry and for both copies of a thread mention."""
+    return f"slack/{team_id or '-'}/{channel}/{ts}"
 
 
 def _placeholder_key(dedup_key: str) -> str:
     return f"slack/placeholders/{dedup_key}"
-
-
-def thread_history(
-    client: WebClient,
-    *,
-    channel: str,
-    thread_ts: str,
-    before_ts: str,
-    bot_user_id: str | None,
-    skip_ts: Sequence[str] = (),
-    limit: int = HISTORY_TURNS,
-) -> list[Turn]:
-    """Earlier turns of the thread: the bot's messages are assistant turns, everyone else's user
-    turns; placeholders, the current message and anything after it are left out."""
-    if thread_ts == before_ts:
-        return []  # the question starts the thread: nothing came before it
-    try:
-        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
-    except SlackApiError as exc:
-        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, exc.response.get("error"))
-        return []
-    skipped = set(skip_ts)
-    turns: list[Turn] = []
-    for message in response.get("messages", []):
-        ts = str(message.get("ts", ""))
-        if ts in skipped or _ts_key(ts) >= _ts_key(before_ts):
-            continue
-        if message.get("subtype") not in (*_ACCEPTED_SUBTYPES, "bot_message"):
-            continue
-        is_bot = bool(bot_user_id) and message.get("user") == bot_user_id
-        text = str(message.get("text") or "")
-        if is_bot and text.strip() in transient_texts():
-            continue
-        plain = slack_to_plain(text, bot_user_id)
-        if not plain:
-            continue
-        role = "assistant" if is_bot else "user"
-        if turns and turns[-1].role == role:  # one answer split over messages is one turn
-            turns[-1] = Turn(role=role, text=f"{turns[-1].text}\n\n{plain}")
-        else:
-            turns.append(Turn(role=role, text=plain))
-    return turns[-limit:]
 
 
 class Answerer:
@@ -247,8 +206,13 @@ class Answerer:
         goes into that thread.
         """
         store = self.services.store
-        if not idempotency.claim(store, dedup_key, self.services.lease_s):
-            log.info("slack answer %s already done or in progress; skipping", dedup_key)
+        token = idempotency.claim(store, dedup_key, self.services.lease_s)
+        if token is None:
+            if idempotency.is_done(store, dedup_key):
+                log.info("slack answer %s already done; skipping", dedup_key)
+            else:
+                log.warning("slack answer %s is claimed by another attempt; a retry will check on it", dedup_key)
+                _report_failure(ClaimHeld(dedup_key))
             return
         language = detect_language(question)
         placeholder_ts: str | None = None
@@ -306,12 +270,15 @@ class Answerer:
                 len(answer.citations),
             )
         except Exception as exc:
+            if idempotency.is_done(store, dedup_key):  # our lease ran out and a retry answered: leave it be
+                log.warning("slack answer %s failed after another attempt answered it: %r", dedup_key, exc)
+                return
             self._tell_failure(channel, placeholder_ts, language)
             if isinstance(exc, SlackApiError) and exc.response.get("error") in _PERMANENT_ERRORS:
                 log.error("slack answer %s failed for good: %s", dedup_key, exc.response.get("error"))
                 idempotency.complete(store, dedup_key)
             else:
-                idempotency.release(store, dedup_key)
+                idempotency.release(store, token)
                 _report_failure(exc)
             raise
 
@@ -330,7 +297,7 @@ class Answerer:
         ts = str(response["ts"])
         self.services.store.put(key, json.dumps({"ts": ts, "channel": channel}).encode())
         # from now on plain replies in this thread are questions too (even while this one runs)
-        self.services.store.put(_thread_key(channel, thread_ts or ts), json.dumps({"answer": ts}).encode())
+        remember_answered_thread(self.services.store, channel, thread_ts or ts, ts)
         return ts
 
     def _tell_failure(self, channel: str, placeholder_ts: str | None, language: str) -> None:
@@ -387,13 +354,14 @@ def create_app(
 
     # --- questions -------------------------------------------------------------------------
 
-    def answer_mention(event: dict, body: dict, client: WebClient, context: BoltContext) -> None:
-        channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
+    def answer_event(event: dict, body: dict, client: WebClient, context: BoltContext) -> None:
+        """An app_mention, a DM or a reply in an answered thread: answer in its thread."""
+        channel, ts = str(event.get("channel") or ""), str(event.get("ts") or "")
         if not channel or not ts:
-            log.warning("app_mention without channel/ts ignored: %s", body.get("event_id"))
+            log.warning("%s without channel/ts ignored: %s", event.get("type"), body.get("event_id"))
             return
         Answerer(services, client, context.bot_user_id).run(
-            dedup_key=f"slack/{body.get('team_id', '-')}/{channel}/{ts}",
+            dedup_key=answer_key(body.get("team_id"), channel, ts),
             channel=channel,
             thread_ts=str(event.get("thread_ts") or ts),
             question_ts=ts,
@@ -403,7 +371,7 @@ def create_app(
 
     def is_question(event: dict, context: BoltContext) -> bool:
         """DMs, and replies in a thread the bot answered (mentions there come as app_mention)."""
-        if event.get("subtype") not in _ACCEPTED_SUBTYPES or event.get("bot_id"):
+        if event.get("subtype") not in ACCEPTED_SUBTYPES or event.get("bot_id"):
             return False
         if not event.get("channel") or not event.get("ts") or event.get("user") == context.bot_user_id:
             return False
@@ -414,21 +382,10 @@ def create_app(
             return False
         if _mentions_bot(str(event.get("text", "")), context.bot_user_id):
             return False  # the app_mention copy answers it
-        return services.store.get(_thread_key(str(event["channel"]), str(thread_ts))) is not None
+        return is_answered_thread(services.store, str(event["channel"]), str(thread_ts))
 
-    def answer_message(event: dict, body: dict, client: WebClient, context: BoltContext) -> None:
-        channel, ts = str(event["channel"]), str(event["ts"])
-        Answerer(services, client, context.bot_user_id).run(
-            dedup_key=f"slack/{body.get('team_id', '-')}/{channel}/{ts}",
-            channel=channel,
-            thread_ts=str(event.get("thread_ts") or ts),
-            question_ts=ts,
-            user=str(event.get("user", "")),
-            question=slack_to_plain(str(event.get("text", "")), context.bot_user_id),
-        )
-
-    app.event("app_mention")(ack=ack_now, lazy=[answer_mention])
-    app.event("message", matchers=[is_question])(ack=ack_now, lazy=[answer_message])
+    app.event("app_mention")(ack=ack_now, lazy=[answer_event])
+    app.event("message", matchers=[is_question])(ack=ack_now, lazy=[answer_event])
     app.event("message")(ack_now)  # every other message: 200 so Slack does not retry it
 
     # --- reactions -------------------------------------------------------------------------
@@ -484,7 +441,7 @@ def create_app(
         if not question:
             respond(response_type="ephemeral", text="Usage: `/ask <question>` · 사용법: `/ask <질문>`")
             return
-        header = f"<@{user}>: _{escape_mrkdwn(question)[:500]}_"
+        header = f"<@{user}>: _{escape_mrkdwn(question[:500])}_"  # cut before escaping: no half "&amp;"
         try:
             Answerer(services, client, context.bot_user_id).run(
                 dedup_key=f"slack/{command.get('team_id', '-')}/cmd/{command.get('trigger_id') or stable_id(user, question)}",

@@ -12,9 +12,10 @@ import threading
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bots.slack import create_app
-from core.errors import ConfigError
+from core.errors import ConfigError, EchoRagError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,15 @@ def run(settings: Settings) -> None:
     """Connect and serve until interrupted (Ctrl-C)."""
     handler = build_handler(settings)
     try:
-        handler.connect()
+        try:
+            handler.connect()
+        except SlackApiError as exc:  # apps.connections.open refused the app-level token
+            raise ConfigError(
+                f"Slack refused SLACK_APP_TOKEN ({exc.response.get('error')}): check the xapp- token and that "
+                "Socket Mode is enabled for the app"
+            ) from exc
+        except OSError as exc:
+            raise EchoRagError(f"cannot reach Slack at {settings.slack_api_base_url}: {exc}") from exc
         print("EchoRAG is connected to Slack over Socket Mode; press Ctrl-C to stop.", flush=True)
         threading.Event().wait()
     finally:

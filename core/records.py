@@ -4,8 +4,9 @@ Layout:
 - `answers/dt=YYYY-MM-DD/<answer_id>.json` + `answers/by-id/<answer_id>` (holds the dated key, so a
   reaction finds its answer without knowing the date);
 - `feedback/dt=YYYY-MM-DD/<feedback_id>.json`, written once (conditional write) so a replayed or
-  retried platform event never adds a second record; `index/feedback-by-time/<utc>_<feedback_id>`
-  (empty) lets "new feedback since T" be counted with one listing instead of reading every event;
+  retried platform event never adds a second record; `index/feedback-by-time/YYYY-MM-DD/<utc>_<id>`
+  (empty) lets "new feedback since T" be counted with one listing that starts after T, instead of
+  reading every event (day folders keep the local twin's listing as cheap as S3's StartAfter);
 - `jobs/<job_id>.json` (JobStatus), `jobs/ACTIVE` (the one queued-or-running job: a lock taken
   with a conditional write, cleared by the worker), `jobs/LAST` (the most recently queued job).
 
@@ -27,7 +28,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from core.contracts import SCHEMA_VERSION, AnswerRecord, Contract, FeedbackEvent, JobStatus, utcnow
-from core.errors import StoreError
 from core.store import BlobStore
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def count_answers(store: BlobStore) -> int:
 
 
 def _time_index_key(event: FeedbackEvent) -> str:
-    return f"{FEEDBACK_TIME_INDEX_PREFIX}{_stamp(event.created_at)}_{event.feedback_id}"
+    return f"{FEEDBACK_TIME_INDEX_PREFIX}{_day(event.created_at)}/{_stamp(event.created_at)}_{event.feedback_id}"
 
 
 def save_feedback(store: BlobStore, event: FeedbackEvent) -> bool:
@@ -194,7 +194,8 @@ def iter_feedback(store: BlobStore, *, skipped: SkipCounter | None = None) -> It
 
 def count_feedback_since(store: BlobStore, since: datetime | None, *, limit: int | None = None) -> int:
     """Labelled reactions added after `since` (all when None); stops counting at `limit`."""
-    start_after = FEEDBACK_TIME_INDEX_PREFIX + _stamp(since) + "~" if since else None  # "~" > "_"
+    # Keys sort by time (the day folder is a prefix of the stamp); "~" > "_" skips events at `since`.
+    start_after = f"{FEEDBACK_TIME_INDEX_PREFIX}{_day(since)}/{_stamp(since)}~" if since else None
     count = 0
     for _ in store.list(FEEDBACK_TIME_INDEX_PREFIX, start_after=start_after):
         count += 1
@@ -340,28 +341,35 @@ def acquire_active_job(store: BlobStore, job_id: str) -> bool:
     return store.put(ACTIVE_JOB_KEY, body, if_absent=True)
 
 
-def active_job_id(store: BlobStore) -> str | None:
-    """The job holding the slot, or None. An unreadable lock counts as held (by "unknown")."""
-    data = store.get(ACTIVE_JOB_KEY)
-    if data is None:
-        return None
-    try:
-        return str(json.loads(data)["job_id"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("unreadable %s; treating the job slot as held", ACTIVE_JOB_KEY)
-        return "unknown"
-
-
-def active_job_lock(store: BlobStore) -> tuple[str, datetime | None] | None:
-    """(job_id, acquired_at) of the slot holder, or None when free."""
-    data = store.get(ACTIVE_JOB_KEY)
+def _read_job_marker(store: BlobStore, key: str, time_field: str) -> tuple[str, datetime | None] | None:
+    """(job_id, time) from `jobs/ACTIVE` or `jobs/LAST`; None when absent. Never raises on bad
+    content: an unreadable job id reads as "unknown", an unreadable time as None (both logged)."""
+    data = store.get(key)
     if data is None:
         return None
     try:
         raw = json.loads(data)
-        return str(raw["job_id"]), datetime.fromisoformat(raw["acquired_at"])
+        job_id = str(raw["job_id"])
     except (ValueError, KeyError, TypeError):
+        log.warning("unreadable %s: %r", key, data[:200])
         return "unknown", None
+    try:
+        return job_id, datetime.fromisoformat(raw[time_field])
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s has no readable %s", key, time_field)
+        return job_id, None
+
+
+def active_job_lock(store: BlobStore) -> tuple[str, datetime | None] | None:
+    """(job_id, acquired_at) of the slot holder, or None when free. An unreadable lock counts as
+    held by "unknown" (the retrain request clears it once it is old)."""
+    return _read_job_marker(store, ACTIVE_JOB_KEY, "acquired_at")
+
+
+def active_job_id(store: BlobStore) -> str | None:
+    """The job holding the queued-or-running slot, or None."""
+    lock = active_job_lock(store)
+    return lock[0] if lock else None
 
 
 def release_active_job(store: BlobStore, job_id: str) -> bool:
@@ -381,12 +389,9 @@ def record_last_job(store: BlobStore, job_id: str, queued_at: datetime) -> None:
 
 
 def last_job(store: BlobStore) -> tuple[str, datetime] | None:
-    """(job_id, queued_at) of the most recently queued job, or None."""
-    data = store.get(LAST_JOB_KEY)
-    if data is None:
+    """(job_id, queued_at) of the most recently queued job, or None. An unreadable `jobs/LAST` reads
+    as None (logged): the counter then runs from the adapter's snapshot until the next job rewrites it."""
+    marker = _read_job_marker(store, LAST_JOB_KEY, "queued_at")
+    if marker is None or marker[1] is None:
         return None
-    try:
-        raw = json.loads(data)
-        return str(raw["job_id"]), datetime.fromisoformat(raw["queued_at"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{LAST_JOB_KEY} is unreadable ({exc}); delete it to reset the retrain counter") from exc
+    return marker[0], marker[1]

@@ -8,10 +8,11 @@ single put (atomic on S3; os.replace locally): it only ever names a complete ver
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -26,6 +27,9 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 CLAIM = "_claim"  # reserves a version number before its files are uploaded
 FEEDBACK_CUTOFF_KEY = "feedback_until"  # manifest.dataset[...]: ISO time the snapshot was taken
+_M = TypeVar("_M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
 
 
 class CurrentPointer(BaseModel):
@@ -82,26 +86,24 @@ class AdapterRegistry:
         """Published versions (those with a manifest), ascending."""
         return sorted(v for v, names in self._keys_by_version().items() if MANIFEST in names)
 
-    def manifest(self, version: int) -> AdapterManifest | None:
-        data = self.store.get(self.version_prefix(version) + MANIFEST)
+    def _read(self, key: str, model: type[_M], fix: str) -> _M | None:
+        data = self.store.get(key)
         if data is None:
             return None
         try:
-            return AdapterManifest.model_validate_json(data)
+            return model.model_validate_json(data)
         except ValidationError as exc:
-            raise StoreError(f"adapter {self.name} v{version}: unreadable manifest: {exc.errors()[0]['msg']}") from exc
+            raise StoreError(f"adapter {self.name}: unreadable {key} ({exc.errors()[0]['msg']}); {fix}") from exc
+
+    def manifest(self, version: int) -> AdapterManifest | None:
+        fix = "publish that version again"
+        return self._read(self.version_prefix(version) + MANIFEST, AdapterManifest, fix)
 
     def manifests(self) -> list[AdapterManifest]:
         return [m for v in self.list_versions() if (m := self.manifest(v)) is not None]
 
     def pointer(self) -> CurrentPointer | None:
-        data = self.store.get(self.prefix + CURRENT)
-        if data is None:
-            return None
-        try:
-            return CurrentPointer.model_validate_json(data)
-        except ValidationError as exc:
-            raise StoreError(f"adapter {self.name}: unreadable {self.prefix}{CURRENT}: {exc.errors()[0]['msg']}") from exc
+        return self._read(self.prefix + CURRENT, CurrentPointer, "run `echorag adapters promote VERSION` to rewrite it")
 
     def current(self) -> int | None:
         """The serving version, or None before the first promotion."""
@@ -171,7 +173,11 @@ class AdapterRegistry:
                 f"adapter {self.name} has no published version v{version} "
                 f"(published: {', '.join(f'v{v}' for v in self.list_versions()) or 'none'})"
             )
-        old = self.pointer()
+        try:
+            old = self.pointer()
+        except StoreError as exc:  # promoting is how an unreadable CURRENT gets repaired
+            log.warning("%s; replacing it (rollback history lost)", exc)
+            old = None
         history = list(old.history) if old else []
         if old and old.version != version:
             history.append(old.version)

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     slack_api_base_url: str = "https://slack.com/api/"  # Web API base (tests point it at a fake)
     slack_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"signing_secret","bot_token"}
     slack_reaction_thanks: bool = False  # a short ephemeral "thanks" when someone reacts to an answer
+    slack_answer_lease_s: float | None = Field(default=None, gt=0)  # claim on a question; default 120+ s
     discord_application_id: str | None = None  # for webhooks and command registration
     discord_public_key: str | None = None  # verifies Interactions requests (Ed25519)
     discord_bot_token: str | None = None  # gateway process, command registration, notifications

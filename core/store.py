@@ -56,6 +56,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def _may_hold_keys(dir_prefix: str, prefix: str, start_after: str | None) -> bool:
+    """Whether a folder (keys starting with `dir_prefix`) can hold a key the listing wants: one that
+    starts with `prefix` and sorts after `start_after`. Skipping the others keeps a listing that
+    starts late (e.g. after a date) from walking every older folder."""
+    if not (dir_prefix.startswith(prefix) or prefix.startswith(dir_prefix)):
+        return False
+    # Below start_after with the difference inside dir_prefix: every key in the folder sorts before it.
+    return start_after is None or dir_prefix > start_after or start_after.startswith(dir_prefix)
+
+
 class LocalBlobStore:
     """A directory holding one file per key; atomic writes via a temp file and os.replace/os.link.
 
@@ -113,8 +123,12 @@ class LocalBlobStore:
         keys: list[str] = []
         try:
             for dirpath, dirnames, filenames in os.walk(top):
-                dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
                 rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+                dirnames[:] = [
+                    d for d in dirnames
+                    if not d.startswith(_TMP_PREFIX)
+                    and _may_hold_keys(d + "/" if rel_dir == "." else f"{rel_dir}/{d}/", prefix, start_after)
+                ]
                 for name in filenames:
                     if name.startswith(_TMP_PREFIX):
                         continue

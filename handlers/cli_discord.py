@@ -14,34 +14,39 @@ from bots.discord import BOT_PERMISSIONS, COMMANDS
 from bots.discord_rest import DiscordRest
 from bots.discord_runtime import resolve_settings
 from core.errors import ConfigError
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 
 def _register_commands(args: argparse.Namespace) -> int:
-    application_id = _application_id()
-    rest = DiscordRest.from_settings(resolve_settings(get_settings()))
+    settings = _settings()
+    rest = DiscordRest.from_settings(settings)
     try:
-        registered = rest.put_commands(application_id, COMMANDS, guild_id=args.guild)
+        registered = rest.put_commands(settings.discord_application_id, COMMANDS, guild_id=args.guild) or []
     finally:
         rest.close()
     where = f"guild {args.guild}" if args.guild else "globally"
-    names = ", ".join(f"/{c.get('name')} ({c.get('id', '?')})" for c in registered or [])
-    print(f"registered {len(registered or [])} commands {where}: {names}")
+    names = ", ".join(f"/{c.get('name')} ({c.get('id', '?')})" for c in registered)
+    print(f"registered {len(registered)} commands {where}: {names}")
     return 0
 
 
-def _application_id() -> str:
+def _settings() -> Settings:
+    """The settings (with the Discord secret applied), which must name the application."""
     settings = resolve_settings(get_settings())
     if not settings.discord_application_id:
         raise ConfigError(
             "DISCORD_APPLICATION_ID is not set (Developer Portal → your app → General Information)"
         )
-    return settings.discord_application_id
+    return settings
 
 
 def _invite_url(args: argparse.Namespace) -> int:
     query = urlencode(
-        {"client_id": _application_id(), "scope": "bot applications.commands", "permissions": BOT_PERMISSIONS}
+        {
+            "client_id": _settings().discord_application_id,
+            "scope": "bot applications.commands",
+            "permissions": BOT_PERMISSIONS,
+        }
     )
     print(f"https://discord.com/oauth2/authorize?{query}")
     return 0

@@ -14,6 +14,8 @@ from core.errors import EchoRagError
 from core.settings import get_settings
 
 CONSOLE_ADMIN = "console:local"  # whoever runs the CLI on the machine that holds the data
+# `status --json` prints exactly these (the documented, scriptable shape); the text view shows more.
+STATUS_JSON_KEYS = ("answers", "feedback", "new_since_adapter", "queue_depth", "job", "current_adapter")
 
 
 def _fmt_job(job: dict[str, Any] | None) -> str:
@@ -31,7 +33,7 @@ def _status(args: argparse.Namespace) -> int:
 
     status = system_status(get_settings())
     if args.json:
-        print(json.dumps(status, ensure_ascii=False))
+        print(json.dumps({key: status[key] for key in STATUS_JSON_KEYS}, ensure_ascii=False))
         return 0
     fb = status["feedback"]
     adapter = status["adapter"]

@@ -12,7 +12,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.platform == "slack":
         from bots.slack_socket import run
     else:
-        from bots.discord import run_gateway as run
+        from bots.discord_gateway import run_gateway as run  # discord.py: loaded only here
     run(settings)
     return 0
 

@@ -131,6 +131,10 @@ def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
         logger.warning("rejected: headers or body of the wrong type")
         return _reply(400, "malformed request")
     headers = {str(k).lower(): v for k, v in headers.items()}
+    timestamp = headers.get("x-slack-request-timestamp")
+    if timestamp is not None and not str(timestamp).strip().isdigit():  # the verifier would crash on int()
+        logger.warning("rejected: X-Slack-Request-Timestamp is not a number")
+        return _reply(401, "invalid request timestamp")
     event["headers"] = headers
     event["isBase64Encoded"] = bool(event.get("isBase64Encoded"))
     event["body"] = body
@@ -158,6 +162,8 @@ def _shape_problem(payload: Any) -> str | None:
     """What Bolt would trip over in a parsed body (it assumes Slack's shapes), or None."""
     if not isinstance(payload, dict):
         return "the body is not an object"
+    if payload.get("type") == "url_verification" and not isinstance(payload.get("challenge"), str):
+        return "url_verification without a challenge string"
     if payload.get("type") == "event_callback":
         inner = payload.get("event")
         if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):

@@ -4,11 +4,14 @@ retrieved passages that answers the question, cited `[n]`.
 Why this shape: a quoted sentence cannot hallucinate, and a sentence that shares the question's rare
 terms (IDF within the candidates, so a topic word every sentence repeats counts little), sits in a
 well-ranked passage, and holds the kind of thing the question asks for (a person for 누구/who, a
-date for 언제/when, a number for 몇/how many) is where an extractive QA model would find its span.
+date for 언제/when, a number for 몇/how many, a means — "with `cmd`" — for "how do I") is where an
+extractive QA model would find its span.
 A neighbouring sentence is added only when it supplies question terms the best sentence lacks, or
 when the best one opens with a pronoun ("그는 …", "This law …") whose referent is the sentence before.
-Measured on KorQuAD-style dev questions (docs/agent.md): a term-proximity bonus and pairing on a
-missing entity kind did not help, so neither is here.
+Question terms in a passage's title or section heading count for its sentences (a runbook's
+"§ Rollback" sentences need not repeat "deploy"). Measured on KorQuAD-style dev questions
+(docs/agent.md): a term-proximity bonus and pairing on a missing entity kind did not help, so neither
+is here.
 """
 
 from __future__ import annotations
@@ -96,7 +99,6 @@ _EN_STOP = frozenset(
         "how",
         "many",
         "much",
-        "is",
         "it",
         "its",
         "this",
@@ -135,6 +137,10 @@ _EN_STOP = frozenset(
         "tell",
         "me",
         "any",
+        "get",
+        "got",
+        "need",
+        "want",
     ]
 )
 
@@ -155,6 +161,9 @@ _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("person", re.compile(r"누구|누가|누구인가|인물|사람은|\bwho\b|\bwhom\b", re.I)),
     ("place", re.compile(r"어디|어느 (?:곳|나라|지역|도시)|장소|지역은|\bwhere\b", re.I)),
+    # "How do I …": a procedure. English only: Korean 어떻게 questions (KorQuAD) ask for a manner or
+    # an outcome far more often than for steps.
+    ("method", re.compile(r"\bhow (?:do|does|did|can|could|should|would|to|is|are|am)\b", re.I)),
 )
 _DATE_TEXT = re.compile(
     r"\d+\s?(?:년|월|일|세기|시|분)|\b(?:19|20)\d\d\b|\b\d{1,2}:\d\d\b|"
@@ -162,6 +171,9 @@ _DATE_TEXT = re.compile(
     r"\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b",
     re.I,
 )
+# The means of doing something: "with `cmd`", "using …", "via …", "by running …", a command-line flag
+# or an ENV=value (markdown code spans lose their backticks at ingestion, so the command shows so).
+_METHOD_TEXT = re.compile(r"\b(?:with|using|via|through)\b|\bby \w+ing\b|\s--?[a-z][\w-]*|\b[A-Z_]+=\S")
 _NUMBER_TEXT = re.compile(r"\d|[일이삼사오육칠팔구십백천만억]+\s?(?:개|명|번|회|차|대|권|원|일|년|달|주)")
 
 
@@ -185,7 +197,8 @@ class _Sentence:
     terms: list[str]
     tags: list[str]
     score: float = 0.0
-    matched: set[str] = field(default_factory=set)
+    matched: set[str] = field(default_factory=set)  # question terms in the sentence or its header
+    own: set[str] = field(default_factory=set)  # question terms in the sentence itself
 
 
 @dataclass(frozen=True)
@@ -303,7 +316,7 @@ def matched_terms(query_terms: Sequence[str], text_terms: Sequence[str], text: s
 
 
 def question_cues(question: str) -> set[str]:
-    """The kinds of entity a question asks for ("date", "number", "person", "place")."""
+    """The kinds of thing a question asks for ("date", "number", "person", "place", "method")."""
     return {name for name, pattern in _CUES if pattern.search(question)}
 
 
@@ -313,6 +326,8 @@ def _has_cue(cue: str, sentence: _Sentence, question_terms: set[str]) -> bool:
     ]
     if cue == "date":
         return bool(_DATE_TEXT.search(sentence.text))
+    if cue == "method":
+        return bool(_METHOD_TEXT.search(sentence.text))
     if cue == "number":
         return "SN" in new_tags or "NR" in new_tags or bool(_NUMBER_TEXT.search(sentence.text))
     if cue in ("person", "place"):
@@ -341,8 +356,12 @@ def extract(
             sentences.append(_Sentence(passage=pi, position=si, text=text, terms=[], tags=[]))
     if not sentences:
         return None
-    analysed = analyse([question, focus or ""] + [s.text for s in sentences])
+    # A passage's title and section heading are what each of its sentences is about ("Deploy runbook
+    # § Rollback" over "Roll back with …"), so question terms found there count for all of them.
+    headers = [f"{p.title.replace('_', ' ')}\n{p.location.lstrip('§ ')}" for p in candidates]
+    analysed = analyse([question, focus or ""] + headers + [s.text for s in sentences])
     focus_forms = analysed.pop(1)[0]
+    header_terms = [analysed.pop(1) for _ in headers]
     focus_terms = set(focus_forms) if focus and focus != question else set()
     q_terms = list(dict.fromkeys(analysed[0][0]))
     if not q_terms:
@@ -361,8 +380,10 @@ def extract(
     cues = question_cues(question)
     best_passage_score = max((p.score for p in candidates), default=0.0)
 
+    in_header = [matched_terms(q_terms, forms, text) for (forms, _), text in zip(header_terms, headers, strict=True)]
     for s in sentences:
-        s.matched = matched_terms(q_terms, s.terms, s.text)
+        s.own = matched_terms(q_terms, s.terms, s.text)
+        s.matched = s.own | in_header[s.passage] if s.own else set()
         coverage = sum(weight[t] for t in s.matched) / total
         score = coverage * (1.0 - weights.rank_decay * s.passage)
         if best_passage_score > 0:
@@ -378,9 +399,9 @@ def extract(
         return None
     chosen = [best]
     neighbours = [s for s in sentences if s.passage == best.passage and abs(s.position - best.position) == 1]
-    missing = q_set - best.matched
+    missing = q_set - best.own
     missing_weight = sum(weight[t] for t in missing)
-    gains = [(sum(weight[t] for t in s.matched & missing), s) for s in neighbours]
+    gains = [(sum(weight[t] for t in s.own & missing), s) for s in neighbours]
     gains = [(g, s) for g, s in gains if g > 0 and g >= weights.pair_gain * missing_weight]
     if gains:
         chosen = sorted([best, max(gains, key=lambda item: item[0])[1]], key=lambda s: s.position)

@@ -44,7 +44,12 @@ class Evidence:
             return False
         if self.cross_lingual and semantic:
             return True
-        return self.query_terms > 0 and self.coverage >= min_coverage
+        # With words alone, one word in common is no evidence even when it is half of a two-term
+        # question ("vacation days" answered from "5 business days"): more than one term's credit is
+        # needed then. A dense retriever's ranking is evidence of its own ("deploy hours" → "deploys
+        # run … between 10:00 and 16:00"), so it is exempt.
+        one_word = not semantic and self.query_terms >= 2 and round(self.coverage * self.query_terms, 6) <= 1.0
+        return self.query_terms > 0 and self.coverage >= min_coverage and not one_word
 
 
 def _bigrams(word: str) -> set[str]:

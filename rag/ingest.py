@@ -6,7 +6,9 @@
   chunks are written first, so a document is never missing mid-update).
 - `prune` deletes the space's documents whose file vanished, or which a re-read file no longer
   holds (a row removed from a corpus.jsonl), or which lived under an ingested folder.
-- A file that cannot be read is counted and reported, never fatal.
+- A file that cannot be read is counted and reported, never fatal; its chunks stay until it reads
+  again. A file (or corpus row) that reads fine but holds no text is reported too, and its old
+  chunks are deleted: the document says nothing now.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -107,7 +110,7 @@ class _Writer:
         return len(points)
 
 
-def _count_documents(files: list[Path]) -> int:
+def _count_documents(files: Iterable[Path]) -> int:
     """Progress-bar total: one per file, one per line of a JSONL corpus."""
     total = 0
     for path in files:
@@ -122,6 +125,18 @@ def _count_documents(files: list[Path]) -> int:
     return total
 
 
+def _renamed(item: Document | LoadFailure, local: str, name: str) -> Document | LoadFailure:
+    """The item as if its file were called `name`: each field that spells the local path (a file's
+    doc_id, source and path; a corpus row's path; a failure's path and doc_id) spells `name` instead."""
+
+    def swap(value: str) -> str:
+        return name + value[len(local) :] if value.startswith(local) else value
+
+    if isinstance(item, LoadFailure):
+        return replace(item, path=swap(item.path), doc_id=item.doc_id and swap(item.doc_id))
+    return replace(item, doc_id=swap(item.doc_id), source=swap(item.source), path=swap(item.path))
+
+
 def _under(path: str, roots: list[Path]) -> bool:
     p = Path(path)
     return any(p == root or root in p.parents for root in roots)
@@ -134,18 +149,22 @@ def ingest_paths(
     settings: Settings,
     prune: bool = False,
     progress: bool = True,
-    store: VectorStore | None = None,
+    names: Mapping[Path, str] | None = None,
 ) -> IngestSummary:
-    """Ingest files/folders into `space`. Pass `store` to reuse an open one (e.g. a Retriever's)."""
+    """Ingest files/folders into `space`.
+
+    `names` stores a file under another name than its local path, e.g. a downloaded S3 object under
+    its `s3://bucket/key` URI: ids, citations and the recorded path then name the original.
+    """
     if not space.strip():
         raise EchoRagError("the knowledge space name must not be empty")
     files, missing = discover(paths)
+    renames = {str(local.expanduser().resolve()): name for local, name in (names or {}).items()}
     summary = IngestSummary()
     for failure in missing:
         summary.failed += 1
         summary.failures.append((failure.path, failure.reason))
-    own_store = store is None
-    store = store or open_vector_store(settings)
+    store = open_vector_store(settings)
     try:
         dense = dense_from_settings(settings)
         store.prepare(dense.size if dense else None)
@@ -158,14 +177,25 @@ def ingest_paths(
         bar = tqdm(total=_count_documents(files), desc=f"ingest → {space}", unit="doc", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
         for path in files:
-            read_files.add(str(path))
-            for item in load_file(path):
+            name = renames.get(str(path))
+            read_files.add(name or str(path))
+            # A renamed file's citations show its new name (`_renamed`), any other its name under the
+            # folder given (`discover`).
+            for item in load_file(path, source=None if name is not None else files[path]):
                 bar.update(1)
+                if name is not None:
+                    item = _renamed(item, str(path), name)
                 if isinstance(item, LoadFailure):
                     summary.failed += 1
                     summary.failures.append((item.path, item.reason))
-                    failed_files.add(str(path))
                     log.warning("skipped %s: %s", item.path, item.reason)
+                    if item.doc_id is None:  # unreadable: keep what it said until it reads again
+                        failed_files.add(name or str(path))
+                    elif item.doc_id not in seen:  # read, but empty now: what it said must go
+                        seen.add(item.doc_id)
+                        if item.doc_id in existing:
+                            store.delete_document(space, item.doc_id)
+                            summary.deleted += 1
                     continue
                 if item.doc_id in seen:
                     summary.failed += 1
@@ -202,6 +232,5 @@ def ingest_paths(
         if summary.chunks or summary.deleted:
             store.finish_writes()
     finally:
-        if own_store:
-            store.close()
+        store.close()
     return summary

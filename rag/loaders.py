@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"})
 _ENCODINGS = ("utf-8-sig", "cp949")  # Korean files saved by older Windows tools are often CP949
@@ -31,7 +31,7 @@ class Section:
 class Document:
     doc_id: str
     title: str
-    source: str  # what a citation shows: a file path, or "corpus.jsonl#id"
+    source: str  # what a citation shows: "<folder>/<file>" relative to the ingested folder, or "corpus.jsonl#id"
     path: str  # the file it came from (absolute); `--prune` uses it
     sections: list[Section] = field(default_factory=list)
     content_hash: str = ""  # of the raw content; a change means re-indexing
@@ -45,6 +45,9 @@ class Document:
 class LoadFailure:
     path: str
     reason: str
+    # Set when the file (or corpus row) was read fine but holds no text: the document `doc_id`
+    # now says nothing, so what it said before must leave the index.
+    doc_id: str | None = None
 
 
 def _sha256(data: bytes) -> str:
@@ -162,7 +165,7 @@ def html_to_markdown(html: str) -> tuple[str, str]:
 # --- per-format loaders -----------------------------------------------------------------------
 
 
-def _text_document(path: Path, data: bytes, kind: str) -> Document:
+def _text_document(path: Path, data: bytes, kind: str, source: str) -> Document:
     text = _decode(data)
     title: str | None = None
     if kind == "html":
@@ -176,14 +179,14 @@ def _text_document(path: Path, data: bytes, kind: str) -> Document:
     return Document(
         doc_id=str(path),
         title=title or path.stem,
-        source=str(path),
+        source=source,
         path=str(path),
         sections=sections,
         content_hash=_sha256(data),
     )
 
 
-def _pdf_document(path: Path, data: bytes) -> Document:
+def _pdf_document(path: Path, data: bytes, source: str) -> Document:
     import io
 
     from pypdf import PdfReader
@@ -200,7 +203,7 @@ def _pdf_document(path: Path, data: bytes) -> Document:
     return Document(
         doc_id=str(path),
         title=str(meta_title).strip() or path.stem,
-        source=str(path),
+        source=source,
         path=str(path),
         sections=sections,
         content_hash=_sha256(data),
@@ -225,18 +228,22 @@ def _jsonl_documents(path: Path) -> Iterator[Document | LoadFailure]:
             doc_id = str(row["id"])
             title = str(row.get("title") or doc_id)
             text = row["text"].strip()
+            if not text:
+                yield LoadFailure(where, "no text found", doc_id=doc_id)
+                continue
             yield Document(
                 doc_id=doc_id,
                 title=title,
                 source=f"{path.name}#{doc_id}",
                 path=str(path),
-                sections=[Section(text)] if text else [],
+                sections=[Section(text)],
                 content_hash=_sha256(json.dumps([title, text], ensure_ascii=False).encode()),
             )
 
 
-def load_file(path: Path) -> Iterator[Document | LoadFailure]:
-    """Documents of one file; failures are yielded, never raised."""
+def load_file(path: Path, *, source: str | None = None) -> Iterator[Document | LoadFailure]:
+    """Documents of one file; failures are yielded, never raised. `source`: what citations show
+    (default: the path)."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         yield LoadFailure(str(path), f"unsupported file type {suffix or '(none)'}")
@@ -247,34 +254,38 @@ def load_file(path: Path) -> Iterator[Document | LoadFailure]:
             return
         data = path.read_bytes()
         if suffix == ".pdf":
-            doc = _pdf_document(path, data)
+            doc = _pdf_document(path, data, source or str(path))
         else:
             kind = {".txt": "txt", ".html": "html", ".htm": "html"}.get(suffix, "md")
-            doc = _text_document(path, data, kind)
+            doc = _text_document(path, data, kind, source or str(path))
     except Exception as exc:  # any parser error: report this file and go on
         yield LoadFailure(str(path), f"{type(exc).__name__}: {exc}".strip())
         return
     if not doc.sections:
-        yield LoadFailure(str(path), "no text found" + (" (scanned PDF?)" if suffix == ".pdf" else ""))
+        reason = "no text found" + (" (scanned PDF?)" if suffix == ".pdf" else "")
+        yield LoadFailure(str(path), reason, doc_id=doc.doc_id)
         return
     yield doc
 
 
-def discover(paths: list[Path]) -> tuple[list[Path], list[LoadFailure]]:
-    """Files to ingest under `paths` (directories recursively, hidden entries skipped), sorted."""
-    files: list[Path] = []
+def discover(paths: list[Path]) -> tuple[dict[Path, str], list[LoadFailure]]:
+    """Files to ingest under `paths` (directories recursively, hidden entries skipped), sorted, each
+    with the name its citations show: relative to the folder given, under that folder's name
+    (`examples/engineering/deploy-runbook.md`), or the bare file name for a file given. Short, the
+    same from any working directory, and no absolute path of the ingesting machine in a chat."""
+    files: dict[Path, str] = {}
     failures: list[LoadFailure] = []
     for given in paths:
         path = given.expanduser().resolve()
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                rel = child.relative_to(path).parts
+                rel = child.relative_to(path)
                 if child.is_file() and child.suffix.lower() in SUPPORTED_SUFFIXES and not any(
-                    p.startswith(".") for p in rel
+                    p.startswith(".") for p in rel.parts
                 ):
-                    files.append(child)
+                    files.setdefault(child, (PurePosixPath(path.name or "/") / rel.as_posix()).as_posix())
         elif path.is_file():
-            files.append(path)
+            files.setdefault(path, path.name)
         else:
             failures.append(LoadFailure(str(given), "no such file or directory"))
-    return list(dict.fromkeys(files)), failures
+    return files, failures

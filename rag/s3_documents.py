@@ -6,9 +6,9 @@ what S3 holds now (HEAD → download and ingest, or absent → delete its chunks
 deliveries and events that arrive out of order therefore converge on S3's current state instead
 of replaying history, and re-ingesting unchanged content is a no-op (`rag.ingest` compares hashes).
 
-`rag.ingest` identifies a file by its local path; the object is read from a temporary mirror
-(DATA_DIR/s3/<bucket>/<key>) and stored under its `s3://bucket/key` URI instead, so citations name
-the object and a later delete finds every document it produced (a corpus.jsonl yields one per row).
+The object is downloaded to a temporary mirror (DATA_DIR/s3/<bucket>/<key>) and ingested under its
+`s3://bucket/key` URI (`ingest_paths(names=…)`), so citations name the object and a later delete
+finds every document it produced (a corpus.jsonl yields one per row).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Literal
 from core.errors import EchoRagError
 from core.settings import Settings
 from rag.ingest import ingest_paths
-from rag.loaders import SUPPORTED_SUFFIXES
-from rag.vectorstore import StoredDoc, StorePoint, VectorStore, open_vector_store, point_id
+from rag.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from rag.vectorstore import open_vector_store
 
 DOCS_PREFIX = "docs/"
 # A space is one path segment: letters (Hangul included), digits, '.', '_' or '-'.
@@ -99,51 +99,16 @@ def _exists(s3: Any, doc: DocumentKey) -> bool:
     return True
 
 
-class ObjectView:
-    """A vector store seen through one mirrored object: what `rag.ingest` writes and reads under the
-    mirror's local path is stored under the object's URI (point ids included, so they stay
-    deterministic per object). Everything else passes through."""
-
-    def __init__(self, store: VectorStore, *, local: str, uri: str) -> None:
-        self._store = store
-        self._local = local
-        self._uri = uri
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def _public(self, value: str) -> str:
-        return self._uri + value[len(self._local) :] if value.startswith(self._local) else value
-
-    def _private(self, value: str) -> str:
-        return self._local + value[len(self._uri) :] if value.startswith(self._uri) else value
-
-    def upsert(self, points: list[StorePoint]) -> None:
-        public = []
-        for point in points:
-            payload = dict(point.payload)
-            for key in ("doc_id", "chunk_id", "source", "path"):
-                if isinstance(payload.get(key), str):
-                    payload[key] = self._public(payload[key])
-            pid = point_id(payload["space"], payload["doc_id"], payload["chunk_index"])
-            public.append(StorePoint(pid, point.sparse, point.dense, payload))
-        self._store.upsert(public)
-
-    def delete_document(self, space: str, doc_id: str, *, keep_hash: str | None = None) -> None:
-        self._store.delete_document(space, self._public(doc_id), keep_hash=keep_hash)
-
-    def documents(self, space: str) -> dict[str, StoredDoc]:
-        return {
-            self._private(doc_id): StoredDoc(self._private(info.doc_id), info.doc_hash, self._private(info.path))
-            for doc_id, info in self._store.documents(space).items()
-        }
-
-
-def delete_source(doc: DocumentKey, settings: Settings) -> int:
-    """Delete every document the object produced from its space; returns how many there were."""
+def delete_source(doc: DocumentKey, settings: Settings, *, keep: frozenset[str] = frozenset()) -> int:
+    """Delete the documents the object produced from its space, except the ids in `keep`; returns
+    how many were deleted."""
     store = open_vector_store(settings)
     try:
-        doomed = [doc_id for doc_id, info in store.documents(doc.space).items() if doc.uri in (doc_id, info.path)]
+        doomed = [
+            doc_id
+            for doc_id, info in store.documents(doc.space).items()
+            if doc.uri in (doc_id, info.path) and doc_id not in keep
+        ]
         for doc_id in doomed:
             store.delete_document(doc.space, doc_id)
         if doomed:
@@ -171,17 +136,16 @@ def sync_object(doc: DocumentKey, *, settings: Settings, s3: Any | None = None) 
             s3.download_file(doc.bucket, doc.key, str(local))
         except Exception as exc:  # botocore raises several types (ClientError, transfer errors)
             raise DocumentSyncError(f"cannot download {doc.uri}: {exc}") from exc
-        store = open_vector_store(settings)
-        try:
-            view = ObjectView(store, local=str(local), uri=doc.uri)
-            summary = ingest_paths([local], space=doc.space, settings=settings, progress=False, store=view)
-        finally:
-            store.close()
+        summary = ingest_paths(
+            [local], space=doc.space, settings=settings, progress=False, names={local: doc.uri}
+        )
+        if summary.failed:
+            reasons = "; ".join(reason for _, reason in summary.failures) or "unknown reason"
+            raise DocumentSyncError(f"{doc.uri} could not be ingested: {reasons}")
+        if suffix == ".jsonl":  # rows no longer in the corpus must not stay searchable
+            rows = frozenset(item.doc_id for item in load_file(local) if isinstance(item, Document))
+            summary.deleted += delete_source(doc, settings, keep=rows)
     finally:
         local.unlink(missing_ok=True)  # /tmp is small and shared by every warm invocation
-    if summary.failed:
-        reasons = "; ".join(reason for _, reason in summary.failures) or "unknown reason"
-        raise DocumentSyncError(f"{doc.uri} could not be ingested: {reasons}")
-    if summary.added or summary.updated:
-        return SyncResult("ingested", doc, summary.line())
-    return SyncResult("unchanged", doc, summary.line())
+    changed = summary.added or summary.updated or summary.deleted
+    return SyncResult("ingested" if changed else "unchanged", doc, summary.line())

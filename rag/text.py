@@ -105,14 +105,6 @@ def terms(text: str) -> list[str]:
     return _terms_from_tokens(get_kiwi().tokenize(text))
 
 
-def terms_many(texts: list[str]) -> list[list[str]]:
-    """`terms` for many texts in one batched Kiwi call (uses Kiwi's worker threads)."""
-    if not texts:
-        return []
-    kiwi = get_kiwi()
-    return [_terms_from_tokens(toks) for toks in kiwi.tokenize(texts)]
-
-
 @dataclass(frozen=True)
 class Sentence:
     """A sentence of an analysed text: its character span and its content terms with offsets."""

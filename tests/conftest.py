@@ -100,15 +100,7 @@ def aws_settings(tmp_path: Path, moto_server: str) -> Settings:
 
 
 @pytest.fixture(params=["local", "aws"])
-def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+def backend_settings(request: pytest.FixtureRequest) -> Settings:
     """Each contract test runs twice: on the local twins and on S3 + SQS over HTTP (moto)."""
-    if request.param == "local":
-        return make_settings(tmp_path)
-    request.getfixturevalue("moto_server")
-    resources = create_aws_resources(max_receives=3)
-    return make_settings(
-        tmp_path,
-        feedback_bucket=resources["bucket"],
-        training_queue_url=resources["queue_url"],
-        queue_max_receives=3,
-    )
+    settings: Settings = request.getfixturevalue(f"{request.param}_settings")
+    return settings

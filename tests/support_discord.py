@@ -3,8 +3,9 @@ API Gateway HTTP API (v2) events, SQS events built from queued messages, and env
 
 The fake behaves like Discord where our code depends on it: the deferred response message exists
 only after the endpoint answered type 5 (`open_deferred`), GET/PATCH …/messages/@original return
-the message object with its id, unknown tokens get 404 "Unknown Webhook", command registration
-needs `Authorization: Bot …`. Every call is recorded; failures can be injected per method.
+the message object with its id, unknown tokens get 404 "Unknown Webhook", expired ones 401
+"Invalid Webhook Token", command registration needs `Authorization: Bot …`. Every call is
+recorded; failures can be injected per method.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class FakeDiscord:
     failures: dict[str, list[int]] = field(default_factory=dict)  # method -> statuses to answer next
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> gateway interaction
     responses: dict[str, Any] = field(default_factory=dict)  # token -> initial response body
+    expired: set[str] = field(default_factory=set)  # interaction tokens past their 15 minutes
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -120,6 +122,11 @@ class FakeDiscord:
                 },
             )
 
+    def expire(self, token: str) -> None:
+        """The interaction token's 15 minutes are over: its webhook answers 401 from now on."""
+        with self.lock:
+            self.expired.add(token)
+
     def fail_next(self, method: str, *statuses: int) -> None:
         with self.lock:
             self.failures.setdefault(method, []).extend(statuses)
@@ -185,8 +192,10 @@ class FakeDiscord:
 
     def _original(self, method: str, token: str, body: Any) -> tuple[int, Any]:
         with self.lock:
+            if token in self.expired:
+                return 401, {"message": "Invalid Webhook Token", "code": 50027}
             message = self.messages.get(token)
-            if message is None:
+            if message is None:  # Discord has not processed the type-5 callback (yet)
                 return 404, {"message": "Unknown Webhook", "code": 10015}
             if method == "GET":
                 return 200, dict(message)
@@ -276,7 +285,6 @@ def response_json(response: dict[str, Any]) -> Any:
 
 
 # --- interactions ----------------------------------------------------------------------------------
-
 
 
 def _member(user_id: str, permissions: str) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 - `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
   records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
   `chat.postEphemeral`, `conversations.replies`, `response_url` POSTs) and can be told to fail
-  the next call(s) of a method with a Slack error.
+  the next call(s) of a method with a Slack error, or to hang the next call until it stops.
 - `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
-  the function synchronously and, like Lambda, retries an invocation that raised (twice).
+  the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
+  also kill an invocation (a timeout: nothing after that point runs) and wait before retrying.
 - `signed_event(...)`: an API Gateway HTTP API (v2) proxy event signed with Slack's scheme.
 """
 
@@ -44,6 +45,8 @@ class FakeSlack:
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     responses: list[dict[str, Any]] = field(default_factory=list)  # response_url posts
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
+    hangs: dict[str, threading.Event] = field(default_factory=dict)  # method -> set when the hung call arrives
+    _unhang: threading.Event = field(default_factory=threading.Event)
     _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -95,6 +98,13 @@ class FakeSlack:
                     self._reply("ok")
                     return
                 method = path.removeprefix("/api/")
+                with fake._lock:
+                    hung = fake.hangs.pop(method, None)
+                if hung is not None:  # never answer while the test runs (a Lambda timeout kills the caller)
+                    hung.set()
+                    fake._unhang.wait()
+                    self._reply({"ok": False, "error": "request_timeout"})
+                    return
                 self._reply(fake.handle(method, args, token))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -102,6 +112,7 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        self._unhang.set()
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -131,6 +142,17 @@ class FakeSlack:
 
     def fail_next(self, method: str, error: str = "internal_error", times: int = 1) -> None:
         self.failures.setdefault(method, []).extend([error] * times)
+
+    def hang_next(self, method: str) -> threading.Event:
+        """The next call of `method` gets no answer until `unhang()` or `stop()` (then a
+        `request_timeout` error); the returned event is set when the call arrives."""
+        arrived = threading.Event()
+        with self._lock:
+            self.hangs[method] = arrived
+        return arrived
+
+    def unhang(self) -> None:
+        self._unhang.set()
 
     def calls_of(self, method: str) -> list[Call]:
         with self._lock:
@@ -215,7 +237,10 @@ class FakeSlack:
         )
         if not thread:
             return {"ok": False, "error": "thread_not_found"}
-        return {"ok": True, "messages": copy.deepcopy(thread), "has_more": False}
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
+        page, more = thread[start:start + limit], start + limit < len(thread)
+        return {"ok": True, "messages": copy.deepcopy(page), "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
 
 # --- Lambda ----------------------------------------------------------------------------------
@@ -239,8 +264,11 @@ class FakeLambda:
     function: Callable[[dict[str, Any], Any], Any]
     retries: int = 2
     throttle_next: int = 0  # this many invokes fail like a throttled Invoke API call
+    kill_when: threading.Event | None = None  # the next invocation is killed (timed out) once this is set
+    retry_delay_s: float = 0.0  # Lambda waits a minute or two before an async retry
     invocations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    killed: list[threading.Thread] = field(default_factory=list)  # killed invocations, still blocked
 
     def invoke(self, *, FunctionName: str, InvocationType: str, Payload: str) -> dict[str, Any]:
         assert InvocationType == "Event"
@@ -251,11 +279,38 @@ class FakeLambda:
             event = json.loads(Payload)
             self.invocations.append(event)
             try:
-                self.function(event, LambdaContext(invoked_function_arn=FunctionName))
+                self._run(event, LambdaContext(invoked_function_arn=FunctionName))
                 break
             except Exception as exc:  # Lambda records the error and retries the async event
                 self.errors.append(exc)
+                time.sleep(self.retry_delay_s)
         return {"StatusCode": 202}
+
+    def _run(self, event: dict[str, Any], context: LambdaContext) -> None:
+        kill_when, self.kill_when = self.kill_when, None
+        if kill_when is None:
+            self.function(event, context)
+            return
+        # The invocation runs in a thread that is abandoned once `kill_when` is set: like a Lambda
+        # timeout, none of its exception handlers or `finally` blocks run before the retry starts.
+        outcome: list[BaseException | None] = []
+
+        def target() -> None:
+            try:
+                self.function(event, context)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+            kill_when.set()
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        kill_when.wait()
+        if not outcome:
+            self.killed.append(thread)
+            raise TimeoutError("Task timed out")
+        if outcome[0] is not None:
+            raise outcome[0]
 
 
 # --- signed requests -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Test helpers for the training loop: a tiny random base model with a tokenizer trained here, and
-small local HTTP servers standing in for the Slack Web API, the Discord REST API and vLLM.
+small local HTTP servers standing in for the Slack Web API, the Discord REST API and vLLM, and
+`start_worker` to run `echorag worker` as its own process (for real SIGTERM / SIGKILL).
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained on the test corpus, the model a
 2-layer Llama with hidden size 64 and random weights, saved like any hub model.
@@ -8,7 +9,12 @@ Nothing is downloaded: the tokenizer is a byte-level BPE trained on the test cor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -140,3 +146,55 @@ class FakeServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@dataclass
+class WorkerProcess:
+    """`echorag worker` running in its own process; what it prints goes to `log`."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait(self, timeout_s: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"the worker did not exit within {timeout_s} s:\n{self.output()}") from None
+
+    def wait_until(self, check: Callable[[], bool], what: str, *, timeout_s: float = 120) -> None:
+        """Poll `check` until true; fail at once, with the worker's output, if the worker exits first."""
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited ({self.proc.returncode}) before {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"gave up waiting for {what}:\n{self.output()}")
+            time.sleep(0.1)
+
+
+def start_worker(data_dir: Path, values: dict[str, Any], *args: str) -> WorkerProcess:
+    """`python -m handlers.cli worker --no-progress ARGS` in its own process, configured only by
+    `values` (setting names → env vars; lists comma-joined) on the local twins under `data_dir`.
+    This process's settings variables are not passed on, and it runs in `data_dir` (no .env)."""
+    from core.settings import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env["DATA_DIR"] = str(data_dir)
+    for key, value in values.items():
+        if value is not None:
+            env[key.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])
+    log = data_dir / f"worker-{time.monotonic_ns()}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "handlers.cli", "worker", "--no-progress", *args],
+            cwd=data_dir, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(proc, log)

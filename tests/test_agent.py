@@ -90,6 +90,8 @@ def test_prompt_numbers_contexts_and_sets_language() -> None:
 
 def test_question_cues() -> None:
     assert question_cues("누가 이 상을 받았나?") == {"person"}
+    assert question_cues("How do I roll back a deploy?") == {"method"}
+    assert "method" not in question_cues("How long does the canary run?")
     assert "date" in question_cues("언제 개통했나?")
     assert "number" in question_cues("How many books does it hold?")
 
@@ -122,6 +124,18 @@ def test_grade_trusts_other_language_passages_only_with_a_dense_retriever() -> N
     same = assess("재택근무는 주 며칠 가능한가요?", passages)
     assert not same.cross_lingual and same.sufficient()
     assert not assess("화성의 수도는 어디인가요?", passages).sufficient()
+
+
+def test_grade_wants_more_than_one_word_of_a_two_term_question() -> None:
+    passages = [
+        Passage(chunk_id="c", doc_id="d", title="Severity", text="Every SEV1 gets a postmortem within 5 days.", score=2.0)
+    ]
+    half = assess("How many vacation days?", passages)  # "days" alone
+    assert half.query_terms == 2 and half.coverage == 0.5
+    assert not half.sufficient()
+    assert half.sufficient(semantic=True)  # a dense ranking is evidence of its own
+    assert assess("How many postmortem days?", passages).sufficient()
+    assert assess("postmortem?", passages).sufficient()
 
 
 def test_condense_rule_carries_the_topic_into_an_elliptical_follow_up() -> None:
@@ -175,6 +189,10 @@ def test_english_question_gets_a_cited_answer(agent: Agent) -> None:
         ("경비는 언제까지 청구해야 하나요?", "5일", "경비-처리.md"),
         ("첫 출근은 몇 시까지 어디로 가면 되나요?", "오전 10시", "온보딩.md"),
         ("How quickly must I acknowledge a page?", "5 minutes", "on-call.md"),
+        # "How do I …" wants the step (the command), not a sentence that merely repeats more words;
+        # "deploy" is in the page title, so the sentence need not say it.
+        ("How do I roll back a deploy?", "shipit rollback web --env production", "deploy-runbook.md"),
+        ("How can I start the production rollout?", "shipit deploy web --env production", "deploy-runbook.md"),
     ],
 )
 def test_handbook_questions(agent: Agent, question: str, expected: str, source: str) -> None:
@@ -209,6 +227,9 @@ def test_follow_up_uses_the_earlier_turn(agent: Agent) -> None:
         ("화성의 수도는 어디인가요?", "ko"),
         ("Who won the 1998 football world cup?", "en"),
         ("오늘 저녁 메뉴 추천해 줘", "ko"),
+        ("How do I get a laptop on my first day?", "en"),  # "get" and "day" alone are no evidence
+        ("How many vacation days do I get?", "en"),  # the on-call page's "5 business days" is not it
+        ("What are the deploy hours?", "en"),  # "hours" (on-call pay) or "deploy" (runbook), never both
     ],
 )
 def test_abstains_when_the_documents_do_not_say(agent: Agent, question: str, language: str) -> None:

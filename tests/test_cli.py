@@ -66,7 +66,8 @@ def test_ask_prints_the_answer_and_its_sources(data_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "10일" in out and "[1]" in out
-    assert "출처:" in out and "휴가-규정.md" in out
+    assert "출처:" in out and "examples/handbook/휴가-규정.md" in out
+    assert str(EXAMPLES) not in out  # relative to the folder ingested, not this machine's absolute path
 
 
 def test_ask_json(data_dir: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,13 +67,13 @@ def seed(settings: Settings) -> list[str]:
 
 def test_status_json_on_an_empty_install(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "status", "--json")
-    status = json.loads(out)
     assert rc == 0
-    assert {k: status[k] for k in ["answers", "feedback", "new_since_adapter", "threshold", "queue_depth", "job",
-                                   "current_adapter"]} == {
-        "answers": 0, "feedback": {"+1": 0, "-1": 0}, "new_since_adapter": 0, "threshold": 50, "queue_depth": 0,
+    assert json.loads(out) == {  # exactly the documented keys
+        "answers": 0, "feedback": {"+1": 0, "-1": 0}, "new_since_adapter": 0, "queue_depth": 0,
         "job": None, "current_adapter": None,
     }
+    rc, out, _ = run(capsys, "status")
+    assert rc == 0 and "0 (auto-retrain at 50)" in out and "none (base model)" in out
 
 
 def test_status_retrain_and_status_again(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,6 +104,35 @@ def test_feedback_export_writes_the_joined_training_rows(
     assert by_id[ids[0]]["label"] == 1 and by_id[ids[1]]["label"] == -1
     assert by_id[ids[0]]["answer"]["contexts"][0]["text"] == "passage"
     assert by_id[ids[0]]["votes"][0]["reaction"] == "+1"
+
+
+def test_chat_from_a_pipe_reacts_and_requests_retraining(
+    settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`echorag chat` as a scripted process: reactions and /retrain go through the platforms' code."""
+    script = ["연차는 며칠인가요?", "👍🏽", "👎", "+1", "❤️", "/retrain 새 규정 반영", "/retrain"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "QDRANT_", "ECHORAG_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "handlers.cli", "chat"], input="\n".join(script) + "\n", capture_output=True,
+        text=True, cwd=tmp_path, timeout=300,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONIOENCODING": "utf-8"},
+    )
+    assert result.returncode == 0, result.stderr
+    replies = [block.strip() for block in result.stdout.split("\n\n") if block.strip()]
+    assert len(replies) == 7  # one answer, then one reply per reaction or command
+    assert replies[1:4] == [f"Feedback recorded ({label}1 for the last answer)." for label in "+-+"]
+    assert replies[4].startswith("'heart' is not a feedback reaction (use one of: +1, thumbsup,")
+    assert replies[5].startswith("Retraining queued (job ") and "3 new ratings since the base model" in replies[5]
+    assert "already queued or running" in replies[6]
+    status = json.loads(run(capsys, "status", "--json")[1])
+    assert status["answers"] == 1  # the emoji lines were reactions, not questions
+    assert status["feedback"] == {"+1": 1, "-1": 0}  # the user's latest reaction wins
+    assert (status["new_since_adapter"], status["queue_depth"]) == (3, 1)
+    assert status["job"]["requested_by"] == "console:local" and status["job"]["state"] == "queued"
+    rc, _, _ = run(capsys, "feedback", "export", "--out", str(tmp_path / "rows.jsonl"))
+    [row] = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert rc == 0 and row["answer"]["platform"] == "console" and row["answer"]["question"] == "연차는 며칠인가요?"
+    assert (row["label"], [v["reaction"] for v in row["votes"]]) == (1, ["+1"])
 
 
 def test_adapters_list_promote_rollback(settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

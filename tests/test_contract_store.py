@@ -52,6 +52,8 @@ def test_put_get_list_delete(store: BlobStore) -> None:
     assert list(store.list("a/")) == ["a/x/0", "a/x/1", "a/y"]
     assert list(store.list("a")) == ["a/x/0", "a/x/1", "a/y", "ab"]
     assert list(store.list("a/", start_after="a/x/0")) == ["a/x/1", "a/y"]
+    assert list(store.list("a/", start_after="a/x0")) == ["a/y"]  # all of a/x/ sorts before a/x0
+    assert list(store.list("", start_after="a/y")) == ["ab", "b/2"]
     assert list(store.list("nothing/")) == []
     store.put("a/y", b"new")
     assert store.get("a/y") == b"new"
@@ -141,6 +143,20 @@ def test_feedback_is_stored_once_and_counted_by_time(store: BlobStore) -> None:
     assert records.count_feedback_since(store, None) == 1
     assert records.count_feedback_since(store, event.created_at) == 0
     assert records.count_feedback_since(store, datetime(2000, 1, 1, tzinfo=UTC)) == 1
+
+
+def test_new_feedback_is_counted_across_day_partitions(store: BlobStore) -> None:
+    late, early = datetime(2026, 3, 4, 23, 59, 30, tzinfo=UTC), datetime(2026, 3, 5, 0, 0, 30, tzinfo=UTC)
+    for n, at in enumerate([datetime(2026, 3, 1, 12, tzinfo=UTC), late, early, datetime(2026, 3, 9, tzinfo=UTC)]):
+        records.save_feedback(store, FeedbackEvent(
+            feedback_id=f"f{n}", answer_id="a", platform="slack", channel="C1", message_id="m", user_hash=f"u{n}",
+            reaction="+1", label=1, action="added", created_at=at))
+    assert records.count_feedback_since(store, None) == 4
+    assert records.count_feedback_since(store, datetime(2026, 3, 4, 12, tzinfo=UTC)) == 3
+    assert records.count_feedback_since(store, late) == 2  # strictly after
+    assert records.count_feedback_since(store, datetime(2026, 3, 5, tzinfo=UTC)) == 2
+    assert records.count_feedback_since(store, datetime(2026, 3, 5, tzinfo=UTC), limit=1) == 1
+    assert records.count_feedback_since(store, datetime(2026, 3, 9, 0, 0, 1, tzinfo=UTC)) == 0
 
 
 def test_job_slot_is_taken_once_and_released_by_its_holder(store: BlobStore) -> None:

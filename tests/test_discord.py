@@ -29,9 +29,12 @@ from bots.discord import (
     render_answer,
     split_text,
 )
+from bots.discord_ask import claim_key
 from bots.discord_gateway import GatewayBot, reaction_feedback
+from bots.discord_interactions import AskJob, SignatureError, verify_signature
 from bots.discord_runtime import close_runtime, open_ask_queue, runtime_for
 from core.contracts import make_answer_id
+from core.idempotency import claim
 from core.queue import open_queue
 from core.records import effective_votes, iter_feedback, load_answer
 from core.settings import Settings, get_settings
@@ -249,6 +252,16 @@ def test_bad_or_missing_signature_is_401(
     assert fake_discord.calls == []
 
 
+def test_misconfigured_public_key_is_401_with_a_message_naming_it(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    apply_settings_env(monkeypatch, settings.model_copy(update={"discord_public_key": "c0ffee"}))
+    ping = {"id": "1", "application_id": APPLICATION_ID, "type": 1, "token": "t"}
+    assert discord_interactions.handler(signed_event(key, ping), LambdaContext())["statusCode"] == 401
+    with pytest.raises(SignatureError, match="DISCORD_PUBLIC_KEY is not a 64-hex-digit"):
+        verify_signature("c0ffee", "00" * 64, str(int(time.time())), b"{}")
+
+
 def test_base64_encoded_body_is_verified_over_the_decoded_bytes(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
@@ -425,34 +438,63 @@ def test_ask_over_sqs_on_moto(
     assert answer is not None and answer.platform == "discord"  # written to the S3 bucket
 
 
-def test_failed_first_attempt_is_retried_and_answers_once(
-    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
-) -> None:
-    payload = ask_interaction("When do production deployments happen?")
-    send(key, fake_discord, payload)
+def queued_ask(
+    key: SigningKey, fake: FakeDiscord, settings: Settings, question: str
+) -> tuple[dict[str, Any], tuple[str, str]]:
+    """/ask sent and deferred; the job taken off the local ask queue as (message_id, body)."""
+    payload = ask_interaction(question)
+    assert send(key, fake, payload) == (200, {"type": 5})
     message = open_ask_queue(settings).receive(wait_s=0)
     assert message is not None
-    record = (message.message_id, message.body, 1)
+    return payload, (message.message_id, message.body)
+
+
+def test_failed_first_attempt_gives_its_claim_back_and_the_retry_answers_once(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    question = "When do production deployments happen?"
+    payload, (message_id, body) = queued_ask(key, fake_discord, settings, question)
     fake_discord.fail_next("PATCH", 502)
-    # An invocation with 100 ms left: its claim lapses with it (plus a 1 s margin).
-    assert run_worker([record], remaining_ms=100) == [message.message_id]
+    assert run_worker([(message_id, body, 1)]) == [message_id]
     assert len(fake_discord.calls_of("PATCH")) == 1
     assert fake_discord.messages[payload["token"]]["embeds"] == []  # the user still sees "thinking…"
-    time.sleep(1.2)
-    assert run_worker([(message.message_id, message.body, 2)]) == []
+    # The failed attempt released its claim: the redelivery answers at once, not after its lease.
+    assert run_worker([(message_id, body, 2)]) == []
     assert len(fake_discord.calls_of("PATCH")) == 2  # the failed one and the answer
     assert "Tuesday" in fake_discord.messages[payload["token"]]["embeds"][0]["description"]
-    assert run_worker([(message.message_id, message.body, 3)]) == []  # a late duplicate: no third edit
+    assert run_worker([(message_id, body, 3)]) == []  # a late duplicate: no third edit
     assert len(fake_discord.calls_of("PATCH")) == 2
+
+
+def test_a_claim_whose_attempt_died_is_retaken_after_its_lease(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    _, (message_id, body) = queued_ask(key, fake_discord, settings, "Who answers pages?")
+    # An attempt that died mid-way (Lambda timeout) left its claim, leased for its remaining time.
+    store, job = open_store(settings), AskJob.model_validate_json(body)
+    assert claim(store, claim_key(job), lease_s=0.5)
+    assert run_worker([(message_id, body, 1)]) == []  # held: this copy is a duplicate
+    assert fake_discord.calls == []
+    time.sleep(0.6)
+    assert run_worker([(message_id, body, 2)]) == []
+    assert len(answer_patches(fake_discord)) == 1
+
+
+def test_worker_faster_than_discord_waits_for_the_deferred_reply(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    _, (message_id, body) = queued_ask(key, fake_discord, settings, "Who answers pages?")
+    fake_discord.fail_next("GET", 404)  # Discord has not processed the type-5 callback yet
+    assert run_worker([(message_id, body, 1)]) == []
+    assert len(fake_discord.calls_of("GET")) == 2
+    assert len(answer_patches(fake_discord)) == 1
 
 
 def test_a_malformed_message_fails_alone_in_its_batch(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
-    send(key, fake_discord, ask_interaction("Who answers pages?"))
-    message = open_ask_queue(settings).receive(wait_s=0)
-    assert message is not None
-    batch = [("poison-1", '{"question": 1}', 1), (message.message_id, message.body, 1)]
+    _, (message_id, body) = queued_ask(key, fake_discord, settings, "Who answers pages?")
+    batch = [("poison-1", '{"question": 1}', 1), (message_id, body, 1)]
     assert run_worker(batch) == ["poison-1"]  # reported for redelivery (then the DLQ); the good one answered
     assert len(answer_patches(fake_discord)) == 1
 
@@ -460,13 +502,10 @@ def test_a_malformed_message_fails_alone_in_its_batch(
 def test_last_attempt_failure_tells_the_user(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
-    payload = ask_interaction("When do production deployments happen?")
-    send(key, fake_discord, payload)
-    message = open_ask_queue(settings).receive(wait_s=0)
-    assert message is not None
+    question = "When do production deployments happen?"
+    payload, (message_id, body) = queued_ask(key, fake_discord, settings, question)
     fake_discord.fail_next("PATCH", 503)
-    receives = settings.queue_max_receives
-    assert run_worker([(message.message_id, message.body, receives)]) == [message.message_id]
+    assert run_worker([(message_id, body, settings.queue_max_receives)]) == [message_id]
     assert "Sorry" in fake_discord.messages[payload["token"]]["content"]
 
 
@@ -474,7 +513,8 @@ def test_expired_interaction_is_dropped_with_a_log_not_retried(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
     payload = ask_interaction("When do production deployments happen?")
-    discord_interactions.handler(signed_event(key, payload), LambdaContext())  # Discord never opened it
+    send(key, fake_discord, payload)
+    fake_discord.expire(payload["token"])  # the job waited past the token's 15 minutes
     _, failed = deliver_local(settings)
     assert failed == []
     assert [c.method for c in fake_discord.calls] == ["GET"]
@@ -527,6 +567,14 @@ def test_button_feedback_is_recorded_once(
 
     send(key, fake_discord, button_interaction(down, message, user_id="2000000000000000002"))
     assert sorted(e.label for e in iter_feedback(store)) == [-1, 1]
+
+    # Changing one's mind: 👎 then 👍 again are two more events, and the latest click is the vote.
+    send(key, fake_discord, button_interaction(down, message))
+    send(key, fake_discord, button_interaction(up, message))
+    assert len(list(iter_feedback(store))) == 4
+    votes = effective_votes(iter_feedback(store))[events[0].answer_id]
+    assert sorted(v.label for v in votes.values()) == [-1, 1]  # user 1: 👍 (latest), user 2: 👎
+    assert votes[events[0].user_hash].label == 1
 
 
 def test_button_naming_another_message_is_ignored(
@@ -662,6 +710,7 @@ def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> No
     assert [o["name"] for o in served["ask"]["options"]] == ["question"]
     assert served["ask"]["options"][0]["required"] is True
     assert str(served["retrain"]["default_member_permissions"]) == "32"
+    assert served["retrain"]["contexts"] == COMMANDS[1]["contexts"]
 
 
 # --- command registration ----------------------------------------------------------------------------
@@ -678,6 +727,8 @@ def test_register_commands_puts_both_commands(fake_discord: FakeDiscord, setting
     assert ask["name"] == "ask" and ask["options"][0]["name"] == "question" and ask["options"][0]["required"]
     assert ask["options"][0]["type"] == 3
     assert retrain["name"] == "retrain" and retrain["default_member_permissions"] == "32"
+    assert retrain["contexts"] == [0]  # guild channels only: no DMs, where there is no Manage Server
+    assert "default_member_permissions" not in ask  # everyone may ask
     assert guild_call.body == COMMANDS
 
 

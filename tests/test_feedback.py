@@ -5,15 +5,25 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from bots.feedback import emoji_label, normalize_emoji, record_reaction
 from bots.retrain import request_retrain
 from core import records
-from core.contracts import AnswerRecord, JobStatus, NotifyTarget, TrainingJob, make_answer_id
+from core.contracts import (
+    AdapterManifest,
+    AnswerRecord,
+    FeedbackEvent,
+    JobStatus,
+    NotifyTarget,
+    TrainingJob,
+    make_answer_id,
+)
 from core.errors import QueueError
 from core.queue import JobQueue, SqsQueue, open_queue
+from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
 from core.settings import Settings
 from core.store import BlobStore, open_store
 
@@ -288,3 +298,52 @@ def test_without_event_times_state_changes_are_new_events_and_repeats_are_not(
     assert state() == (5, [1])
     tap("👍")
     assert state() == (5, [1])
+
+
+def test_a_reaction_lists_only_feedback_newer_than_the_adapter(aws_settings: Settings, tmp_path: Path) -> None:
+    """The threshold check must not grow with all feedback ever given: one S3 LIST per reaction,
+    starting after the adapter's snapshot time, and none while a job is queued or running."""
+    settings = aws_settings.model_copy(update={"retrain_threshold": 5})
+    store, queue = open_store(settings), open_queue(settings)
+    answer_id = post_answer(store, "1700000000.000100")
+    old = datetime.now(UTC) - timedelta(days=3)
+    for n in range(40):  # feedback the current adapter was already trained on
+        records.save_feedback(store, FeedbackEvent(
+            feedback_id=f"old{n}", answer_id=answer_id, platform="slack", channel=CHANNEL,
+            message_id="1700000000.000100", user_hash=f"u{n}", reaction="+1", label=1, action="added",
+            created_at=old + timedelta(seconds=n)))
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
+    AdapterRegistry(store, settings.adapter_name).publish(
+        tmp_path / "adapter",
+        AdapterManifest(name="x", version=0, dataset={FEEDBACK_CUTOFF_KEY: (old + timedelta(days=1)).isoformat()}),
+        promote=True,
+    )
+    listed: list[int] = []
+    store.client.meta.events.register(  # type: ignore[attr-defined]
+        "after-call.s3.ListObjectsV2", lambda parsed, **_: listed.append(int(parsed.get("KeyCount", 0)))
+    )
+    for n in range(4):
+        listed.clear()
+        react(settings, store, queue, user=f"NEW{n}", emoji="+1", event_ts=f"1700000009.{n}")
+        assert listed == [n + 1]  # one LIST, holding only the reactions since the adapter
+    listed.clear()
+    react(settings, store, queue, user="NEW4", emoji="+1", event_ts="1700000009.4")  # the 5th: threshold
+    assert queue.depth() == 1 and records.active_job_id(store) is not None
+    listed.clear()
+    react(settings, store, queue, user="NEW5", emoji="+1", event_ts="1700000009.5")
+    assert listed == []  # a job is queued: no counting at all
+
+
+def test_corrupt_job_markers_never_break_a_reaction(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    post_answer(store, "1700000000.000100")
+    store.put(records.LAST_JOB_KEY, b"{half a write")
+    assert records.last_job(store) is None
+    for n in range(5):
+        assert react(settings, store, queue, user=f"U{n}", emoji="+1", event_ts=f"1700000001.{n}") is not None
+    [job] = _queued_jobs(queue)  # the threshold still works, and the counter marker is whole again
+    assert records.last_job(store) is not None and records.last_job(store)[0] == job.job_id  # type: ignore[index]
+    records.release_active_job(store, job.job_id)
+    store.put(records.ACTIVE_JOB_KEY, b"\xff not json")
+    assert records.active_job_id(store) == "unknown"
+    assert react(settings, store, queue, user="U9", emoji="-1", event_ts="1700000002.0") is not None

@@ -52,7 +52,8 @@ def test_ingest_all_formats_and_find_passages(tmp_path: Path) -> None:
         # script and style never reach the index
         assert all("pineapple" not in p.text for p in retriever.search("pineapple token secret", limit=10))
         passage = retriever.search("병가 진단서", limit=1)[0]
-        assert passage.source == str(kb / "휴가-규정.md") and passage.doc_id == passage.source
+        # Citations name the file under the folder given, never the ingesting machine's absolute path.
+        assert passage.source == "kb/휴가-규정.md" and passage.doc_id == str(kb / "휴가-규정.md")
         assert passage.chunk_id.startswith(passage.doc_id + "#") and passage.score > 0
 
 
@@ -118,6 +119,25 @@ def test_unreadable_file_is_not_pruned(tmp_path: Path) -> None:
     assert summary.failed == 1 and summary.deleted == 0
     with Retriever.from_settings(settings) as retriever:
         assert top(retriever, "on-call rotation Monday")[0] == "oncall"
+
+
+def test_a_file_or_row_that_became_empty_leaves_the_index(tmp_path: Path) -> None:
+    kb = write_knowledge_base(tmp_path)
+    settings = retrieval_settings(tmp_path / "data")
+    ingest_paths([kb], space="default", settings=settings, progress=False)
+    (kb / "remote.txt").write_text("  \n", encoding="utf-8")
+    rows = [{**FAQ_ROWS[0], "text": " "}, FAQ_ROWS[1]]
+    (kb / "faq.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+
+    summary = ingest_paths([kb], space="default", settings=settings, progress=False)
+
+    assert (summary.failed, summary.deleted, summary.unchanged) == (2, 2, 4), summary
+    assert dict(summary.failures) == {str(kb / "remote.txt"): "no text found", f"{kb / 'faq.jsonl'}:1": "no text found"}
+    with Retriever.from_settings(settings) as retriever:
+        assert not [p for p in retriever.search("재택근무 코어 출근일", limit=10) if p.title == "remote"]
+        assert not [p for p in retriever.search("주차장 지원", limit=10) if p.doc_id == "faq-1"]
+    again = ingest_paths([kb], space="default", settings=settings, progress=False)
+    assert (again.failed, again.deleted, again.unchanged) == (2, 0, 4)
 
 
 def test_missing_path_and_unsupported_file_are_reported(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from core.settings import Settings, get_settings
+from tests.support_slack import LambdaContext
 
 HANDBOOK = """# 휴가 규정
 
@@ -30,19 +31,6 @@ HANDBOOK = """# 휴가 규정
 병가는 진단서를 내면 연 10일까지 유급으로 인정됩니다.
 """
 RUNBOOK = "Deploy rollback: run `echorag adapters rollback` and the previous adapter is served again."
-
-
-@dataclass
-class FakeContext:
-    """The attributes powertools reads from a Lambda context."""
-
-    function_name: str = "echorag-ingest"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:echorag-ingest"
-    aws_request_id: str = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
 
 
 @dataclass
@@ -64,7 +52,8 @@ class Pipeline:
         records = [self._lambda_record(m["MessageId"], m["ReceiptHandle"], m["Body"], m["Attributes"]) for m in messages]
         for body in extra_bodies:  # messages that did not come from S3 (malformed on purpose)
             records.append(self._lambda_record(str(uuid.uuid4()), "", body, {"ApproximateReceiveCount": "1"}))
-        response = handler({"Records": records}, FakeContext())
+        context = LambdaContext("echorag-ingest", 2048, "arn:aws:lambda:us-east-1:123456789012:function:echorag-ingest")
+        response = handler({"Records": records}, context)
         failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
         for record in records:
             if record["messageId"] not in failed and record["receiptHandle"]:
@@ -229,7 +218,7 @@ def test_events_are_reconciled_with_what_s3_holds_now(pipeline: Pipeline) -> Non
     assert pipeline.search("rewritten", spaces=["ops"]) == []
 
 
-def test_a_corpus_file_is_ingested_row_by_row_and_removed_whole(pipeline: Pipeline) -> None:
+def test_a_corpus_file_is_synced_row_by_row_and_removed_whole(pipeline: Pipeline) -> None:
     rows = [
         {"id": "kq-1", "title": "서울", "text": "서울은 대한민국의 수도이며 한강이 도시를 가로지른다."},
         {"id": "kq-2", "title": "부산", "text": "부산은 대한민국 제2의 도시이고 해운대 해수욕장이 유명하다."},
@@ -240,6 +229,14 @@ def test_a_corpus_file_is_ingested_row_by_row_and_removed_whole(pipeline: Pipeli
     response, _ = pipeline.deliver()
     assert response == {"batchItemFailures": []}
     assert pipeline.search("한강 수도", spaces=["wiki"])[0].doc_id == "kq-1"
+    assert pipeline.search("해운대 해수욕장", spaces=["wiki"])[0].doc_id == "kq-2"
+    assert {h.source for h in pipeline.search("한강 해운대", spaces=["wiki"])} == {"corpus.jsonl#kq-1", "corpus.jsonl#kq-2"}
+
+    # A new version without the first row: that row is no longer searchable, the other one still is.
+    pipeline.s3.put_object(Bucket=pipeline.bucket, Key=key, Body=json.dumps(rows[1], ensure_ascii=False).encode())
+    response, _ = pipeline.deliver()
+    assert response == {"batchItemFailures": []}
+    assert pipeline.search("한강 수도", spaces=["wiki"]) == []
     assert pipeline.search("해운대 해수욕장", spaces=["wiki"])[0].doc_id == "kq-2"
 
     pipeline.s3.delete_object(Bucket=pipeline.bucket, Key=key)

@@ -148,6 +148,17 @@ def test_feedback_cutoff_prefers_the_snapshot_time() -> None:
     assert feedback_cutoff(snap) == datetime(2026, 4, 30, 12, tzinfo=UTC)
 
 
+def test_unreadable_current_is_a_clear_error_and_promote_repairs_it(
+    store: BlobStore, registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    registry.publish(adapter_dir(tmp_path, "a"), manifest(), promote=True)
+    store.put("adapters/echorag/CURRENT", b'{"version": ')
+    with pytest.raises(StoreError, match=r"adapter echorag: unreadable adapters/echorag/CURRENT .*adapters promote"):
+        registry.current()
+    registry.promote(1)
+    assert registry.current() == 1
+
+
 def test_invalid_adapter_name(store: BlobStore) -> None:
     with pytest.raises(EchoRagError, match="invalid adapter name"):
         AdapterRegistry(store, "../etc")

@@ -237,6 +237,23 @@ def test_follow_up_in_the_thread_uses_earlier_turns(rig: Rig) -> None:
     assert "첫해" in _section_texts(answers[1])[0]
 
 
+def test_memory_of_a_long_thread_reaches_its_latest_turns(fake_slack: FakeSlack) -> None:
+    from slack_sdk import WebClient
+
+    from bots.slack_threads import HISTORY_TURNS, thread_history
+
+    root = fake_slack.user_message(HR, "U0000001", "turn 0")
+    for n in range(1, 450):  # three pages of conversations.replies
+        fake_slack.user_message(HR, f"U00000{n % 2}", f"turn {n}", thread_ts=root["ts"])
+    question = fake_slack.user_message(HR, "U0000001", "and now?", thread_ts=root["ts"])
+    client = WebClient(token="xoxb-test-token", base_url=fake_slack.base_url)
+    turns = thread_history(client, channel=HR, thread_ts=root["ts"], before_ts=question["ts"],
+                           bot_user_id=BOT_USER_ID)
+    assert len(fake_slack.calls_of("conversations.replies")) == 3
+    assert len(turns) == 1 and turns[0].role == "user"  # consecutive user messages are one turn
+    assert turns[0].text.split("\n\n") == [f"turn {n}" for n in range(450 - HISTORY_TURNS, 450)]
+
+
 def test_thread_reply_elsewhere_and_plain_channel_messages_are_ignored(rig: Rig) -> None:
     root = rig.fake.user_message(HR, "U0000001", "점심 뭐 먹죠?")
     reply = rig.fake.user_message(HR, "U0000002", "그럼 연차 쓰고 가요", thread_ts=root["ts"])
@@ -251,6 +268,15 @@ def test_mention_inside_a_thread_arrives_twice_and_is_answered_once(rig: Rig) ->
     # Slack also delivers the same message as a `message` event (a different event id)
     assert rig.deliver(rig.message_event(HR, again))["statusCode"] == 200
     assert len(_answers_in(rig, HR, question["ts"])) == 2  # one per question
+    # the other order: the `message` copy first, then app_mention
+    third = rig.fake.user_message(HR, "U0000001", f"<@{BOT_USER_ID}> 연차는 언제까지 신청하나요?",
+                                  thread_ts=question["ts"])
+    assert rig.deliver(rig.message_event(HR, third))["statusCode"] == 200
+    event = {"type": "app_mention", "user": "U0000001", "text": third["text"], "ts": third["ts"], "channel": HR,
+             "event_ts": third["ts"], "thread_ts": question["ts"]}
+    assert rig.deliver(event)["statusCode"] == 200
+    assert len(_answers_in(rig, HR, question["ts"])) == 3
+    assert len(rig.fake.calls_of("chat.postMessage")) == 3
 
 
 def test_dm_is_answered_in_its_thread(rig: Rig) -> None:
@@ -296,6 +322,61 @@ def test_failed_first_attempt_is_answered_by_the_retry(rig: Rig) -> None:
     assert len(answers) == 1  # the retry edited the same placeholder
     assert "15일" in answers[0]["text"] and any("출처" in s for s in _section_texts(answers[0]))
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
+
+
+def _dead_first_attempt(rig: Rig) -> dict[str, Any]:
+    """Ask a question whose first lazy invocation is killed (a Lambda timeout) while it waits on
+    Slack: after its placeholder and its claim, before the answer, with no chance to release."""
+    rig.lam.kill_when = rig.fake.hang_next("chat.update")
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    assert response["statusCode"] == 200
+    assert isinstance(rig.lam.errors[0], TimeoutError)
+    return question
+
+
+@pytest.fixture
+def short_lease_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path,
+                    fake_slack: FakeSlack) -> Iterator[Rig]:
+    yield from _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_ANSWER_LEASE_S="0.2")
+
+
+def test_claim_of_a_killed_attempt_is_retaken_after_its_lease(short_lease_rig: Rig) -> None:
+    rig = short_lease_rig
+    rig.lam.retry_delay_s = 0.3  # Lambda's retry comes after the dead attempt's lease ran out
+    question = _dead_first_attempt(rig)
+    assert len(rig.lam.errors) == 1  # the retry answered
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]  # the dead attempt's placeholder, now edited
+    assert len(rig.fake.calls_of("chat.postMessage")) == 1
+    assert rig.answer_record(HR, answers[0]["ts"]) is not None
+
+    # Had the first attempt been only slow, not dead, its late failure must not touch the answer.
+    rig.fake.unhang()
+    rig.lam.killed[0].join(timeout=30)
+    assert not rig.lam.killed[0].is_alive()
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+
+
+def test_retry_while_the_claim_is_live_answers_nothing_but_asks_lambda_to_retry(rig: Rig) -> None:
+    from bots.slack import ClaimHeld
+
+    question = _dead_first_attempt(rig)  # default lease (minutes): the claim is still live
+    held = rig.lam.errors[1:]
+    assert len(held) == 2 and all(isinstance(e.__cause__, ClaimHeld) for e in held)
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and not answers[0].get("edited")  # only the placeholder: no second answer
+    assert len(rig.fake.calls_of("chat.postMessage")) == 1
+
+    # the first attempt was only slow: it fails, releases its claim, and the next delivery answers
+    rig.fake.unhang()
+    rig.lam.killed[0].join(timeout=30)
+    assert not rig.lam.killed[0].is_alive()
+    event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
+             "channel": HR, "event_ts": question["ts"]}
+    assert rig.deliver(event, retry_num=1)["statusCode"] == 200
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
 def test_lost_lazy_invocation_is_answered_by_slacks_retry(rig: Rig) -> None:
@@ -394,7 +475,22 @@ def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
     bad_base64 = signed_event("{}", SECRET)
     bad_base64.update(body="%%%not base64%%%", isBase64Encoded=True)
     unsigned_junk = api_gateway_event("{not json", {"content-type": "application/json"})
+    junk_timestamp = signed_event("{}", SECRET)
+    junk_timestamp["headers"]["x-slack-request-timestamp"] = "yesterday"
+    form = "application/x-www-form-urlencoded"
+    huge = json.dumps({"type": "event_callback", "event": {"text": "x" * 2_000_000}})  # and no event type
     cases = {
+        "JSON without type": signed_event('{"token": "x"}', SECRET),
+        "url_verification without challenge": signed_event('{"type": "url_verification"}', SECRET),
+        "url_verification, challenge not a string": signed_event(
+            '{"type": "url_verification", "challenge": {"a": 1}}', SECRET),
+        "form body without payload": signed_event("foo=bar", SECRET, content_type=form),
+        "payload without type": signed_event("payload=%7B%7D", SECRET, content_type=form),
+        "huge body": signed_event(huge, SECRET),
+        "huge unsigned body": api_gateway_event("x" * 2_000_000, {"content-type": "application/json"}),
+        "timestamp not a number": junk_timestamp,
+        "headers null": {**signed_event("{}", SECRET), "headers": None},
+        "JSON null": signed_event("null", SECRET),
         "signed junk JSON": signed_event("{not json", SECRET),
         "unsigned junk JSON": unsigned_junk,
         "signed junk payload": signed_event("payload=%7Bnot-json", SECRET,
@@ -411,7 +507,7 @@ def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
     for name, event in cases.items():
         status = rig.handler(event, LambdaContext())["statusCode"]
         assert 400 <= status < 500, f"{name}: {status}"
-    assert rig.fake.calls_of("chat.postMessage") == []
+    assert rig.fake.calls_of("chat.postMessage") == [] and rig.lam.invocations == []
 
 
 def test_base64_encoded_body_is_accepted(rig: Rig) -> None:
@@ -514,7 +610,7 @@ def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> No
 def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> None:
     from slack_sdk.socket_mode.request import SocketModeRequest
 
-    from bots.slack_socket import build_handler
+    from bots.slack_socket import build_handler, run
     from core.errors import ConfigError
 
     settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",
@@ -522,6 +618,8 @@ def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, f
                         slack_api_base_url=fake_slack.base_url)
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
         build_handler(settings.model_copy(update={"slack_app_token": None}))
+    with pytest.raises(ConfigError, match="Slack refused SLACK_APP_TOKEN"):  # the fake knows no xapp- token
+        run(settings)
 
     handler = build_handler(settings)
     sent: list[Any] = []
@@ -547,3 +645,59 @@ def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, f
         handler.app.services.close()
         handler.client.close()
 
+
+
+# --- the app manifest -------------------------------------------------------------------------------
+
+# Bot scopes each Web API method needs (api.slack.com/methods/<method>): a new call fails this test
+# until its scope is listed here and in the manifest.
+METHOD_SCOPES = {
+    "chat_postMessage": {"chat:write"},
+    "chat_update": {"chat:write"},
+    "chat_postEphemeral": {"chat:write"},
+    "conversations_replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
+}
+EVENT_SCOPES = {  # bot event -> scope Slack requires for the subscription
+    "app_mention": "app_mentions:read", "message.channels": "channels:history", "message.groups": "groups:history",
+    "message.im": "im:history", "message.mpim": "mpim:history", "reaction_added": "reactions:read",
+    "reaction_removed": "reactions:read",
+}
+
+
+def _manifest() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "infra/slack/manifest.yaml").read_text("utf-8"))
+
+
+def test_manifest_covers_every_event_command_and_web_api_call() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = _manifest()
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    source = "\n".join((root / f).read_text(encoding="utf-8") for f in ("bots/slack.py", "bots/notify.py"))
+
+    called = set(re.findall(r"client\.((?:chat|conversations|reactions|users|views|files|im)_\w+)\(", source))
+    assert called and called <= set(METHOD_SCOPES), f"add scopes for {called - set(METHOD_SCOPES)}"
+    for method in called:
+        assert METHOD_SCOPES[method] <= scopes, method
+    for event in events:
+        assert EVENT_SCOPES[event] in scopes, event
+    commands = {c["command"] for c in manifest["features"]["slash_commands"]}
+    assert commands == set(re.findall(r'app\.command\("(/\w+)"\)', source)) and "commands" in scopes
+    urls = {c["url"] for c in manifest["features"]["slash_commands"]}
+    urls |= {manifest["settings"]["event_subscriptions"]["request_url"], manifest["settings"]["interactivity"]["request_url"]}
+    assert len(urls) == 1 and urls.pop().endswith("/slack/events")  # the one endpoint SAM outputs
+    assert manifest["features"]["app_home"]["messages_tab_enabled"]  # people can DM the bot
+
+
+def test_every_subscribed_event_is_acknowledged(rig: Rig) -> None:
+    """An event the manifest subscribes to but the app does not handle would get 404 and be retried."""
+    for subscription in _manifest()["settings"]["event_subscriptions"]["bot_events"]:
+        kind = subscription.split(".")[0]
+        event = {"type": kind, "user": "U0000002", "channel": OPEN, "ts": "1700000000.000100", "text": "hi",
+                 "channel_type": "channel", "reaction": "+1", "item_user": "U0000003",
+                 "item": {"type": "message", "channel": OPEN, "ts": "1700000000.000050"}}
+        assert rig.deliver(event)["statusCode"] == 200, subscription

@@ -264,6 +264,20 @@ def test_environment_variables_are_real_settings(resources: dict[str, Any]) -> N
         assert "QDRANT_URL" in variables
 
 
+def test_parameters_reach_every_function(resources: dict[str, Any]) -> None:
+    """Qdrant, the LLM endpoint and model, and the adapter name are stack parameters that every
+    function receives (optional ones only when set, so an empty value never overrides a default)."""
+    for name, res in _of_type(resources, "AWS::Lambda::Function").items():
+        variables = res["Properties"]["Environment"]["Variables"]
+        for env, parameter in (("QDRANT_URL", "QdrantUrl"), ("QDRANT_COLLECTION", "QdrantCollection"),
+                               ("ADAPTER_NAME", "AdapterName"), ("LLM_TIMEOUT_S", "LlmTimeoutSeconds")):
+            assert variables[env] == {"Ref": parameter}, f"{name}: {env}"
+        for env, parameter in (("QDRANT_API_KEY", "QdrantApiKey"), ("LLM_BASE_URL", "LlmBaseUrl"),
+                               ("LLM_MODEL", "LlmModel"), ("LLM_API_KEY", "LlmApiKey")):
+            _, value, otherwise = variables[env]["Fn::If"]
+            assert (value, otherwise) == ({"Ref": parameter}, {"Ref": "AWS::NoValue"}), f"{name}: {env}"
+
+
 # ------------------------------------------------------------------------------ HTTP API ------
 
 
@@ -351,6 +365,47 @@ def test_ask_retries_fit_the_interaction_token(resources: dict[str, Any]) -> Non
     receives = queue["RedrivePolicy"]["maxReceiveCount"]
     assert (receives - 1) * queue["VisibilityTimeout"] + worker["Timeout"] <= 15 * 60
     assert int(worker["Environment"]["Variables"]["QUEUE_MAX_RECEIVES"]) == receives
+    from bots.discord_runtime import ASK_VISIBILITY_S
+
+    assert queue["VisibilityTimeout"] == ASK_VISIBILITY_S  # the embedded default's ask queue behaves alike
+
+
+def _evaluate(expression: Any, parameters: dict[str, str]) -> Any:
+    """Ref / Fn::Equals / Fn::Not / Fn::And / Fn::Or, as CloudFormation evaluates a rule."""
+    if isinstance(expression, dict):
+        (function, argument), = expression.items()
+        if function == "Ref":
+            return parameters[argument]
+        values = [_evaluate(item, parameters) for item in argument]
+        return {"Fn::Equals": lambda: values[0] == values[1], "Fn::Not": lambda: not values[0],
+                "Fn::And": lambda: all(values), "Fn::Or": lambda: any(values)}[function]()
+    return expression
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "deployable"),
+    [("", "", True), ("http://vllm:8000/v1", "echorag", True), ("http://vllm:8000/v1", "", False)],
+)
+def test_deploy_refuses_an_llm_endpoint_without_a_model(
+    source: dict[str, Any], tmp_path: Path, base_url: str, model: str, deployable: bool
+) -> None:
+    """What the code would refuse on every answer, CloudFormation refuses at deploy time."""
+    from core.errors import ConfigError
+    from rag.llm import llm_from_settings
+
+    parameters = {"LlmBaseUrl": base_url, "LlmModel": model}
+    passes = all(
+        not _evaluate(rule.get("RuleCondition", True), parameters)
+        or all(_evaluate(a["Assert"], parameters) for a in rule["Assertions"])
+        for rule in source["Rules"].values()
+    )
+    assert passes is deployable
+    settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)
+    if deployable:
+        llm_from_settings(settings)
+    else:
+        with pytest.raises(ConfigError, match="LLM_MODEL"):
+            llm_from_settings(settings)
 
 
 def test_answering_functions_outlast_their_llm_requests(source: dict[str, Any], resources: dict[str, Any]) -> None:
@@ -475,6 +530,48 @@ def test_every_secret_the_template_passes_is_read_by_the_code(resources: dict[st
             assert f".{field}" in sources, f"{function}: nothing in handlers/ or bots/ reads settings.{field}"
 
 
+def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
+    source: dict[str, Any], moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each secret, as the stack writes it from the values `sam deploy --guided` asks for, is read
+    by the code that uses it: the Slack function, the Discord functions and the GPU host's
+    announcements (a key spelt differently would leave a function without its credentials)."""
+    import uuid
+
+    import boto3
+
+    from bots.discord_runtime import resolve_settings as resolve_discord
+    from bots.notify import bot_token
+    from core.settings import get_settings
+    from handlers.slack_events import resolve_settings as resolve_slack
+
+    values = {"SlackSigningSecret": "sign-1", "SlackBotToken": "xoxb-1", "DiscordPublicKey": "ab" * 32,
+              "DiscordBotToken": "bot-1", "DiscordApplicationId": "42"}
+
+    def create(logical_id: str) -> str:
+        template = source["Resources"][logical_id]["Properties"]["SecretString"]["Fn::Sub"]
+        secret = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], template)
+        client = boto3.client("secretsmanager")
+        return client.create_secret(Name=f"{logical_id}-{uuid.uuid4().hex}", SecretString=secret)["ARN"]
+
+    slack_arn, discord_arn = create("SlackSecret"), create("DiscordSecret")
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SLACK_SECRET_ARN", slack_arn)  # as the Slack function's environment
+    get_settings.cache_clear()
+    try:
+        slack = resolve_slack()
+    finally:
+        get_settings.cache_clear()
+    assert (slack.slack_signing_secret, slack.slack_bot_token) == ("sign-1", "xoxb-1")
+    discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))
+    assert (discord.discord_public_key, discord.discord_bot_token, discord.discord_application_id) == (
+        "ab" * 32, "bot-1", "42"
+    )
+    gpu_host = Settings(_env_file=None, data_dir=tmp_path, slack_secret_arn=slack_arn, discord_secret_arn=discord_arn)
+    assert (bot_token(gpu_host, "slack"), bot_token(gpu_host, "discord")) == ("xoxb-1", "bot-1")
+
+
 def test_queue_senders_are_least_privilege(resources: dict[str, Any]) -> None:
     def queues_sent_to(function: str) -> set[str | None]:
         return {
@@ -489,6 +586,127 @@ def test_queue_senders_are_least_privilege(resources: dict[str, Any]) -> None:
     assert queues_sent_to("IngestFunction") == set()
     ingest = _role_actions(resources, "IngestFunction")
     assert {action for action, _ in ingest} == {"s3:GetObject", "s3:ListBucket"}
+
+
+# ------------------------------------------------------------------------------ AWS calls ----
+
+# The IAM action each S3/SQS operation our code makes needs (HeadObject is authorised by GetObject,
+# ListObjectsV2 by ListBucket). An operation missing here fails the tests below: map it, grant it.
+IAM_ACTION = {
+    "PutObject": "s3:PutObject",
+    "GetObject": "s3:GetObject",
+    "HeadObject": "s3:GetObject",
+    "DeleteObject": "s3:DeleteObject",
+    "ListObjectsV2": "s3:ListBucket",
+    "SendMessage": "sqs:SendMessage",
+    "ReceiveMessage": "sqs:ReceiveMessage",
+    "DeleteMessage": "sqs:DeleteMessage",
+    "ChangeMessageVisibility": "sqs:ChangeMessageVisibility",
+    "GetQueueAttributes": "sqs:GetQueueAttributes",
+    "GetQueueUrl": "sqs:GetQueueUrl",
+}
+
+
+def _target(resource: Any) -> str | None:
+    """The logical id an IAM Resource points at: Ref/GetAtt, "${X.Arn}/*", or a SAM policy
+    template's Fn::Sub [pattern, {var: Ref/GetAtt X}]."""
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        sub = resource["Fn::Sub"]
+        if isinstance(sub, str):
+            found = re.search(r"\$\{(\w+)\.", sub)
+            return found.group(1) if found else None
+        return next((_ref(value) for value in sub[1].values() if _ref(value)), None)
+    return _ref(resource)
+
+
+def _grants(resources: dict[str, Any], owner: str) -> set[tuple[str, str | None]]:
+    """(action pattern, logical id) pairs a role or managed policy allows."""
+    if resources[owner]["Type"] == "AWS::Lambda::Function":
+        owner = _ref(resources[owner]["Properties"]["Role"]) or owner
+    return {
+        (action, _target(resource))
+        for name, statement in _statements(resources)
+        if name == owner and statement.get("Effect") == "Allow"
+        for action in _as_list(statement["Action"])
+        for resource in _as_list(statement["Resource"])
+    }
+
+
+def _allowed(grants: set[tuple[str, str | None]], action: str, target: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(action, pattern) and granted == target for pattern, granted in grants)
+
+
+def _client_operations(path: Path) -> set[str]:
+    """The AWS operations a module calls on its boto3 client (`client.put_object(` -> PutObject)."""
+    text = path.read_text(encoding="utf-8")
+    names = re.findall(r"client\.(\w+)\(", text) + re.findall(r"get_paginator\(\"(\w+)\"\)", text)
+    return {"".join(part.capitalize() for part in name.split("_")) for name in names} - {"GetPaginator"}
+
+
+def test_gpu_host_policy_covers_every_call_the_store_and_queue_make(resources: dict[str, Any]) -> None:
+    """The GPU host runs the worker and `echorag status|adapters|retrain`: every S3 operation of
+    S3BlobStore on the feedback bucket, every SQS operation of SqsQueue on the training queue, and
+    the dead-letter peek (GetQueueUrl, ReceiveMessage) on its DLQ."""
+    s3_ops, sqs_ops = _client_operations(ROOT / "core/store.py"), _client_operations(ROOT / "core/queue.py")
+    unmapped = (s3_ops | sqs_ops) - set(IAM_ACTION)
+    assert not unmapped, f"map these operations to their IAM actions in IAM_ACTION: {sorted(unmapped)}"
+    assert {"PutObject", "ListObjectsV2", "ReceiveMessage", "ChangeMessageVisibility"} <= s3_ops | sqs_ops
+    grants = _grants(resources, "GpuHostPolicy")
+    needed = {(IAM_ACTION[op], "FeedbackBucket") for op in s3_ops}
+    needed |= {(IAM_ACTION[op], "TrainingQueue") for op in sqs_ops - {"GetQueueUrl"}}  # its URL is configured
+    needed |= {("sqs:GetQueueUrl", "TrainingDLQ"), ("sqs:ReceiveMessage", "TrainingDLQ")}  # the DLQ peek
+    missing = {pair for pair in needed if not _allowed(grants, *pair)}
+    assert not missing, f"GpuHostPolicy lacks {sorted(missing)}"
+
+
+def test_gpu_host_policy_file_matches_the_stack_policy(resources: dict[str, Any]) -> None:
+    """infra/gpu-host/iam-policy.json is the same policy for hosts set up without the stack."""
+    def actions(statements: list[dict[str, Any]]) -> dict[str, set[str]]:
+        return {st["Sid"]: set(_as_list(st["Action"])) for st in statements if st.get("Effect") == "Allow"}
+
+    stack = resources["GpuHostPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    file = json.loads((ROOT / "infra/gpu-host/iam-policy.json").read_text(encoding="utf-8"))["Statement"]
+    assert actions(file) == actions(stack)
+
+
+@pytest.mark.parametrize("function", ["SlackEventsFunction", "DiscordInteractionsFunction"])
+def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
+    function: str, resources: dict[str, Any], aws_settings: Settings
+) -> None:
+    """`/retrain` (and the threshold reaction) through the real code on moto, the second one while
+    a job has held the slot for an hour: every S3/SQS call it makes is granted to the function."""
+    from datetime import timedelta
+
+    from bots.retrain import request_retrain
+    from core import records
+    from core.contracts import utcnow
+    from core.queue import open_queue
+    from core.store import open_store
+
+    store, queue = open_store(aws_settings), open_queue(aws_settings)
+    made: set[tuple[str, str]] = set()
+    targets = {aws_settings.feedback_bucket: "FeedbackBucket", aws_settings.training_queue_url: "TrainingQueue"}
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        made.add((model.name, targets[params.get("Bucket") or params.get("QueueUrl")]))
+
+    for client in (store.client, queue.client):  # type: ignore[attr-defined]
+        client.meta.events.register("before-parameter-build.*.*", record)
+    ask = {"requested_by": "slack:U1", "is_admin": True, "notify_targets": [], "reason": "test",
+           "settings": aws_settings, "store": store, "queue": queue}
+    first = request_retrain(**ask)
+    assert first.status == "queued"
+    records.update_job_status(store, first.job_id, state="running")  # the worker took it …
+    an_hour_ago = (utcnow() - timedelta(hours=1)).isoformat()  # … an hour ago, and is still training
+    store.put(records.ACTIVE_JOB_KEY, json.dumps({"job_id": first.job_id, "acquired_at": an_hour_ago}).encode())
+    assert request_retrain(**ask).status == "already_queued"
+
+    assert ("GetQueueAttributes", "TrainingQueue") in made  # the long-held slot was checked
+    grants = _grants(resources, function)
+    missing = {(op, target) for op, target in made if not _allowed(grants, IAM_ACTION[op], target)}
+    assert not missing, f"{function} would get AccessDenied for {sorted(missing)}"
 
 
 # ------------------------------------------------------------------------------ local servers -

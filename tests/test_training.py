@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from core.registry import AdapterRegistry
 from core.settings import Settings
 from core.store import open_store
 from tests.conftest import make_settings
-from tests.support_training import QA, FakeServer, build_tiny_base
+from tests.support_training import QA, FakeServer, build_tiny_base, start_worker
 from training.dataset import EVAL_PERCENT, NotEnoughFeedback, build_snapshot, split, split_bucket
 from training.worker import Worker
 
@@ -52,7 +53,8 @@ def fakes() -> Iterator[dict[str, FakeServer]]:
         server.close()
 
 
-def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], **overrides: object) -> Settings:
+def training_values(base: Path, fakes: dict[str, FakeServer], **overrides: object) -> dict[str, object]:
+    """Settings (by field name) for a fast CPU run on the tiny base, talking to the fakes."""
     values: dict[str, object] = {
         "base_model": str(base),
         "lora_r": 8,
@@ -75,7 +77,11 @@ def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], 
         "vllm_url": fakes["vllm"].url,
     }
     values.update(overrides)
-    return make_settings(data_dir, **values)
+    return values
+
+
+def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], **overrides: object) -> Settings:
+    return make_settings(data_dir, **training_values(base, fakes, **overrides))
 
 
 def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool = True) -> None:
@@ -156,7 +162,11 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     [slack_post] = fakes["slack"].calls
     assert slack_post["path"] == "/api/chat.postMessage"
     assert slack_post["body"]["channel"] == "C1" and slack_post["body"]["thread_ts"] == "1700000000.000001"
-    assert "v1" in slack_post["body"]["text"] and "held-out answer NLL" in slack_post["body"]["text"]
+    text = slack_post["body"]["text"]
+    assert text.startswith("✅ Retraining done: adapter v1 is now live.")
+    assert f"Examples used: {len(train)}" in text
+    assert f"held-out answer NLL: {base:.3f} → {candidate:.3f}" in text  # before → after
+    assert "vLLM now serves v1" in text
     [discord_post] = fakes["discord"].calls
     assert discord_post["path"] == "/api/v10/channels/998877/messages"
     assert discord_post["headers"]["Authorization"] == "Bot discord-test-token"
@@ -179,7 +189,9 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     assert status is not None and status.state == "rejected" and "held-out answer NLL got worse" in status.message
     assert records.active_job_id(store) is None
     assert len(fakes["vllm"].calls) == 1  # nothing new to load
-    assert "not published" in fakes["slack"].calls[-1]["body"]["text"]
+    rejected_text = fakes["slack"].calls[-1]["body"]["text"]
+    assert rejected_text.startswith("⛔ Retraining finished, but the new adapter was not published.")
+    assert "v1 stays live" in rejected_text and "held-out answer NLL: " in rejected_text
 
     # Redelivering the first job's message is acknowledged without training again.
     queue = open_queue(settings)
@@ -188,6 +200,14 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
     assert outcome.outcome == "duplicate" and queue.depth() == 0
     assert registry.list_versions() == [1]
+    # A worker that died after publishing but before recording it: the manifest names the job.
+    records.update_job_status(store, job_id, state="running", progress=0.9, message="evaluating")
+    queue.send(first_body, dedup_id=job_id + "-after-crash")
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert (outcome.outcome, outcome.detail, outcome.version) == ("duplicate", "already published", 1)
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "published" and status.adapter_version == 1
+    assert registry.list_versions() == [1] and queue.depth() == 0
 
     # A restarted worker makes vLLM serve CURRENT (in case a hot-load was missed).
     assert "now serves v1" in Worker(settings, show_progress=False).sync_serving()
@@ -241,33 +261,72 @@ def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes
     assert llm.adapter_version == "v1"  # picked up the published adapter without a restart
 
 
-class Killed(BaseException):
-    """Stands in for a hard kill: no `except Exception` in the worker sees it, only `finally` runs."""
-
-
-def test_a_worker_killed_mid_training_leaves_current_alone_and_the_job_is_redelivered(
+def test_a_job_stopped_on_its_last_allowed_receive_ends_as_failed_not_silently_dead_lettered(
     tiny_base, fakes, tmp_path
 ) -> None:
-    import time
-
-    settings = training_settings(tiny_base, tmp_path, fakes, queue_visibility_s=1)
+    settings = training_settings(tiny_base, tmp_path, fakes, queue_max_receives=1)
     seed_feedback(settings, with_bad=False)
     job_id = queue_job(settings)
-    store = open_store(settings)
-    registry = AdapterRegistry(store, settings.adapter_name)
-
-    def die(fraction: float, loss: float) -> None:
-        raise Killed
-
-    with pytest.raises(Killed):
-        Worker(settings, progress_hook=die, show_progress=False).run(once=True, wait_s=0)
-    assert registry.current() is None and registry.list_versions() == []
-    assert open_queue(settings).receive(wait_s=0) is None  # still hidden: nobody has given it back
-    time.sleep(1.2)  # the visibility timeout (1 s) runs out with no heartbeat to extend it
-    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
-    assert outcome.outcome == "published" and outcome.job_id == job_id and registry.current() == 1
+    store, queue = open_store(settings), open_queue(settings)
+    worker = Worker(settings, show_progress=False, progress_hook=lambda fraction, loss: worker.request_stop())
+    [outcome] = worker.run(once=True, wait_s=0)
+    assert outcome.outcome == "interrupted" and "dead-letter queue" in outcome.detail
     status = records.load_job_status(store, job_id)
-    assert status is not None and status.state == "published" and status.adapter_version == 1
+    assert status is not None and status.state == "failed" and "ask for /retrain again" in status.message
+    assert records.active_job_id(store) is None  # the next /retrain may queue
+    assert "dead-letter queue" in fakes["slack"].calls[-1]["body"]["text"]
+    assert queue.receive(wait_s=0) is None and [json.loads(m.body)["job_id"] for m in queue.dead_letters()] == [job_id]
+    assert AdapterRegistry(store, settings.adapter_name).list_versions() == []
+
+
+def test_worker_processes_stopped_and_killed_mid_training_leave_current_and_the_job_completes(
+    tiny_base, fakes, tmp_path
+) -> None:
+    """`echorag worker` as its own process: SIGTERM mid-training releases the job at once and exits 0;
+    SIGKILL mid-training (no handler, no cleanup) leaves CURRENT and its files as they were, and the
+    message comes back when its visibility lapses; the next worker completes the job on top of v1."""
+    values = training_values(tiny_base, fakes, queue_max_receives=5)
+    settings = make_settings(tmp_path, **values)
+    seed_feedback(settings, with_bad=False)
+    store, queue = open_store(settings), open_queue(settings)
+    registry = AdapterRegistry(store, settings.adapter_name)
+    queue_job(settings)
+    assert [o.outcome for o in Worker(settings, show_progress=False).run(once=True, wait_s=0)] == ["published"]
+    v1_files = {key: store.get(key) for key in store.list("adapters/")}
+    job_id = queue_job(settings)
+    # Training that would run for hours, and a short visibility so a dead worker's job comes back soon.
+    endless = {**values, "train_epochs": 100_000, "queue_visibility_s": 3}
+
+    def training() -> bool:  # a worker has reported a training step (with its loss) for this job
+        status = records.load_job_status(store, job_id)
+        return status is not None and status.state == "running" and status.message.startswith("training: loss")
+
+    stopped = start_worker(tmp_path, endless, "--no-sync", "--wait-s", "1")  # loops until signalled
+    stopped.wait_until(training, "a training step")
+    stopped.proc.send_signal(signal.SIGTERM)
+    assert stopped.wait() == 0, stopped.output()
+    assert f"job {job_id}: interrupted" in stopped.output()
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "queued" and "interrupted" in status.message
+    assert records.active_job_id(store) == job_id
+
+    killed = start_worker(tmp_path, endless, "--no-sync", "--once", "--wait-s", "5")  # gets it at once
+    killed.wait_until(training, "a training step after the restart")
+    killed.proc.kill()
+    assert killed.wait() == -signal.SIGKILL
+    assert registry.current() == 1 and registry.list_versions() == [1]
+    assert {key: store.get(key) for key in store.list("adapters/")} == v1_files
+    assert records.active_job_id(store) == job_id
+    assert queue.depth() == 1 and queue.dead_letters() == []  # in flight until its visibility lapses
+
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=15)
+    assert (outcome.job_id, outcome.outcome, outcome.version) == (job_id, "published", 2), outcome.detail
+    manifest = registry.manifest(2)
+    assert registry.current() == 2 and manifest is not None and manifest.parent_version == 1
+    status = records.load_job_status(store, job_id)
+    assert status is not None and status.state == "published" and status.adapter_version == 2
+    assert records.active_job_id(store) is None
+    assert queue.depth() == 0 and queue.dead_letters() == []
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -416,6 +475,36 @@ def test_dataset_dedups_retracts_and_splits_deterministically(tmp_path, fakes) -
         build_snapshot("job3", records.labelled_answers(store), min_examples=20)
 
 
+def test_training_is_seeded_and_fp32_on_cpu(tiny_base, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from rag.prompts import build_messages
+    from rag.types import Passage
+    from training.dataset import Example
+    from training.train import TrainConfig, pick_device, train_lora
+
+    examples = [
+        Example(id=f"ex{i}", question=q, answer=a, language="en",
+                messages=build_messages(q, [Passage(chunk_id=f"c{i}", doc_id=f"d{i}", title=t, text=c)], "en"))
+        for i, (q, t, c, a) in enumerate(QA)
+    ]
+    config = TrainConfig(base_model=str(tiny_base), r=4, alpha=8, target_modules=("q_proj", "v_proj"),
+                         epochs=1, lr=8e-3, batch_size=4, max_length=256, seed=7)
+    runs = {}
+    for name, cfg in (("a", config), ("b", config), ("other-seed", replace(config, seed=8))):
+        result = train_lora(cfg, examples, tmp_path / name, show_progress=False)
+        runs[name] = (result.losses, load_file(tmp_path / name / "adapter_model.safetensors"))
+    losses, weights = runs["a"]
+    assert len(losses) == 2 and runs["b"][0] == losses  # same seed: same data order, init and updates
+    assert weights.keys() == runs["b"][1].keys()
+    assert all(torch.equal(weights[k], runs["b"][1][k]) for k in weights)
+    assert runs["other-seed"][0] != losses
+    if not torch.cuda.is_available():
+        assert pick_device() == (torch.device("cpu"), torch.float32)
+        assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
 def test_echorag_worker_cli_handles_one_message(tmp_path, monkeypatch, capsys) -> None:
     from core.settings import get_settings
     from handlers.cli import main
@@ -430,6 +519,29 @@ def test_echorag_worker_cli_handles_one_message(tmp_path, monkeypatch, capsys) -
         get_settings.cache_clear()
     out = capsys.readouterr().out
     assert "malformed" in out and "job_id: Field required" in out
+
+
+def test_gpu_host_env_file_reads_as_systemd_reads_it(monkeypatch) -> None:
+    """systemd's EnvironmentFile= keeps everything after the first `=` (a trailing `# note` too):
+    the example, read that way, must give valid settings with the optional ones unset."""
+    from core.settings import Settings
+
+    infra = Path(__file__).resolve().parents[1] / "infra" / "gpu-host"
+    lines = (infra / "worker.env.example").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("=", 1) for line in lines if "=" in line and not line.startswith(("#", ";"))]
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for key, value in pairs:
+        assert key.strip() == key and (key == "AWS_REGION" or key.lower() in Settings.model_fields), key
+        assert "#" not in value, f"{key}: systemd would keep the comment in the value"
+        monkeypatch.setenv(key, value.strip())
+    settings = Settings(_env_file=None)
+    assert settings.gold_questions is None and settings.lora_modules_to_save == []
+    assert settings.queue_max_receives == 3 and settings.base_model and settings.vllm_url
+    unit = (infra / "echorag-worker.service").read_text(encoding="utf-8")
+    setup = (infra / "setup.sh").read_text(encoding="utf-8")
+    assert "EnvironmentFile=/etc/echorag/worker.env" in unit and "ENV_FILE=/etc/echorag/worker.env" in setup
+    assert "ExecStart=/opt/echorag/.venv/bin/echorag worker" in unit and "PREFIX=/opt/echorag" in setup
 
 
 def test_heartbeat_keeps_a_long_job_invisible(tmp_path) -> None:

@@ -5,10 +5,11 @@ it when it already ended (idempotent by job id: a redelivered job that was publi
 acknowledged, not retrained), then snapshot → train → gate → publish → hot-load → announce. A
 heartbeat thread keeps the message invisible while the job runs; the message is deleted only after
 the job has ended, so a crash means redelivery, never a lost job. SIGTERM stops at the next
-training step and releases the message (visibility 0) for the next worker. A failed attempt is
+training step and releases the message (visibility 0) for the next worker (on its last allowed
+receive the job ends as failed and is announced, since the queue then dead-letters it). A failed attempt is
 retried after TRAIN_RETRY_DELAY_S and goes to the DLQ after QUEUE_MAX_RECEIVES. The single
 active-job slot (`jobs/ACTIVE`) is freed when a job ends for good (published, rejected, failed on its
-last attempt); an interrupted or retrying job keeps it.
+last attempt, interrupted on its last receive); an interrupted or retrying job otherwise keeps it.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class Worker:
     def run(self, *, once: bool = False, wait_s: int = 20) -> list[JobOutcome]:
         """Handle messages until stopped (or one receive when `once`); returns what each became."""
         outcomes: list[JobOutcome] = []
+        wait_s = wait_s if once else max(1, wait_s)  # a loop of 0 s polls would spin on an empty queue
         while not self.stop_event.is_set():
             try:
                 message = self.queue.receive(wait_s=wait_s, visibility_s=self.settings.queue_visibility_s)
@@ -181,10 +183,7 @@ class Worker:
             with Heartbeat(self.queue, message.receipt_handle, self.settings.queue_visibility_s):
                 outcome = self._run_job(job, message, workdir)
         except JobInterrupted:
-            self._set_status(job, state="queued", message="interrupted by a worker shutdown; it will run again")
-            self.queue.release(message.receipt_handle)
-            log.warning("job %s interrupted; message released for redelivery", job.job_id)
-            return JobOutcome(job.job_id, "interrupted", "released for redelivery")
+            return self._interrupted(job, message)
         except Exception as exc:
             log.exception("job %s failed (attempt %s)", job.job_id, message.receive_count)
             return self._failed(job, message, exc)
@@ -200,6 +199,23 @@ class Worker:
         except QueueError as exc:  # e.g. the receipt went stale; a redelivery is acknowledged as a duplicate
             log.warning("could not delete the message of finished job %s: %s", job_id, exc)
         records.release_active_job(self.store, job_id)
+
+    def _interrupted(self, job: TrainingJob, message: QueueMessage) -> JobOutcome:
+        """Give the message back for the next worker. A release counts as a receive, so on the last
+        allowed one the queue moves it to the DLQ instead: then the job ends here, and says so."""
+        if message.receive_count < self.settings.queue_max_receives:  # status first: the next worker may start at once
+            self._set_status(job, state="queued", message="interrupted by a worker shutdown; it will run again")
+            self.queue.release(message.receipt_handle)
+            log.warning("job %s interrupted; message released for redelivery", job.job_id)
+            return JobOutcome(job.job_id, "interrupted", "released for redelivery")
+        note = (f"interrupted by a worker shutdown on attempt {message.receive_count} of "
+                f"{self.settings.queue_max_receives}: the job goes to the dead-letter queue; ask for /retrain again")
+        status = self._set_status(job, state="failed", error="interrupted by a worker shutdown", message=note)
+        self.queue.release(message.receipt_handle)
+        records.release_active_job(self.store, job.job_id)
+        log.error("job %s %s", job.job_id, note)
+        self._notify(job, status)
+        return JobOutcome(job.job_id, "interrupted", note)
 
     def _poison(self, message: QueueMessage, reason: str) -> JobOutcome:
         """A body that is not a TrainingJob can never succeed: release it so the queue's redrive

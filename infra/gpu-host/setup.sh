@@ -6,8 +6,8 @@
 #   sudo SLACK_SECRET_ARN=… DISCORD_SECRET_ARN=… infra/gpu-host/setup.sh   # + where the chat tokens are
 #
 # Idempotent: re-running updates the code and dependencies and keeps /etc/echorag/worker.env.
-# vLLM itself: `docker compose -f infra/gpu-host/compose.yaml up -d vllm` (or your own install,
-# started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora).
+# vLLM itself: `docker compose --env-file /etc/echorag/worker.env -f infra/gpu-host/compose.yaml up -d vllm`
+# (or your own install, started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

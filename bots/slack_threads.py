@@ -1,0 +1,101 @@
+"""Thread memory for the Slack app: which threads the bot answered, and what was said in them.
+
+A plain reply (no mention) is a question only in a thread the bot already answered; the marker is
+kept in the blob store (`slack/threads/<channel>/<thread_ts>`) so telling costs no Web API call per
+channel message. The earlier messages of the thread (`conversations.replies`) are the conversation
+memory handed to the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bots.slack_render import slack_to_plain, transient_texts
+from core.store import BlobStore
+from rag.types import Turn
+
+log = logging.getLogger(__name__)
+
+HISTORY_TURNS = 12  # the last this many thread messages are the agent's memory
+_PAGE = 200  # conversations.replies page size (Slack's maximum is 1000; 200 is its recommendation)
+_MAX_PAGES = 10  # a thread longer than this many pages keeps only its oldest part in memory
+# message subtypes that are people talking (edits, joins, deletions and the like are not)
+ACCEPTED_SUBTYPES = (None, "thread_broadcast", "file_share")
+
+
+def _thread_key(channel: str, thread_ts: str) -> str:
+    return f"slack/threads/{channel}/{thread_ts}"
+
+
+def remember_answered_thread(store: BlobStore, channel: str, thread_ts: str, answer_ts: str) -> None:
+    """From now on plain replies in this thread are questions too."""
+    store.put(_thread_key(channel, thread_ts), json.dumps({"answer": answer_ts}).encode())
+
+
+def is_answered_thread(store: BlobStore, channel: str, thread_ts: str) -> bool:
+    return store.get(_thread_key(channel, thread_ts)) is not None
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    """Slack ts ("1700000000.000100") as an exact sortable value (a float loses the last digits)."""
+    seconds, _, micros = ts.partition(".")
+    try:
+        return int(seconds), int(micros or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def thread_history(
+    client: WebClient,
+    *,
+    channel: str,
+    thread_ts: str,
+    before_ts: str,
+    bot_user_id: str | None,
+    skip_ts: Sequence[str] = (),
+    limit: int = HISTORY_TURNS,
+) -> list[Turn]:
+    """Earlier turns of the thread: the bot's messages are assistant turns, everyone else's user
+    turns; placeholders, the current message and anything after it are left out."""
+    if thread_ts == before_ts:
+        return []  # the question starts the thread: nothing came before it
+    messages: list[dict] = []
+    cursor: str | None = None
+    try:
+        for _ in range(_MAX_PAGES):  # oldest first, so a long thread's recent turns are on later pages
+            response = client.conversations_replies(channel=channel, ts=thread_ts, limit=_PAGE, cursor=cursor)
+            messages.extend(response.get("messages", []))
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not response.get("has_more") or not cursor:
+                break
+    except SlackApiError as exc:
+        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, exc.response.get("error"))
+        if not messages:
+            return []
+    skipped = set(skip_ts)
+    said: list[Turn] = []
+    for message in messages:
+        ts = str(message.get("ts", ""))
+        if ts in skipped or _ts_key(ts) >= _ts_key(before_ts):
+            continue
+        if message.get("subtype") not in (*ACCEPTED_SUBTYPES, "bot_message"):
+            continue
+        is_bot = bool(bot_user_id) and message.get("user") == bot_user_id
+        text = str(message.get("text") or "")
+        if is_bot and text.strip() in transient_texts():
+            continue
+        plain = slack_to_plain(text, bot_user_id)
+        if plain:
+            said.append(Turn(role="assistant" if is_bot else "user", text=plain))
+    turns: list[Turn] = []
+    for turn in said[-limit:]:  # the last `limit` messages: a long thread stays a bounded prompt
+        if turns and turns[-1].role == turn.role:  # one answer split over messages is one turn
+            turns[-1] = Turn(role=turn.role, text=f"{turns[-1].text}\n\n{turn.text}")
+        else:
+            turns.append(turn)
+    return turns
