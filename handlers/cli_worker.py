@@ -9,10 +9,13 @@ from core.settings import get_settings
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig
     from training.worker import Worker
 
+    settings = get_settings()
+    TrainConfig.from_settings(settings)  # a misconfigured worker must not take jobs (and burn their retries)
     logging.getLogger("training").setLevel(logging.INFO)
-    worker = Worker(get_settings(), show_progress=not args.no_progress)
+    worker = Worker(settings, show_progress=not args.no_progress)
     worker.install_signal_handlers()
     if not args.no_sync:
         worker.sync_serving()

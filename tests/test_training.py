@@ -511,6 +511,7 @@ def test_echorag_worker_cli_handles_one_message(tmp_path, monkeypatch, capsys) -
 
     monkeypatch.chdir(tmp_path)  # no developer .env
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BASE_MODEL", str(tmp_path / "base"))  # never loaded: the message is malformed
     get_settings.cache_clear()
     try:
         open_queue(get_settings()).send('{"requested_by": "x"}', dedup_id="cli-bad")
@@ -559,3 +560,25 @@ def test_heartbeat_keeps_a_long_job_invisible(tmp_path) -> None:
     queue.release(message.receipt_handle)
     again = queue.receive(wait_s=0)
     assert again is not None and again.receive_count == 2
+
+
+def test_worker_without_base_model_refuses_to_start_and_leaves_the_job_queued(tmp_path: Path) -> None:
+    """A misconfigured host must not take jobs: each receive would burn one of the job's retries."""
+    import subprocess
+    import sys
+
+    settings = make_settings(tmp_path, admin_user_ids=["console:local"])
+    outcome = request_retrain(requested_by="console:local", notify_targets=[], reason="test", settings=settings,
+                              store=open_store(settings), queue=open_queue(settings))
+    assert outcome.status == "queued"
+    unset = {"BASE_MODEL", "FEEDBACK_BUCKET", "TRAINING_QUEUE_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "handlers.cli", "worker", "--once", "--wait-s", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: BASE_MODEL is not set: give the path or hub id of the model the adapters sit on"
+    ]
+    queue = open_queue(settings)
+    message = queue.receive(wait_s=0)
+    assert message is not None and message.receive_count == 1  # untouched by the refused worker
