@@ -58,18 +58,6 @@ class Example:
             row["prompt"] = prompt  # the rendered chat-format text, for inspection
         return row
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Example:
-        return cls(
-            id=row["id"],
-            question=row["question"],
-            answer=row["answer"],
-            language=row.get("language", "en"),
-            messages=list(row["messages"]),
-            answer_ids=tuple(row.get("answer_ids", ())),
-            score=int(row.get("score", 1)),
-        )
-
 
 @dataclass(frozen=True)
 class PreferencePair:
@@ -224,11 +212,3 @@ def write_snapshot(store: BlobStore, snapshot: Snapshot, *, tokenizer: Any = Non
         store.put(keys[name], _jsonl(ex.to_row(render(ex.messages) if render else None) for ex in rows))
     store.put(keys["pairs"], _jsonl(asdict(pair) for pair in snapshot.pairs))
     return keys
-
-
-def read_examples(store: BlobStore, key: str) -> list[Example]:
-    """Examples back from a snapshot file (empty when missing)."""
-    data = store.get(key)
-    if not data:
-        return []
-    return [Example.from_row(json.loads(line)) for line in data.decode().splitlines() if line.strip()]
