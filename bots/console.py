@@ -42,7 +42,7 @@ HELP = (
 
 def reaction_name(line: str) -> str | None:
     """The reaction a line expresses (`+1`, `-1`, `:name:`, or only emoji such as 👍🏽), or None for a
-    question. The reaction is returned as typed: `bots.feedback` normalises it exactly as it does a
+    question. The reaction is returned as typed: `core.feedback` normalises it exactly as it does a
     Slack or Discord reaction, so the console accepts every spelling the settings' emoji maps do."""
     text = line.strip()
     if text in ("+1", "-1") or _SHORTCODE.match(text):
@@ -109,7 +109,7 @@ class ConsoleChat:
     def react(self, reaction: str) -> str:
         if self.last_message_id is None:
             return "Nothing to react to yet: ask a question first."
-        from bots.feedback import normalize_emoji, record_reaction
+        from core.feedback import normalize_emoji, record_reaction
 
         event = record_reaction(
             platform=PLATFORM,
@@ -128,7 +128,7 @@ class ConsoleChat:
         return f"Feedback recorded ({'+' if event.label > 0 else '-'}1 for the last answer)."
 
     def retrain(self, reason: str) -> str:
-        from bots.retrain import default_notify_targets, request_retrain
+        from core.retrain import default_notify_targets, request_retrain
 
         outcome = request_retrain(
             requested_by=f"{PLATFORM}:{self.user}",

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from core.contracts import JobStatus, NotifyTarget, TrainingJob
+from core.retrain import announce_targets
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,9 @@ def format_job_message(
     return "\n".join(lines)
 
 
-def announce_targets(job: TrainingJob, settings: Settings) -> list[NotifyTarget]:
+def job_targets(job: TrainingJob, settings: Settings) -> list[NotifyTarget]:
     """The job's targets, then the announcement channels; duplicates (same place) dropped."""
-    targets = list(job.notify_targets)
-    if settings.announce_slack_channel:
-        targets.append(NotifyTarget(platform="slack", channel=settings.announce_slack_channel))
-    if settings.announce_discord_channel:
-        targets.append(NotifyTarget(platform="discord", channel=settings.announce_discord_channel))
+    targets = [*job.notify_targets, *announce_targets(settings)]
     seen: set[tuple[str, str, str]] = set()
     unique = []
     for target in targets:
@@ -123,7 +120,7 @@ def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
 
 
 def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:
-    from bots.discord_rest import DiscordRest
+    from bots.discord.rest import DiscordRest
 
     rest = DiscordRest(settings.discord_api_base_url, bot_token=bot_token(settings, "discord"), timeout_s=15)
     try:
@@ -144,7 +141,7 @@ def notify_job(
     """Post the job's result to every target; returns one result per target, failures included."""
     text = format_job_message(job, status, before=before, after=after, next_step=next_step)
     results = []
-    for target in announce_targets(job, settings):
+    for target in job_targets(job, settings):
         try:
             if target.platform == "slack":
                 _post_slack(target, text, settings)

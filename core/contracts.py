@@ -17,6 +17,8 @@ _NAMESPACE = uuid.UUID("5b0c5f3e-6f2a-4c1e-9d43-0e8f2f9b7a11")
 
 Platform = Literal["slack", "discord", "console"]
 JobState = Literal["queued", "running", "published", "rejected", "failed"]
+TERMINAL_STATES: frozenset[JobState] = frozenset({"published", "rejected", "failed"})
+ReactionAction = Literal["added", "removed"]
 
 
 def utcnow() -> datetime:
@@ -95,7 +97,7 @@ class FeedbackEvent(Contract):
     user_hash: str
     reaction: str  # normalised name, e.g. "+1"
     label: int  # +1, -1 (0 for a removal's retraction is expressed by action="removed")
-    action: Literal["added", "removed"]
+    action: ReactionAction
     event_ts: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -146,3 +148,16 @@ class AdapterManifest(Contract):
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # {"candidate": …, "current": …}
     files: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AskJob(BaseModel):
+    """The Discord ask queue's message: what the worker needs to answer and edit the deferred reply."""
+
+    interaction_id: str
+    application_id: str
+    token: str  # the interaction token: valid 15 minutes for editing the original response
+    channel_id: str
+    guild_id: str = ""
+    user_id: str
+    question: str
+    locale: str = ""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from core.contracts import SCHEMA_VERSION, AdapterManifest, utcnow
-from core.errors import EchoRagError, StoreError
+from core.errors import StoreError, UserError
 from core.store import BlobStore, open_store
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class AdapterRegistry:
 
     def __init__(self, store: BlobStore, name: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise EchoRagError(f"invalid adapter name {name!r}: use letters, digits, '.', '_' or '-'")
+            raise UserError(f"invalid adapter name {name!r}: use letters, digits, '.', '_' or '-'")
         self.store = store
         self.name = name
         self.prefix = f"adapters/{name}/"
@@ -118,7 +118,7 @@ class AdapterRegistry:
         """Copy a published version's files into `dest` (e.g. for vLLM or transformers to load)."""
         manifest = self.manifest(version)
         if manifest is None:
-            raise EchoRagError(f"adapter {self.name} has no published version v{version}")
+            raise UserError(f"adapter {self.name} has no published version v{version}")
         dest.mkdir(parents=True, exist_ok=True)
         for rel in manifest.files:
             data = self.store.get(self.version_prefix(version) + rel)
@@ -147,12 +147,12 @@ class AdapterRegistry:
         """
         files_dir = Path(files_dir)
         if not files_dir.is_dir():
-            raise EchoRagError(f"adapter files directory {files_dir} does not exist")
+            raise UserError(f"adapter files directory {files_dir} does not exist")
         files = sorted(
             p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file() and p.name != MANIFEST
         )
         if not files:
-            raise EchoRagError(f"adapter files directory {files_dir} is empty")
+            raise UserError(f"adapter files directory {files_dir} is empty")
         version = self._claim_version()
         prefix = self.version_prefix(version)
         for rel in files:
@@ -169,7 +169,7 @@ class AdapterRegistry:
     def promote(self, version: int) -> None:
         """Make `version` CURRENT (it must be fully published); the old one goes on the history."""
         if self.manifest(version) is None:
-            raise EchoRagError(
+            raise UserError(
                 f"adapter {self.name} has no published version v{version} "
                 f"(published: {', '.join(f'v{v}' for v in self.list_versions()) or 'none'})"
             )
@@ -187,7 +187,7 @@ class AdapterRegistry:
         """Point CURRENT back at the version that was current before; returns it."""
         old = self.pointer()
         if old is None or not old.history:
-            raise EchoRagError(f"adapter {self.name}: no earlier version to roll back to")
+            raise UserError(f"adapter {self.name}: no earlier version to roll back to")
         previous = old.history[-1]
         self._write_pointer(CurrentPointer(version=previous, history=old.history[:-1]))
         return previous

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from core.errors import StoreError
+from core.errors import PermanentError, StoreError
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -46,13 +46,17 @@ class BlobStore(Protocol):
         ...
 
 
+class InvalidKey(PermanentError):
+    """A key that no store may hold (a bug or an unvalidated id upstream): retrying cannot help."""
+
+
 def check_key(key: str) -> str:
     """Reject keys that would escape the local root or differ between S3 and a filesystem."""
     parts = key.split("/")
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-        raise StoreError(f"invalid store key {key!r}")
+        raise InvalidKey(f"invalid store key {key!r}")
     if any(part in ("", ".", "..") or part.startswith(_TMP_PREFIX) for part in parts):
-        raise StoreError(f"invalid store key {key!r}: empty, '.', '..' or reserved path segment")
+        raise InvalidKey(f"invalid store key {key!r}: empty, '.', '..' or reserved path segment")
     return key
 
 

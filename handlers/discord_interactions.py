@@ -1,6 +1,6 @@
 """Lambda entry for Discord's Interactions Endpoint URL (`POST /discord/interactions`, HTTP API v2).
 
-Thin: powertools' resolver, Logger, Tracer and Metrics around `bots.discord_interactions`. 401 for
+Thin: powertools' resolver, Logger, Tracer and Metrics around `bots.discord.interactions`. 401 for
 any signature problem, 400 for a signed body that is not an interaction, 200 with the callback
 otherwise. An infrastructure failure (store or queue down) still answers 200 with an ephemeral
 "try again" so the user is not left with "The application did not respond".
@@ -19,15 +19,15 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from bots.discord import message_response
-from bots.discord_interactions import (
+from bots.discord.interactions import (
     BadInteraction,
     SignatureError,
     handle_interaction,
     parse_interaction,
     verify_signature,
 )
-from bots.discord_runtime import resolve_settings, runtime_for
+from bots.discord.render import message_response
+from bots.discord.runtime import resolve_settings, runtime_for
 from core.errors import EchoRagError
 from core.settings import get_settings
 

@@ -1,6 +1,6 @@
 """Lambda entry on the Discord ask queue (SQS standard queue, `ReportBatchItemFailures`).
 
-Each record is one `/ask`: `bots.discord_ask.answer_ask` runs the agent and edits the deferred
+Each record is one `/ask`: `bots.discord.ask_worker.answer_ask` runs the agent and edits the deferred
 response, once per interaction. A record that fails is reported back alone and redelivered; after
 QUEUE_MAX_RECEIVES deliveries the user is told it failed and the message moves to the DLQ.
 """
@@ -17,9 +17,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from bots.discord_ask import answer_ask
-from bots.discord_interactions import AskJob
-from bots.discord_runtime import resolve_settings, runtime_for
+from bots.discord.ask_worker import answer_ask
+from bots.discord.runtime import resolve_settings, runtime_for
+from core.contracts import AskJob
 from core.settings import get_settings
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord-worker")

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from core.errors import EchoRagError
+from core.errors import PermanentError
 from core.settings import get_settings
 from rag.s3_documents import SyncResult, parse_key, sync_object
 
@@ -41,7 +41,7 @@ METRIC_FOR = {
 }
 
 
-class MalformedDocumentEvent(EchoRagError):
+class MalformedDocumentEvent(PermanentError):
     """The SQS message is not an S3 event notification this function understands."""
 
 

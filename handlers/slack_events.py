@@ -3,7 +3,8 @@
 Bolt's `SlackRequestHandler` with `process_before_response=True`: listeners ack inside the request,
 and the slow work runs in lazy listeners, which Bolt starts by invoking this same function again
 asynchronously (`lambda:InvokeFunction` on itself). A lazy listener that fails makes that
-invocation fail, so Lambda's async retry runs it again (the answer's claim was released).
+invocation fail (`bots.slack.lazy`), so Lambda's async retry runs it again (the answer's claim was
+released).
 
 Cold start: the app is built on the first request and kept for the container's life. Building it
 costs no network call (auth.test runs once, on the first request) and no model load: the agent
@@ -26,9 +27,10 @@ from slack_bolt.adapter.aws_lambda import SlackRequestHandler
 from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bots.slack import collect_lazy_failures, create_app
+from bots.slack.app import create_app
+from bots.slack.lazy import RetryingLazyListenerRunner, lazy_failures
 from core.contracts import FeedbackEvent
-from core.errors import ConfigError
+from core.errors import ConfigError, TransientError
 from core.settings import Settings, get_settings
 from rag.types import AgentAnswer
 
@@ -37,8 +39,8 @@ tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"))
 
 
-class LazyWorkFailed(Exception):
-    """Raised out of a lazy invocation so Lambda retries it (Bolt alone would only log)."""
+class LazyWorkFailed(TransientError):
+    """Raised out of a lazy invocation that failed, so Lambda retries it (Bolt alone would only log)."""
 
 
 class MetricsObserver:
@@ -99,7 +101,9 @@ def _current() -> _Built:
         if _built is not None:
             _built.handler.app.services.close()  # type: ignore[attr-defined]
         app = create_app(settings, process_before_response=True, observer=MetricsObserver())
-        _built = _Built(secrets=secrets, handler=SlackRequestHandler(app))
+        handler = SlackRequestHandler(app)
+        app.listener_runner.lazy_listener_runner = RetryingLazyListenerRunner(handler.logger)
+        _built = _Built(secrets=secrets, handler=handler)
     return _built
 
 
@@ -196,12 +200,17 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="SlackRequests", unit=MetricUnit.Count, value=1)
         if retry:
             metrics.add_metric(name="SlackRetries", unit=MetricUnit.Count, value=1)
-    with collect_lazy_failures() as failures:
+    with lazy_failures() as failures:
         response = built.handler.handle(event, context)
+    status = int(response.get("statusCode", 200))
     if failures:
         logger.error("lazy work failed; Lambda will retry", extra={"error": repr(failures[0])})
         raise LazyWorkFailed(f"{lazy}: {failures[0]!r}") from failures[0]
-    status = int(response.get("statusCode", 200))
+    # Only Bolt's own re-invocation (Lambda Invoke, marked "method": "NONE") is lazy work; a request
+    # through API Gateway that merely carries the header is answered as it is, never as a 5xx.
+    if lazy and event.get("method") == "NONE" and status >= 400:
+        logger.error("lazy work was refused; Lambda will retry", extra={"status": status})
+        raise LazyWorkFailed(f"lazy listener {lazy} answered {status}")
     if status >= 400:
         logger.warning("slack request answered with an error", extra={"status": status})
     return response

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from core.contracts import AnswerRecord, ContextRef, make_answer_id
-from core.errors import EchoRagError
+from core.errors import UserError
 from core.records import save_answer
 from core.settings import Settings
 from rag.condense import condense
@@ -279,11 +279,11 @@ class Agent:
         """Answer `question` (in its language) from the passages `spaces` may see, citing them `[n]`."""
         question = (question or "").strip()
         if not question:
-            raise EchoRagError(
+            raise UserError(
                 'the question is empty: type a question, e.g. echorag ask "연차는 며칠인가요?"'
             )
         if len(question) > MAX_QUESTION_CHARS:
-            raise EchoRagError(
+            raise UserError(
                 f"the question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS})"
             )
         started = time.perf_counter()

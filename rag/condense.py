@@ -13,9 +13,9 @@ import logging
 import re
 from collections.abc import Sequence
 
-from rag.extractive import analyse
 from rag.llm import LLM, LLMError
 from rag.prompts import condense_messages
+from rag.text import analyse
 from rag.types import Turn
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import math
 from functools import cached_property
 from typing import Any, Protocol
 
-from core.errors import ConfigError, EchoRagError
+from core.errors import ConfigError, TransientError
 from core.settings import Settings
 
 
@@ -102,7 +102,7 @@ class OpenAIEmbeddingEncoder:
             try:
                 response = self._client.embeddings.create(model=self.name, input=batch)
             except Exception as exc:
-                raise EchoRagError(f"embeddings endpoint failed ({self.name}): {exc}") from exc
+                raise TransientError(f"embeddings endpoint failed ({self.name}): {exc}") from exc
             rows = sorted(response.data, key=lambda d: d.index)
             out.extend(_normalise(list(map(float, row.embedding))) for row in rows)
         return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import EchoRagError
+from core.errors import UserError
 from core.settings import Settings
 from rag.metrics import char_f1, contains_answer, mrr_at_k, ndcg_at_k, recall_at_k
 
@@ -37,7 +37,7 @@ def load_questions(path: Path, *, limit: int | None = None) -> list[EvalQuestion
     """Questions from a JSONL file; a malformed line is an error naming the line (a silent skip would
     quietly change the denominator)."""
     if not path.is_file():
-        raise EchoRagError(f"questions file not found: {path}")
+        raise UserError(f"questions file not found: {path}")
     out: list[EvalQuestion] = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -52,7 +52,7 @@ def load_questions(path: Path, *, limit: int | None = None) -> list[EvalQuestion
                     positive_ids=[str(p) for p in row.get("positive_ids", [])],
                 )
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise EchoRagError(
+                raise UserError(
                     f"{path}:{lineno}: not a question line ({type(exc).__name__}: {exc}); "
                     'expected {"id","question","answers":[…],"positive_ids":[…]}'
                 ) from exc
@@ -60,7 +60,7 @@ def load_questions(path: Path, *, limit: int | None = None) -> list[EvalQuestion
             if limit is not None and len(out) >= limit:
                 break
     if not out:
-        raise EchoRagError(f"no questions in {path}")
+        raise UserError(f"no questions in {path}")
     return out
 
 
@@ -110,7 +110,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Ingest `corpus` privately, then score retrieval (doc-id ranking) and the agent's answers."""
     if not corpus.is_file():
-        raise EchoRagError(f"corpus file not found: {corpus}")
+        raise UserError(f"corpus file not found: {corpus}")
     items = load_questions(questions, limit=limit)
 
     from rag.agent import Agent
@@ -123,7 +123,7 @@ def evaluate(
         summary = ingest_paths([corpus], space=EVAL_SPACE, settings=local, progress=progress)
         if summary.failed:
             reasons = "; ".join(f"{name}: {why}" for name, why in summary.failures[:3])
-            raise EchoRagError(f"could not ingest the corpus {corpus}: {reasons}")
+            raise UserError(f"could not ingest the corpus {corpus}: {reasons}")
         retriever = Retriever.from_settings(local)
         try:
             agent = Agent(retriever, settings=local, llm=llm_from_settings(settings))

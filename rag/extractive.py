@@ -18,131 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rag.language import detect_language
-from rag.text import get_kiwi, split_sentences
+from rag.text import analyse, matched_terms, split_sentences, stem_en
 from rag.types import Passage
-
-# Morpheme tags whose forms we match on (content words; numbers and foreign words included).
-_CONTENT = frozenset({"NNG", "NNP", "NNB", "NR", "SL", "SN", "SH", "XR", "VV", "VA"})
-_PREDICATE = frozenset({"VV", "VA"})
-_KO_STOP = frozenset(
-    {
-        "것",
-        "수",
-        "등",
-        "때",
-        "중",
-        "데",
-        "바",
-        "뿐",
-        "적",
-        "무엇",
-        "누구",
-        "어디",
-        "언제",
-        "하다",
-        "되다",
-        "있다",
-        "없다",
-        "이다",
-        "않다",
-        "같다",
-        "몇",
-        "며칠",
-        "어떤",
-        "무슨",
-        "어느",
-        "얼마",
-    }
-)
-_EN_STOP = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "do",
-        "does",
-        "did",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "from",
-        "by",
-        "with",
-        "about",
-        "as",
-        "into",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "many",
-        "much",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "there",
-        "here",
-        "i",
-        "you",
-        "we",
-        "they",
-        "he",
-        "she",
-        "my",
-        "your",
-        "our",
-        "their",
-        "and",
-        "or",
-        "not",
-        "no",
-        "can",
-        "could",
-        "should",
-        "would",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "have",
-        "has",
-        "had",
-        "please",
-        "tell",
-        "me",
-        "any",
-        "get",
-        "got",
-        "need",
-        "want",
-    ]
-)
 
 # What a question word asks for -> a predicate over a sentence's tokens (tags) and text.
 _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -218,7 +100,6 @@ class Extract:
         return " ".join(parts)
 
 
-_HANGUL_NOUN = re.compile(r"[\uac00-\ud7a3]+")
 _ANAPHOR = re.compile(
     r"^(?:\d{4}년[^,.]{0,12}\s)?(?:그는|그가|그의|그녀는|그녀가|그녀의|그들은|이는|이들은|이\s\S+[은는이가]\s|이후\s|"
     r"(?:he|she|it|they|this|these|its|his|her|their)\b)",
@@ -242,79 +123,6 @@ def sentences_of(text: str) -> list[str]:
     return out
 
 
-def _stem_en(word: str) -> str:
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
-
-
-Analysis = tuple[list[str], list[str]]
-_CACHE_SIZE = 20_000  # sentences/passages: a knowledge base's hot passages come back on every question
-_cache: OrderedDict[str, Analysis] = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def _analyse_tokens(tokens: Iterable[Any]) -> Analysis:
-    forms: list[str] = []
-    tags: list[str] = []
-    for tok in tokens:
-        tag = tok.tag.split("-")[0]
-        if tag not in _CONTENT:
-            continue
-        form = tok.form.lower()
-        if tag in _PREDICATE:
-            form += "다"
-        if tag == "SL":
-            if form in _EN_STOP:
-                continue
-            form = _stem_en(form)
-        if form in _KO_STOP:
-            continue
-        forms.append(form)
-        tags.append(tag)
-    return forms, tags
-
-
-def analyse(texts: list[str]) -> list[Analysis]:
-    """(content terms, their tags) for each text; cache misses go to Kiwi in one batched call."""
-    if not texts:
-        return []
-    with _cache_lock:
-        known = {t: _cache[t] for t in texts if t in _cache}
-        for t in known:
-            _cache.move_to_end(t)
-    missing = list(dict.fromkeys(t for t in texts if t not in known))
-    if missing:
-        fresh = dict(
-            zip(missing, (_analyse_tokens(toks) for toks in get_kiwi().tokenize(missing)), strict=True)
-        )
-        with _cache_lock:
-            _cache.update(fresh)
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        known.update(fresh)
-    return [known[t] for t in texts]
-
-
-def matched_terms(query_terms: Sequence[str], text_terms: Sequence[str], text: str) -> set[str]:
-    """Query terms found in a text: as a morpheme, or (nouns of 2+ characters) verbatim.
-
-    Compounds segment differently in different contexts ("평양축전" vs "평양 축전"), so a noun of the
-    question found verbatim in the text counts as a match too, and so does a Korean compound whose
-    head is in the text without its one-syllable suffix ("출장비" → "출장", "신청서" → "신청").
-    """
-    present = set(text_terms)
-    squashed = text.lower().replace(" ", "")
-    return {
-        t
-        for t in query_terms
-        if t in present
-        or (len(t) >= 2 and not t.endswith("다") and t.replace(" ", "") in squashed)
-        or (len(t) >= 3 and _HANGUL_NOUN.fullmatch(t) is not None and t[:-1] in present)
-    }
-
-
 def question_cues(question: str) -> set[str]:
     """The kinds of thing a question asks for ("date", "number", "person", "place", "method")."""
     return {name for name, pattern in _CUES if pattern.search(question)}
@@ -335,7 +143,7 @@ def _has_cue(cue: str, sentence: _Sentence, question_terms: set[str]) -> bool:
             return True
         # English: a capitalised word (not sentence-initial) the question does not already name.
         names = re.findall(r"\b[A-Z][a-z]+", sentence.text[1:])
-        return any(_stem_en(name.lower()) not in question_terms for name in names)
+        return any(stem_en(name.lower()) not in question_terms for name in names)
     return False
 
 

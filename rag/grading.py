@@ -13,8 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.extractive import analyse, matched_terms
 from rag.language import detect_language
+from rag.text import analyse, matched_terms
 from rag.types import Passage
 
 # Below this share of question terms in the best passage the evidence is too weak to answer from

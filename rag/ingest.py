@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.errors import EchoRagError
+from core.errors import UserError
 from core.settings import Settings
 from rag.chunking import chunk_documents, title_terms
 from rag.dense import DenseEncoder, dense_from_settings
@@ -157,7 +157,7 @@ def ingest_paths(
     its `s3://bucket/key` URI: ids, citations and the recorded path then name the original.
     """
     if not space.strip():
-        raise EchoRagError("the knowledge space name must not be empty")
+        raise UserError("the knowledge space name must not be empty")
     files, missing = discover(paths)
     renames = {str(local.expanduser().resolve()): name for local, name in (names or {}).items()}
     summary = IngestSummary()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from core.errors import ConfigError, EchoRagError
+from core.errors import ConfigError, EchoRagError, PermanentError, TransientError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,15 @@ _VERSION_TTL_S = 60.0
 
 
 class LLMError(EchoRagError):
-    """The model endpoint failed (unreachable, timed out, or answered with an error)."""
+    """The model failed: condensation falls back to the user's own words; answering cannot."""
+
+
+class LLMUnavailable(LLMError, TransientError):
+    """The endpoint is unreachable, timed out, rate-limited or answered 5xx: retry later."""
+
+
+class LLMRejected(LLMError, PermanentError):
+    """The endpoint refused the request for good (a 4xx other than 408/429: wrong model, bad key)."""
 
 
 @runtime_checkable
@@ -88,15 +96,16 @@ class OpenAICompatibleLLM:
             )
         except openai.APIConnectionError as exc:
             where = self.base_url or "the OpenAI API"
-            raise LLMError(f"cannot reach the LLM at {where}: {exc}; check LLM_BASE_URL or unset it") from exc
+            raise LLMUnavailable(f"cannot reach the LLM at {where}: {exc}; check LLM_BASE_URL or unset it") from exc
         except openai.APIStatusError as exc:
-            raise LLMError(
+            final = 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429)
+            raise (LLMRejected if final else LLMUnavailable)(
                 f"the LLM endpoint answered HTTP {exc.status_code} for model {self.model!r}: {exc.message}"
             ) from exc
         except openai.APIError as exc:
-            raise LLMError(f"the LLM request failed: {exc}") from exc
+            raise LLMUnavailable(f"the LLM request failed: {exc}") from exc
         if not response.choices:
-            raise LLMError(f"the LLM returned no choices for model {self.model!r}")
+            raise LLMUnavailable(f"the LLM returned no choices for model {self.model!r}")
         return (response.choices[0].message.content or "").strip()
 
 

@@ -21,10 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, EchoRagError
+from core.errors import ConfigError
 from core.registry import MANIFEST, AdapterRegistry
 from core.settings import Settings
 from core.store import BlobStore
+from rag.llm import LLMUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class TransformersLLM:
                         eos_token_id=self._tokenizer.eos_token_id,
                     )
             except RuntimeError as exc:
-                raise EchoRagError(f"the in-process model failed to generate: {exc}") from exc
+                raise LLMUnavailable(f"the in-process model failed to generate: {exc}") from exc
         return self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 

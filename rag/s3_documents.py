@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import EchoRagError
+from core.errors import TransientError
 from core.settings import Settings
 from rag.ingest import ingest_paths
 from rag.loaders import SUPPORTED_SUFFIXES, Document, load_file
@@ -32,7 +32,7 @@ _SPACE = re.compile(r"^[\w][\w.-]{0,63}$")
 Action = Literal["ingested", "unchanged", "deleted", "skipped"]
 
 
-class DocumentSyncError(EchoRagError):
+class DocumentSyncError(TransientError):
     """An S3 document could not be brought in step with the knowledge base (retry, then DLQ)."""
 
 

@@ -1,40 +1,70 @@
-"""Korean-aware text primitives shared by chunking, sparse retrieval and extractive answers.
+"""The one Korean analyser: Kiwi, sentences, and the content terms that BM25 (`rag.sparse`), chunking,
+extractive answers, grading and condensation all match on.
+
+A term is a Kiwi content morpheme (CONTENT_TAGS), lowercased; verbs and adjectives take their '다'
+form ("썼다" → 쓰다); English words (Kiwi tags every Latin word SL) are stop-worded and
+plural-stemmed (`stem_en`: "releases" → release). STOP_TERMS is the one stop list. The only
+difference between the two consumers is QUESTION_WORDS (무엇, 언제, 몇 …): `analyse`, the
+answer-scoring view, drops them; BM25 keeps them (bench/RESULTS.md, "One analyser").
 
 Kiwi is built once per process: creating it and loading its model costs ~1.3 s, which a Lambda
-cold start or a CLI run should pay once, not per call.
+cold start or a CLI run should pay once, not per call. Both views are cached: `term` per
+(form, tag) — ingestion sees the same morphemes over and over — and `analyse` per text, since a
+knowledge base's hot passages come back on every question.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kiwipiepy import Kiwi
 
 # Morpheme tags that carry content: nouns, numerals, foreign words / numbers / hanja, roots, verbs,
-# adjectives. Adverbs, particles, endings and punctuation are dropped. Tags may carry suffixes ("VV-R").
+# adjectives. Adverbs, pronouns, particles, endings and punctuation are dropped. Tags may carry
+# suffixes ("VV-R").
 CONTENT_TAGS = frozenset({"NNG", "NNP", "NNB", "NR", "SL", "SN", "SH", "XR", "VV", "VA"})
 _PREDICATE_TAGS = frozenset({"VV", "VA"})
-# Bound nouns that occur everywhere and carry no topic.
-_STOP_FORMS = frozenset({"것", "수", "등", "때", "중", "데", "바", "뿐", "적"})
 
-# English function words (Kiwi tags every Latin word SL): without this list "how do I …" matches
-# any English passage through "a", "do", "i".
+# English function words and request words: without them "how do I …" / "please tell me …" matches
+# any English passage through "a", "do", "i", "me".
 _EN_STOP_WORDS = """a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most my
-    myself no nor not now of off on once only or other our ours ourselves out over own same she should so
-    some such than that the their theirs them themselves then there these they this those through to too
-    under until up very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves"""
-_EN_STOP = frozenset(_EN_STOP_WORDS.split())
+    between both but by can could did do does doing down during each few for from further get got had has
+    have having he her here hers herself him himself his how i if in into is it its itself just many may me
+    might more most much must my myself need no nor not now of off on once only or other our ours ourselves
+    out over own please same shall she should so some such tell than that the their theirs them themselves
+    then there these they this those through to too under until up very want was we were what when where
+    which while who whom whose why will with would you your yours yourself yourselves"""
+
+# The one stop list (terms, i.e. after the '다' form and lowercasing): bound nouns that occur everywhere
+# and carry no topic, light verbs/adjectives ("…하다", "있다"), and the English function words.
+STOP_TERMS = frozenset(
+    {"것", "수", "등", "때", "중", "데", "바", "뿐", "적"}
+    | {"하다", "되다", "있다", "없다", "이다", "않다", "같다"}
+    | set(_EN_STOP_WORDS.split())
+)
+
+# What a question asks with, not about: kept as BM25 terms (a passage never contains them, so they
+# only cost the query a little), dropped by `analyse` so a question word is neither a term a sentence
+# must cover nor a topic a follow-up carries over.
+QUESTION_WORDS = frozenset({"무엇", "누구", "어디", "언제", "몇", "며칠", "어떤", "무슨", "어느", "얼마"})
 
 _lock = threading.Lock()
+
+
+class Token(Protocol):
+    """What the analyser reads of a Kiwi token (kiwipiepy ships no type information)."""
+
+    form: str
+    tag: str
+    start: int
+    len: int
 
 
 @lru_cache(maxsize=1)
@@ -66,8 +96,9 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def _english_stem(word: str) -> str:
-    """Light plural stemming ("releases" → "release", "policies" → "policy"), applied to both sides."""
+def stem_en(word: str) -> str:
+    """Light plural stemming of a lowercased English word ("releases" → "release", "policies" →
+    "policy"); "-ing"/"-ed" stay, so a stem is always a word the text could contain verbatim."""
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
@@ -76,33 +107,38 @@ def _english_stem(word: str) -> str:
 
 
 @lru_cache(maxsize=262_144)
-def _term(form: str, tag: str) -> str | None:
-    """The BM25 term of one morpheme, or None (cached: ingestion sees the same morphemes over and over)."""
+def term(form: str, tag: str) -> str | None:
+    """The term of one morpheme, or None when it carries no content."""
     base = tag.split("-")[0]
     if base not in CONTENT_TAGS:
         return None
     form = form.lower()
     if base in _PREDICATE_TAGS:
-        return form + "다"
-    if base == "SL":
-        return None if len(form) < 2 or form in _EN_STOP else _english_stem(form)
-    return None if form in _STOP_FORMS else form
+        form += "다"
+    elif base == "SL":
+        if len(form) < 2 or form in STOP_TERMS:
+            return None
+        form = stem_en(form)
+    return None if form in STOP_TERMS else form
 
 
-def _terms_from_tokens(tokens: Iterable) -> list[str]:
+def _terms_from_tokens(tokens: Iterable[Token]) -> list[str]:
     out: list[str] = []
     for tok in tokens:
-        term = _term(tok.form, tok.tag)
-        if term is not None:
-            out.append(term)
+        t = term(tok.form, tok.tag)
+        if t is not None:
+            out.append(t)
     return out
 
 
 def terms(text: str) -> list[str]:
-    """Content morphemes of `text`, lowercased (BM25 terms; verbs/adjectives get their '다' form)."""
+    """Content terms of `text` in order (the BM25 view: question words kept)."""
     if not text.strip():
         return []
     return _terms_from_tokens(get_kiwi().tokenize(text))
+
+
+# --- the BM25 / chunking view: sentences with offsets ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -114,19 +150,19 @@ class Sentence:
     terms: tuple[tuple[int, str], ...]  # (character offset in the text, term)
 
 
-def _sentences_from_tokens(sent_tokens: list[list]) -> list[Sentence]:
+def _sentences_from_tokens(sent_tokens: Iterable[Sequence[Token]]) -> list[Sentence]:
     out: list[Sentence] = []
     for toks in sent_tokens:
         if not toks:
             continue
         start = toks[0].start
         end = toks[-1].start + toks[-1].len
-        terms = []
+        found: list[tuple[int, str]] = []
         for tok in toks:
-            term = _term(tok.form, tok.tag)
-            if term is not None:
-                terms.append((tok.start, term))
-        out.append(Sentence(start, end, tuple(terms)))
+            t = term(tok.form, tok.tag)
+            if t is not None:
+                found.append((tok.start, t))
+        out.append(Sentence(start, end, tuple(found)))
     return out
 
 
@@ -140,3 +176,64 @@ def analyze_many(texts: list[str]) -> list[list[Sentence]]:
         return []
     kiwi = get_kiwi()
     return [_sentences_from_tokens(sents) for sents in kiwi.tokenize(texts, split_sents=True)]
+
+
+# --- the answer-scoring view: terms and tags, question words dropped --------------------------------
+
+Analysis = tuple[list[str], list[str]]  # (terms, their base tags)
+_CACHE_SIZE = 20_000  # texts (sentences, passages, questions)
+_cache: OrderedDict[str, Analysis] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _analyse_tokens(tokens: Iterable[Token]) -> Analysis:
+    found: list[str] = []
+    tags: list[str] = []
+    for tok in tokens:
+        t = term(tok.form, tok.tag)
+        if t is None or t in QUESTION_WORDS:
+            continue
+        found.append(t)
+        tags.append(tok.tag.split("-")[0])
+    return found, tags
+
+
+def analyse(texts: list[str]) -> list[Analysis]:
+    """(terms, their tags) of each text, question words dropped (what extractive answers, grading and
+    condensation score on); cache misses go to Kiwi in one batched call."""
+    if not texts:
+        return []
+    with _cache_lock:
+        known = {t: _cache[t] for t in texts if t in _cache}
+        for t in known:
+            _cache.move_to_end(t)
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        fresh = dict(zip(missing, (_analyse_tokens(toks) for toks in get_kiwi().tokenize(missing)), strict=True))
+        with _cache_lock:
+            _cache.update(fresh)
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+        known.update(fresh)
+    return [known[t] for t in texts]
+
+
+_HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
+
+
+def matched_terms(query_terms: Sequence[str], text_terms: Sequence[str], text: str) -> set[str]:
+    """Query terms found in a text: as a term, or (nouns of 2+ characters) verbatim.
+
+    Compounds segment differently in different contexts ("평양축전" vs "평양 축전"), so a noun of the
+    question found verbatim in the text counts as a match too, and so does a Korean compound whose
+    head is in the text without its one-syllable suffix ("출장비" → "출장", "신청서" → "신청").
+    """
+    present = set(text_terms)
+    squashed = text.lower().replace(" ", "")
+    return {
+        t
+        for t in query_terms
+        if t in present
+        or (len(t) >= 2 and not t.endswith("다") and t.replace(" ", "") in squashed)
+        or (len(t) >= 3 and _HANGUL_WORD.fullmatch(t) is not None and t[:-1] in present)
+    }

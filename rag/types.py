@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from core.contracts import Platform
+
 
 @dataclass(frozen=True)
 class Passage:
@@ -32,7 +34,7 @@ class Turn:
 class AnswerRef:
     """Where the answer is posted; when given, the agent writes an answer record for it."""
 
-    platform: Literal["slack", "discord", "console"]
+    platform: Platform
     channel: str
     message_id: str
     thread_id: str = ""

@@ -123,7 +123,7 @@ class EdgeStore:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise EchoRagError(_locked_message(folder)) from None
+            raise StoreError(_locked_message(folder)) from None
         self._shard: Any = None
         self._dense_size: int | None = None
         if self._has_segments():
@@ -132,7 +132,7 @@ class EdgeStore:
             except Exception as exc:
                 self._release()
                 if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
-                    raise EchoRagError(_locked_message(folder)) from exc
+                    raise StoreError(_locked_message(folder)) from exc
                 raise StoreError(f"cannot open the knowledge base at {folder}: {exc}") from exc
 
     def _has_segments(self) -> bool:
@@ -173,7 +173,7 @@ class EdgeStore:
 
     def _require(self) -> Any:
         if self._shard is None:
-            raise StoreError(f"no knowledge base at {self.folder} yet: run `echorag ingest PATH` first")
+            raise ConfigError(f"no knowledge base at {self.folder} yet: run `echorag ingest PATH` first")
         return self._shard
 
     def upsert(self, points: list[StorePoint]) -> None:
@@ -286,7 +286,7 @@ class ClientStore:
                 self._client = QdrantClient(path=str(folder))
             except RuntimeError as exc:
                 if "already accessed" in str(exc):
-                    raise EchoRagError(_locked_message(folder)) from None
+                    raise StoreError(_locked_message(folder)) from None
                 raise StoreError(f"cannot open the knowledge base at {folder}: {exc}") from exc
         else:
             self.location = str(settings.qdrant_url)

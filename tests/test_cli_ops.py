@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bots.feedback import record_reaction
 from core import records
 from core.contracts import AdapterManifest, AnswerRecord, ContextRef, make_answer_id
+from core.feedback import record_reaction
 from core.queue import open_queue
 from core.registry import AdapterRegistry
 from core.settings import Settings, get_settings

@@ -18,7 +18,7 @@ from core import records
 from core.contracts import AnswerRecord, FeedbackEvent, make_answer_id
 from core.errors import StoreError
 from core.settings import Settings
-from core.store import BlobStore, LocalBlobStore, S3BlobStore, open_store
+from core.store import BlobStore, InvalidKey, LocalBlobStore, S3BlobStore, open_store
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_conditional_write_has_one_winner_under_concurrency(store: BlobStore) ->
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/./b", "a\\b", "a/.tmp-x"])
 def test_invalid_keys_are_rejected(store: BlobStore, key: str) -> None:
-    with pytest.raises(StoreError, match="invalid store key"):
+    with pytest.raises(InvalidKey, match="invalid store key"):
         store.put(key, b"x")
 
 

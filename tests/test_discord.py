@@ -20,8 +20,11 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from nacl.signing import SigningKey
 
-from bots.discord import (
-    COMMANDS,
+from bots.discord.ask_worker import claim_key
+from bots.discord.commands import COMMANDS
+from bots.discord.gateway import GatewayBot, reaction_feedback
+from bots.discord.interactions import SignatureError, verify_signature
+from bots.discord.render import (
     DESCRIPTION_LIMIT,
     EMBEDS_TOTAL_LIMIT,
     FIELD_VALUE_LIMIT,
@@ -29,12 +32,9 @@ from bots.discord import (
     render_answer,
     split_text,
 )
-from bots.discord_ask import claim_key
-from bots.discord_gateway import GatewayBot, reaction_feedback
-from bots.discord_interactions import AskJob, SignatureError, verify_signature
-from bots.discord_runtime import close_runtime, open_ask_queue, runtime_for
-from core.contracts import make_answer_id
-from core.idempotency import claim
+from bots.discord.runtime import close_runtime, open_ask_queue, runtime_for
+from core.contracts import AskJob, make_answer_id
+from core.idempotency import once
 from core.queue import open_queue
 from core.records import effective_votes, iter_feedback, load_answer
 from core.settings import Settings, get_settings
@@ -472,7 +472,7 @@ def test_a_claim_whose_attempt_died_is_retaken_after_its_lease(
     _, (message_id, body) = queued_ask(key, fake_discord, settings, "Who answers pages?")
     # An attempt that died mid-way (Lambda timeout) left its claim, leased for its remaining time.
     store, job = open_store(settings), AskJob.model_validate_json(body)
-    assert claim(store, claim_key(job), lease_s=0.5)
+    assert once(store, claim_key(job), lease_s=0.5).__enter__().state == "run"  # and never exits
     assert run_worker([(message_id, body, 1)]) == []  # held: this copy is a duplicate
     assert fake_discord.calls == []
     time.sleep(0.6)

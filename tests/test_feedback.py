@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bots.feedback import emoji_label, normalize_emoji, record_reaction
-from bots.retrain import request_retrain
 from core import records
 from core.contracts import (
     AdapterManifest,
@@ -22,8 +20,10 @@ from core.contracts import (
     make_answer_id,
 )
 from core.errors import QueueError
+from core.feedback import emoji_label, normalize_emoji, record_reaction
 from core.queue import JobQueue, SqsQueue, open_queue
 from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
+from core.retrain import request_retrain
 from core.settings import Settings
 from core.store import BlobStore, open_store
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from slack_bolt.adapter.aws_lambda.lazy_listener_runner import LambdaLazyListenerRunner
 
 from core.contracts import make_answer_id
 from core.queue import open_queue
@@ -175,7 +174,7 @@ def _make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: F
     request_handler = slack_events.request_handler()
     lam = FakeLambda(slack_events.handler)
     app = request_handler.app
-    app.listener_runner.lazy_listener_runner = LambdaLazyListenerRunner(app.logger, lambda_client=lam)
+    app.listener_runner.lazy_listener_runner.lambda_client = lam  # the handler's own runner, fake Lambda
     try:
         yield Rig(fake=fake, lam=lam, handler=slack_events.handler, settings=get_settings())
     finally:
@@ -240,7 +239,7 @@ def test_follow_up_in_the_thread_uses_earlier_turns(rig: Rig) -> None:
 def test_memory_of_a_long_thread_reaches_its_latest_turns(fake_slack: FakeSlack) -> None:
     from slack_sdk import WebClient
 
-    from bots.slack_threads import HISTORY_TURNS, thread_history
+    from bots.slack.threads import HISTORY_TURNS, thread_history
 
     root = fake_slack.user_message(HR, "U0000001", "turn 0")
     for n in range(1, 450):  # three pages of conversations.replies
@@ -359,7 +358,7 @@ def test_claim_of_a_killed_attempt_is_retaken_after_its_lease(short_lease_rig: R
 
 
 def test_retry_while_the_claim_is_live_answers_nothing_but_asks_lambda_to_retry(rig: Rig) -> None:
-    from bots.slack import ClaimHeld
+    from core.idempotency import ClaimHeld
 
     question = _dead_first_attempt(rig)  # default lease (minutes): the claim is still live
     held = rig.lam.errors[1:]
@@ -581,7 +580,7 @@ def test_on_s3_sqs_with_secrets_manager(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> None:
-    from bots.slack_render import render_answer
+    from bots.slack.render import render_answer
 
     paragraph = ("연차 & 휴가 <규정> @channel <!here> " * 40 + "\n\n") * 120  # ~150k characters
     citations = [Citation(n=i, title=f"문서 {i} <b>", source=f"https://wiki.example.com/p?id={i}&v=2",
@@ -610,7 +609,7 @@ def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> No
 def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> None:
     from slack_sdk.socket_mode.request import SocketModeRequest
 
-    from bots.slack_socket import build_handler, run
+    from bots.slack.socket import build_handler, run
     from core.errors import ConfigError
 
     settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",
@@ -677,7 +676,7 @@ def test_manifest_covers_every_event_command_and_web_api_call() -> None:
     manifest = _manifest()
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
-    source = "\n".join((root / f).read_text(encoding="utf-8") for f in ("bots/slack.py", "bots/notify.py"))
+    source = "\n".join((root / f).read_text(encoding="utf-8") for f in ("bots/slack/app.py", "bots/notify.py"))
 
     called = set(re.findall(r"client\.((?:chat|conversations|reactions|users|views|files|im)_\w+)\(", source))
     assert called and called <= set(METHOD_SCOPES), f"add scopes for {called - set(METHOD_SCOPES)}"

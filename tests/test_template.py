@@ -365,7 +365,7 @@ def test_ask_retries_fit_the_interaction_token(resources: dict[str, Any]) -> Non
     receives = queue["RedrivePolicy"]["maxReceiveCount"]
     assert (receives - 1) * queue["VisibilityTimeout"] + worker["Timeout"] <= 15 * 60
     assert int(worker["Environment"]["Variables"]["QUEUE_MAX_RECEIVES"]) == receives
-    from bots.discord_runtime import ASK_VISIBILITY_S
+    from bots.discord.runtime import ASK_VISIBILITY_S
 
     assert queue["VisibilityTimeout"] == ASK_VISIBILITY_S  # the embedded default's ask queue behaves alike
 
@@ -540,7 +540,7 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
 
     import boto3
 
-    from bots.discord_runtime import resolve_settings as resolve_discord
+    from bots.discord.runtime import resolve_settings as resolve_discord
     from bots.notify import bot_token
     from core.settings import get_settings
     from handlers.slack_events import resolve_settings as resolve_slack
@@ -679,10 +679,10 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
     a job has held the slot for an hour: every S3/SQS call it makes is granted to the function."""
     from datetime import timedelta
 
-    from bots.retrain import request_retrain
     from core import records
     from core.contracts import utcnow
     from core.queue import open_queue
+    from core.retrain import request_retrain
     from core.store import open_store
 
     store, queue = open_store(aws_settings), open_queue(aws_settings)

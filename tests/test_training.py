@@ -1,6 +1,6 @@
 """The feedback → retrain → publish loop on a tiny random model, on the local twins and on moto.
 
-Reactions go in through `bots.feedback.record_reaction`, the job through `bots.retrain.request_retrain`,
+Reactions go in through `core.feedback.record_reaction`, the job through `core.retrain.request_retrain`,
 and the worker runs its one-message loop in-process against the real queue and store. Slack, Discord
 and vLLM are small local HTTP servers that record what they were sent.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from bots.feedback import record_reaction
-from bots.retrain import request_retrain
 from core import records
 from core.contracts import AnswerRecord, ContextRef, NotifyTarget, make_answer_id
+from core.feedback import record_reaction
 from core.queue import open_queue
 from core.registry import AdapterRegistry
+from core.retrain import request_retrain
 from core.settings import Settings
 from core.store import open_store
 from tests.conftest import make_settings

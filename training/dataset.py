@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from core.contracts import AnswerRecord, stable_id
-from core.errors import EchoRagError
+from core.errors import PermanentError
 from core.records import LabelledAnswer
 from core.store import BlobStore
 from rag.prompts import build_messages
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EVAL_PERCENT = 20  # share of examples held out for the gate
 
 
-class NotEnoughFeedback(EchoRagError):
+class NotEnoughFeedback(PermanentError):
     """Too few approved answers to train on: the job ends without a new adapter (not a failure)."""
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from core import records
-from core.contracts import JobStatus, NotifyTarget, TrainingJob, utcnow
+from core.contracts import TERMINAL_STATES, JobStatus, NotifyTarget, Platform, TrainingJob, utcnow
 from core.queue import JobQueue
 from core.registry import AdapterRegistry, feedback_cutoff
 from core.settings import Settings
@@ -24,7 +24,6 @@ from core.store import BlobStore
 log = logging.getLogger(__name__)
 
 THRESHOLD_REQUESTER = "threshold"
-TERMINAL_STATES = frozenset({"published", "rejected", "failed"})
 ORPHAN_LOCK_AGE = timedelta(minutes=15)  # grace before a slot may be judged abandoned
 
 
@@ -60,12 +59,9 @@ def announce_targets(settings: Settings) -> list[NotifyTarget]:
     return targets
 
 
-def default_notify_targets(settings: Settings, platform: str, channel: str) -> list[NotifyTarget]:
+def default_notify_targets(settings: Settings, platform: Platform, channel: str) -> list[NotifyTarget]:
     """Announce channels from settings; without any, the channel where it happened."""
-    targets = announce_targets(settings)
-    if not targets and platform in ("slack", "discord", "console"):
-        targets.append(NotifyTarget(platform=platform, channel=channel))  # type: ignore[arg-type]
-    return targets
+    return announce_targets(settings) or [NotifyTarget(platform=platform, channel=channel)]
 
 
 def adapter_cutoff(settings: Settings, store: BlobStore) -> tuple[int | None, datetime | None]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Literal
+from typing import Any
 
-from bots.retrain import default_notify_targets, maybe_auto_retrain
-from core.contracts import FeedbackEvent, make_answer_id, make_feedback_id
-from core.errors import EchoRagError
+from core.contracts import FeedbackEvent, Platform, ReactionAction, make_answer_id, make_feedback_id
+from core.errors import PermanentError
 from core.queue import JobQueue
 from core.records import hash_user, load_answer, save_feedback
+from core.retrain import default_notify_targets, maybe_auto_retrain
 from core.settings import Settings
 from core.store import BlobStore
 
@@ -119,12 +119,12 @@ class ReactionState:
 
 def record_reaction(
     *,
-    platform: Literal["slack", "discord", "console"],
+    platform: Platform,
     channel: str,
     message_id: str,
     user_id: str,
     reaction: str,
-    action: Literal["added", "removed"],
+    action: ReactionAction,
     event_ts: str = "",
     settings: Settings,
     store: BlobStore,
@@ -137,9 +137,9 @@ def record_reaction(
     platform's event time (Slack `event_ts`): it tells a re-add after a removal from a retry.
     """
     if action not in ("added", "removed"):
-        raise EchoRagError(f"reaction action must be 'added' or 'removed', not {action!r}")
+        raise PermanentError(f"reaction action must be 'added' or 'removed', not {action!r}")
     if not (channel and message_id and user_id and reaction):
-        raise EchoRagError("a reaction needs channel, message_id, user_id and reaction")
+        raise PermanentError("a reaction needs channel, message_id, user_id and reaction")
     label = emoji_label(reaction, settings)
     if label is None:
         log.debug("ignoring %s reaction %r: not a vote emoji", platform, reaction)

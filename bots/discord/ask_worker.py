@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bots.discord import render_answer, render_notice
-from bots.discord_interactions import AskJob
-from bots.discord_rest import DiscordApiError
-from bots.discord_runtime import DiscordRuntime
-from core.errors import EchoRagError, QueueError, StoreError
-from core.idempotency import claim, complete, release
+from bots.discord.render import render_answer, render_notice
+from bots.discord.rest import DiscordApiError, DiscordRejected
+from bots.discord.runtime import DiscordRuntime
+from core.contracts import AskJob
+from core.errors import PermanentError, UserError
+from core.idempotency import once
 from core.records import hash_user
 from rag.types import AgentAnswer, AnswerRef
 
@@ -33,49 +33,54 @@ log = logging.getLogger(__name__)
 
 ASK_LEASE_S = 300.0  # the gateway's claim: longer than any answer takes
 OPEN_WAITS_S = (0.2, 0.4, 0.8)  # waits for Discord to open the deferred message (404 until then)
+_FAILED = {
+    "ko": "⚠️ 답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요.",
+    "en": "⚠️ Sorry, I could not answer this time. Please try again in a moment.",
+}
 
 
 @dataclass(frozen=True)
 class AskOutcome:
     """What one delivery of an ask job did."""
 
-    status: Literal["answered", "rejected", "duplicate", "undeliverable"]
+    status: Literal["answered", "rejected", "duplicate", "undeliverable", "failed"]
     answer: AgentAnswer | None = None
     message_id: str | None = None
     elapsed_ms: float = 0.0
 
 
 def claim_key(job: AskJob) -> str:
-    return f"idempotency/discord/ask/{job.interaction_id}"
+    return f"discord/ask/{job.interaction_id}"
 
 
 def answer_ask(
     job: AskJob, runtime: DiscordRuntime, *, last_attempt: bool = False, lease_s: float = ASK_LEASE_S
 ) -> AskOutcome:
-    """Answer one ask job at most once. Raises on retryable failures (store, queue, Discord 5xx)
-    so the queue redelivers; on the last attempt the user is told it failed before re-raising.
-    A failed attempt gives its claim back; one that dies (timeout, crash) cannot, so `lease_s` must
+    """Answer one ask job at most once (see `core.errors` for what each failure does).
+
+    Transient failures (store, queue, LLM, Discord 5xx) raise so the queue redelivers; on the last
+    attempt the user is told it failed first. A question the agent refuses is shown; a Discord 4xx
+    (the 15-minute token expired) or another permanent failure finishes the job. `lease_s` must
     cover this attempt's whole life and end before the job can be redelivered: on Lambda, the
     invocation's remaining time (the ask queue's visibility timeout is longer)."""
-    key = claim_key(job)
-    token = claim(runtime.store, key, lease_s)
-    if token is None:
-        log.info("ask interaction %s already answered or in progress; skipped", job.interaction_id)
-        return AskOutcome("duplicate")
     started = time.perf_counter()
-    try:
-        outcome = _answer(job, runtime)
-    except DiscordApiError as exc:
-        if exc.retryable:
-            _fail_attempt(job, runtime, last_attempt, token)
+    with once(runtime.store, claim_key(job), lease_s=lease_s) as claim:
+        if claim.state != "run":
+            log.info("ask interaction %s already answered or in progress; skipped", job.interaction_id)
+            return AskOutcome("duplicate")
+        try:
+            outcome = _answer(job, runtime)
+        except DiscordRejected as exc:
+            log.error("ask interaction %s cannot be answered any more: %s", job.interaction_id, exc)
+            return AskOutcome("undeliverable")
+        except PermanentError as exc:
+            log.error("ask interaction %s failed for good: %s", job.interaction_id, exc)
+            _tell_failure(job, runtime)
+            return AskOutcome("failed")
+        except Exception:
+            if last_attempt:  # replace "thinking…" with an apology instead of leaving it spinning
+                _tell_failure(job, runtime)
             raise
-        # 4xx: the interaction token expired (15 min) or the message is gone. Nothing can fix it.
-        log.error("ask interaction %s cannot be answered any more: %s", job.interaction_id, exc)
-        outcome = AskOutcome("undeliverable")
-    except Exception:
-        _fail_attempt(job, runtime, last_attempt, token)
-        raise
-    complete(runtime.store, key)
     elapsed = (time.perf_counter() - started) * 1000
     return AskOutcome(outcome.status, outcome.answer, outcome.message_id, elapsed)
 
@@ -94,9 +99,7 @@ def _answer(job: AskJob, runtime: DiscordRuntime) -> AskOutcome:
     )
     try:
         answer = runtime.agent.ask(job.question, spaces=runtime.settings.spaces_for_channel(channel), ref=ref)
-    except (StoreError, QueueError):
-        raise  # transient: let the queue redeliver
-    except EchoRagError as exc:  # the question itself cannot be answered (e.g. empty): say so
+    except UserError as exc:  # the question itself cannot be answered (e.g. too long): say so
         log.warning("ask interaction %s rejected: %s", job.interaction_id, exc)
         rest.edit_original(job.application_id, job.token, render_notice(f"⚠️ {exc}"))
         return AskOutcome("rejected", message_id=message_id)
@@ -125,24 +128,8 @@ def _deferred_message(job: AskJob, runtime: DiscordRuntime) -> dict[str, Any]:
     return runtime.rest.get_original(job.application_id, job.token)
 
 
-def _fail_attempt(job: AskJob, runtime: DiscordRuntime, last_attempt: bool, token: str) -> None:
-    """A retryable failure: on the final delivery replace "thinking…" with an apology instead of
-    leaving it spinning; and give the claim back so the next delivery retakes it at once."""
-    if last_attempt:
-        _tell_failure(job, runtime)
-    try:
-        release(runtime.store, token)
-    except StoreError as exc:  # the lease still lapses by itself
-        log.warning("could not release the claim on interaction %s: %s", job.interaction_id, exc)
-
-
 def _tell_failure(job: AskJob, runtime: DiscordRuntime) -> None:
-    korean = job.locale.startswith("ko")
-    text = (
-        "⚠️ 답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요."
-        if korean
-        else "⚠️ Sorry, I could not answer this time. Please try again in a moment."
-    )
+    text = _FAILED["ko" if job.locale.startswith("ko") else "en"]
     try:
         runtime.rest.edit_original(job.application_id, job.token, render_notice(text))
     except DiscordApiError as exc:

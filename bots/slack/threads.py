@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bots.slack_render import slack_to_plain, transient_texts
+from bots.slack.render import slack_to_plain, transient_texts
 from core.store import BlobStore
 from rag.types import Turn
 

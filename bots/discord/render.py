@@ -29,12 +29,6 @@ NO_MENTIONS: dict[str, list[str]] = {"parse": []}
 PING, APPLICATION_COMMAND, MESSAGE_COMPONENT = 1, 2, 3
 PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 1, 4, 5
 
-MANAGE_GUILD = 0x20
-ADMINISTRATOR = 0x8
-# The bot's invite permissions: View Channels (see reactions there), Send Messages + Embed Links
-# (training announcements). Answers are interaction responses and need none.
-BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000  # = 19456
-
 FEEDBACK_PREFIX = "echorag:fb"
 POSITIVE, NEGATIVE = "+1", "-1"  # the reaction names buttons record (the default emoji map knows them)
 _BUTTON_EMOJI = {POSITIVE: "👍", NEGATIVE: "👎"}
@@ -46,35 +40,6 @@ _LABELS = {
     "ko": {"sources": "출처", "model": "모델", "adapter": "어댑터"},
     "en": {"sources": "Sources", "model": "model", "adapter": "adapter"},
 }
-
-# The two slash commands, as registered with PUT applications/{id}/commands (see handlers/cli_discord).
-COMMANDS: list[dict[str, Any]] = [
-    {
-        "name": "ask",
-        "type": 1,
-        "description": "Ask the knowledge base a question",
-        "description_localizations": {"ko": "지식 베이스에 질문합니다"},
-        "options": [
-            {
-                "type": 3,
-                "name": "question",
-                "description": "Your question",
-                "description_localizations": {"ko": "질문"},
-                "required": True,
-                "max_length": 1500,
-            }
-        ],
-    },
-    {
-        "name": "retrain",
-        "type": 1,
-        "description": "Retrain the answer model from the feedback (admins only)",
-        "description_localizations": {"ko": "피드백으로 답변 모델을 다시 학습합니다 (관리자 전용)"},
-        "default_member_permissions": str(MANAGE_GUILD),
-        "contexts": [0],
-    },
-]
-
 
 def escape_mass_mentions(text: str) -> str:
     """Defuse @everyone/@here in the visible text too (allowed_mentions already stops the ping)."""
@@ -239,13 +204,3 @@ def message_response(text: str, *, ephemeral: bool = False) -> dict[str, Any]:
     if ephemeral:
         data["flags"] = EPHEMERAL
     return {"type": CHANNEL_MESSAGE, "data": data}
-
-
-def has_manage_server(permissions: str | int | None) -> bool:
-    """Manage Server or Administrator in a member's permission bitfield (a decimal string on the
-    wire). The ADMIN_USER_IDS allow-list is checked by bots.retrain on top of this."""
-    try:
-        bits = int(permissions or 0)
-    except (TypeError, ValueError):
-        return False
-    return bool(bits & (MANAGE_GUILD | ADMINISTRATOR))

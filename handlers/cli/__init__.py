@@ -12,12 +12,12 @@ from core.errors import EchoRagError
 
 # Each module exposes `register(subparsers)`, adding parsers whose `func(args) -> int` runs them.
 COMMAND_MODULES = (
-    "handlers.cli_ingest",  # ingest
-    "handlers.cli_ask",  # ask, chat, eval
-    "handlers.cli_ops",  # status, retrain, feedback export, adapters
-    "handlers.cli_serve",  # serve slack|discord
-    "handlers.cli_discord",  # discord register-commands
-    "handlers.cli_worker",  # worker
+    "handlers.cli.ingest",  # ingest
+    "handlers.cli.ask",  # ask, chat, eval
+    "handlers.cli.ops",  # status, retrain, feedback export, adapters
+    "handlers.cli.serve",  # serve slack|discord
+    "handlers.cli.discord",  # discord register-commands
+    "handlers.cli.worker",  # worker
 )
 
 
@@ -52,6 +52,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc} (set ECHORAG_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.errors import EchoRagError
+from core.errors import UserError
 from core.settings import get_settings
 
 CONSOLE_ADMIN = "console:local"  # whoever runs the CLI on the machine that holds the data
@@ -29,7 +29,7 @@ def _fmt_job(job: dict[str, Any] | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from bots.status import system_status
+    from core.status import system_status
 
     status = system_status(get_settings())
     if args.json:
@@ -57,8 +57,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from bots.retrain import announce_targets, request_retrain
     from core.queue import open_queue
+    from core.retrain import announce_targets, request_retrain
     from core.store import open_store
 
     settings = get_settings()
@@ -107,7 +107,7 @@ def _registry() -> Any:
 def _parse_version(text: str) -> int:
     value = text.lower().removeprefix("v")
     if not value.isdigit() or int(value) < 1:
-        raise EchoRagError(f"adapter version must look like 3 or v3, not {text!r}")
+        raise UserError(f"adapter version must look like 3 or v3, not {text!r}")
     return int(value)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bots.retrain import new_feedback_since_adapter
 from core import records
 from core.queue import JobQueue, open_queue
 from core.registry import AdapterRegistry
+from core.retrain import new_feedback_since_adapter
 from core.settings import Settings
 from core.store import BlobStore, open_store
 

@@ -29,6 +29,10 @@ _FAILED = {
     "ko": ":warning: 답변을 만드는 중에 문제가 생겼습니다. 답이 곧 나타나지 않으면 다시 물어봐 주세요.",
     "en": ":warning: Something went wrong while answering. If no answer appears here soon, please ask again.",
 }
+_GAVE_UP = {
+    "ko": ":warning: 이 질문에는 지금 답할 수 없습니다. 관리자에게 알려 주세요.",
+    "en": ":warning: I can't answer this one right now; please let an admin know.",
+}
 _EMPTY = {
     "ko": "무엇이 궁금하신가요? 멘션 뒤에 질문을 적어 주세요.",
     "en": "What would you like to know? Write your question after the mention.",
@@ -56,11 +60,17 @@ def placeholder_text(language: str) -> str:
 
 def transient_texts() -> set[str]:
     """Placeholder and failure wordings: history skips them (not turns of the conversation)."""
-    return set(_PLACEHOLDER.values()) | set(_FAILED.values())
+    return set(_PLACEHOLDER.values()) | set(_FAILED.values()) | set(_GAVE_UP.values())
 
 
 def failure_text(language: str) -> str:
+    """A transient failure: the platform retries, so the answer may still come."""
     return _FAILED.get(language, _FAILED["en"])
+
+
+def gave_up_text(language: str) -> str:
+    """A permanent failure: no retry will come; internals stay in the log."""
+    return _GAVE_UP.get(language, _GAVE_UP["en"])
 
 
 def empty_question_text(language: str) -> str:

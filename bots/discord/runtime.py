@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bots.discord_rest import DiscordRest
+from bots.discord.rest import DiscordRest
 from core.errors import ConfigError
 from core.queue import JobQueue, SqliteQueue, SqsQueue, open_queue
 from core.settings import Settings

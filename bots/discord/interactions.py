@@ -3,7 +3,7 @@
 Order matters: verify the Ed25519 signature over the raw body first (401 on any failure — Discord
 removes endpoints that accept bad signatures), then parse. Everything here returns within
 milliseconds: `/ask` only puts an `AskJob` on the ask queue and answers "deferred" (type 5); the
-worker (`bots.discord_ask`) does the slow part and edits that deferred message.
+worker (`bots.discord.ask_worker`) does the slow part and edits that deferred message.
 """
 
 from __future__ import annotations
@@ -13,52 +13,54 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from bots.discord import (
+from bots.discord.commands import has_manage_server
+from bots.discord.render import (
     APPLICATION_COMMAND,
     DEFERRED_CHANNEL_MESSAGE,
     MESSAGE_COMPONENT,
     PING,
     PONG,
-    has_manage_server,
     message_response,
     parse_feedback_custom_id,
 )
-from bots.discord_runtime import DiscordRuntime
-from bots.feedback import record_reaction
-from bots.retrain import request_retrain
-from core.contracts import NotifyTarget, make_answer_id
-from core.errors import EchoRagError
+from bots.discord.runtime import DiscordRuntime
+from core.contracts import AskJob, NotifyTarget, make_answer_id
+from core.errors import UserError
+from core.feedback import record_reaction
+from core.retrain import request_retrain
 
 log = logging.getLogger(__name__)
 
 MAX_SIGNATURE_AGE_S = 300  # reject replays of old signed requests
 
 
-class SignatureError(EchoRagError):
+class SignatureError(UserError):
     """The request is not provably from Discord: answer 401."""
 
 
-class BadInteraction(EchoRagError):
+class BadInteraction(UserError):
     """A signed request whose body is not an interaction we understand: answer 400."""
 
 
-class AskJob(BaseModel):
-    """The ask queue's message: everything the worker needs to answer and edit the deferred reply."""
-
-    interaction_id: str
-    application_id: str
-    token: str  # the interaction token: valid 15 minutes for editing the original response
-    channel_id: str
-    guild_id: str = ""
-    user_id: str
-    question: str
-    locale: str = ""
+Action = Literal[
+    "ping",
+    "ask_queued",
+    "ask_empty",
+    "unknown_command",
+    "retrain_queued",
+    "retrain_already_queued",
+    "retrain_refused",
+    "retrain_failed",
+    "feedback",
+    "feedback_ignored",
+    "feedback_failed",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,7 @@ class Handled:
     """The callback body for Discord plus what happened, for logs and metrics."""
 
     response: dict[str, Any]
-    # "ping" | "ask_queued" | "ask_empty" | "retrain_<status>" | "feedback" | "feedback_ignored" | …
-    action: str
+    action: Action
 
 
 @lru_cache(maxsize=4)
@@ -215,9 +216,12 @@ def retrain(
     )
     log.info("/retrain by discord:%s -> %s (%s)", user_id, outcome.status, outcome.job_id)
     # A refusal is only for the asker; a queued job is announced to the channel.
-    return Handled(
-        message_response(outcome.message, ephemeral=outcome.status == "refused"), f"retrain_{outcome.status}"
-    )
+    actions: dict[str, Action] = {
+        "queued": "retrain_queued",
+        "already_queued": "retrain_already_queued",
+        "refused": "retrain_refused",
+    }
+    return Handled(message_response(outcome.message, ephemeral=outcome.status == "refused"), actions[outcome.status])
 
 
 def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import ConfigError, EchoRagError
+from core.errors import ConfigError, EchoRagError, PermanentError, TransientError
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,19 @@ _ATTEMPTS = 3
 
 
 class DiscordApiError(EchoRagError):
-    """A Discord REST call failed; `retryable` says whether trying again later can help."""
+    """A Discord REST call failed; the subclass says whether trying again later can help."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.retryable = retryable
+
+
+class DiscordUnavailable(DiscordApiError, TransientError):
+    """Network error, 5xx or a rate limit too long to wait out here: the queue redelivers."""
+
+
+class DiscordRejected(DiscordApiError, PermanentError):
+    """A 4xx (an expired interaction token, a deleted message, missing access): final."""
 
 
 class DiscordRest:
@@ -61,7 +68,7 @@ class DiscordRest:
                 response = self._http.request(method, url, json=json, headers=headers)
             except httpx.HTTPError as exc:
                 if attempt == _ATTEMPTS:
-                    raise DiscordApiError(f"Discord {method} {path}: {exc}", retryable=True) from exc
+                    raise DiscordUnavailable(f"Discord {method} {path}: {exc}") from exc
                 continue
             if response.status_code == 429 and attempt < _ATTEMPTS:
                 wait = _retry_after(response)
@@ -71,13 +78,12 @@ class DiscordRest:
                     continue
             if response.status_code >= 400:
                 retryable = response.status_code == 429 or response.status_code >= 500
-                raise DiscordApiError(
+                raise (DiscordUnavailable if retryable else DiscordRejected)(
                     f"Discord {method} {path} -> {response.status_code}: {response.text[:300]}",
                     status=response.status_code,
-                    retryable=retryable,
                 )
             return response.json() if response.content else None
-        raise DiscordApiError(f"Discord {method} {path}: gave up after {_ATTEMPTS} attempts", retryable=True)
+        raise DiscordUnavailable(f"Discord {method} {path}: gave up after {_ATTEMPTS} attempts")
 
     # --- interaction webhooks (no bot token) -------------------------------------------------
     def get_original(self, application_id: str, token: str) -> dict[str, Any]:

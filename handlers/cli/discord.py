@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from urllib.parse import urlencode
 
-from bots.discord import BOT_PERMISSIONS, COMMANDS
-from bots.discord_rest import DiscordRest
-from bots.discord_runtime import resolve_settings
+from bots.discord.commands import BOT_PERMISSIONS, COMMANDS
+from bots.discord.rest import DiscordRest
+from bots.discord.runtime import resolve_settings
 from core.errors import ConfigError
 from core.settings import Settings, get_settings
 

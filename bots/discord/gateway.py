@@ -18,13 +18,14 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bots.discord import COMMANDS, EPHEMERAL, message_response
-from bots.discord_ask import answer_ask
-from bots.discord_interactions import AskJob, Handled, button_feedback, retrain
-from bots.discord_runtime import DiscordRuntime, resolve_settings
-from bots.feedback import record_reaction
-from core.contracts import FeedbackEvent
+from bots.discord.ask_worker import answer_ask
+from bots.discord.commands import COMMANDS
+from bots.discord.interactions import Handled, button_feedback, retrain
+from bots.discord.render import EPHEMERAL, message_response
+from bots.discord.runtime import DiscordRuntime, resolve_settings
+from core.contracts import AskJob, FeedbackEvent
 from core.errors import ConfigError, EchoRagError
+from core.feedback import record_reaction
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import EchoRagError
+from core.errors import UserError
 from core.settings import get_settings
 
 
@@ -41,7 +41,7 @@ def run_ask(args: argparse.Namespace) -> int:
     from rag.agent import Agent
 
     if not args.question.strip():
-        raise EchoRagError('the question is empty: echorag ask "연차는 며칠인가요?"')
+        raise UserError('the question is empty: echorag ask "연차는 며칠인가요?"')
     with Agent.from_settings(get_settings()) as agent:
         answer = agent.ask(args.question, spaces=args.spaces)
     if args.json:
@@ -67,7 +67,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from rag.evaluation import evaluate
 
     if args.limit is not None and args.limit < 1:
-        raise EchoRagError("--limit must be at least 1")
+        raise UserError("--limit must be at least 1")
     report = evaluate(args.corpus, args.questions, settings=get_settings(), limit=args.limit, progress=True)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))

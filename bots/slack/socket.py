@@ -14,7 +14,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bots.slack import create_app
+from bots.slack.app import create_app
 from core.errors import ConfigError, EchoRagError
 from core.settings import Settings
 

@@ -10,9 +10,9 @@ from core.settings import get_settings
 def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.platform == "slack":
-        from bots.slack_socket import run
+        from bots.slack.socket import run
     else:
-        from bots.discord_gateway import run_gateway as run  # discord.py: loaded only here
+        from bots.discord.gateway import run_gateway as run  # discord.py: loaded only here
     run(settings)
     return 0
 

@@ -1,0 +1,53 @@
+"""Discord's slash commands as registered (PUT applications/{id}/commands), and who may run them.
+
+The gateway process builds its discord.py command tree from the same definitions, so the two ways
+in (Interactions endpoint, gateway) always offer the same commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MANAGE_GUILD = 0x20
+ADMINISTRATOR = 0x8
+# The bot's invite permissions: View Channels (see reactions there), Send Messages + Embed Links
+# (training announcements). Answers are interaction responses and need none.
+BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000  # = 19456
+
+# The two slash commands, as registered with PUT applications/{id}/commands (see handlers/cli/discord.py).
+COMMANDS: list[dict[str, Any]] = [
+    {
+        "name": "ask",
+        "type": 1,
+        "description": "Ask the knowledge base a question",
+        "description_localizations": {"ko": "지식 베이스에 질문합니다"},
+        "options": [
+            {
+                "type": 3,
+                "name": "question",
+                "description": "Your question",
+                "description_localizations": {"ko": "질문"},
+                "required": True,
+                "max_length": 1500,
+            }
+        ],
+    },
+    {
+        "name": "retrain",
+        "type": 1,
+        "description": "Retrain the answer model from the feedback (admins only)",
+        "description_localizations": {"ko": "피드백으로 답변 모델을 다시 학습합니다 (관리자 전용)"},
+        "default_member_permissions": str(MANAGE_GUILD),
+        "contexts": [0],
+    },
+]
+
+
+def has_manage_server(permissions: str | int | None) -> bool:
+    """Manage Server or Administrator in a member's permission bitfield (a decimal string on the
+    wire). The ADMIN_USER_IDS allow-list is checked by core.retrain on top of this."""
+    try:
+        bits = int(permissions or 0)
+    except (TypeError, ValueError):
+        return False
+    return bool(bits & (MANAGE_GUILD | ADMINISTRATOR))
