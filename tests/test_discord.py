@@ -43,6 +43,7 @@ from handlers import discord_interactions, discord_worker
 from handlers.cli import main as cli_main
 from rag.types import AgentAnswer, Citation
 from tests.conftest import make_settings
+from tests.support_faults import FlakyLLM, FlakyStore, leaked
 from tests.support_discord import (
     APPLICATION_ID,
     CHANNEL_ID,
@@ -507,6 +508,54 @@ def test_last_attempt_failure_tells_the_user(
     fake_discord.fail_next("PATCH", 503)
     assert run_worker([(message_id, body, settings.queue_max_receives)]) == [message_id]
     assert "Sorry" in fake_discord.messages[payload["token"]]["content"]
+
+
+def _llm_settings(monkeypatch: pytest.MonkeyPatch, settings: Settings, llm: FlakyLLM) -> Settings:
+    update = {"llm_backend": "openai", "llm_base_url": llm.url, "llm_model": "echorag", "llm_timeout_s": 5.0}
+    return apply_settings_env(monkeypatch, settings.model_copy(update=update))
+
+
+def _seen_by_user(fake: FakeDiscord) -> list[str]:
+    return [json.dumps(c.body, ensure_ascii=False) for c in fake.calls_of("PATCH")]
+
+
+def test_llm_outage_while_answering_is_redelivered_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    with FlakyLLM(fail_first=2) as llm:  # the openai client's own retry included: one attempt fails
+        settings = _llm_settings(monkeypatch, settings, llm)
+        payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do deploys happen?")
+        assert run_worker([(message_id, body, 1)]) == [message_id]  # failed: SQS redelivers it
+        assert fake_discord.messages[payload["token"]]["embeds"] == []  # still "thinking…"
+        assert run_worker([(message_id, body, 2)]) == []
+    assert len(answer_patches(fake_discord)) == 1
+    assert "Tuesdays and Thursdays" in fake_discord.messages[payload["token"]]["embeds"][0]["description"]
+    assert leaked(_seen_by_user(fake_discord)) == []
+
+
+def test_llm_down_on_the_last_attempt_apologises_without_internals(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    with FlakyLLM(fail_first=99) as llm:
+        settings = _llm_settings(monkeypatch, settings, llm)
+        payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do deploys happen?")
+        assert run_worker([(message_id, body, settings.queue_max_receives)]) == [message_id]
+    seen = _seen_by_user(fake_discord)
+    assert len(seen) == 1 and "Sorry" in fake_discord.messages[payload["token"]]["content"]
+    assert leaked(seen) == []
+
+
+def test_store_outage_while_answering_is_redelivered_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    import bots.discord.runtime
+
+    flaky = FlakyStore(open_store(settings), "answers/", failures=1)
+    monkeypatch.setattr(bots.discord.runtime, "open_store", lambda settings: flaky)
+    payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do production deployments happen?")
+    assert run_worker([(message_id, body, 1)]) == [message_id] and flaky.failed == 1
+    assert run_worker([(message_id, body, 2)]) == []
+    assert len(answer_patches(fake_discord)) == 1 and leaked(_seen_by_user(fake_discord)) == []
 
 
 def test_expired_interaction_is_dropped_with_a_log_not_retried(

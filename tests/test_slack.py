@@ -16,14 +16,17 @@ from typing import Any
 
 import pytest
 
+from bots.slack.answerer import answer_key
 from core.contracts import make_answer_id
 from core.queue import open_queue
 from core.records import iter_feedback, load_answer
 from core.settings import Settings, get_settings
 from core.store import open_store
 from rag.types import AgentAnswer, Citation
+from tests.support_faults import FlakyLLM, FlakyStore, leaked
 from tests.support_slack import (
     BOT_USER_ID,
+    TEAM_ID,
     FakeLambda,
     FakeSlack,
     LambdaContext,
@@ -321,6 +324,91 @@ def test_failed_first_attempt_is_answered_by_the_retry(rig: Rig) -> None:
     assert len(answers) == 1  # the retry edited the same placeholder
     assert "15일" in answers[0]["text"] and any("출처" in s for s in _section_texts(answers[0]))
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
+
+
+# --- failures while answering: the platform retries, the user never sees internals ------------------
+
+
+def _seen_by_users(rig: Rig) -> list[str]:
+    """Everything the bot posted, edited or sent ephemerally (text and blocks)."""
+    methods = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+    return [json.dumps(c.args, ensure_ascii=False) for c in rig.fake.calls if c.method in methods]
+
+
+@pytest.fixture
+def llm_down_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path,
+                  fake_slack: FakeSlack) -> Iterator[tuple[Rig, FlakyLLM]]:
+    # The openai client retries once itself, so two failed requests fail the first attempt.
+    with FlakyLLM(fail_first=2) as llm:
+        yield from ((rig, llm) for rig in _make_rig(
+            monkeypatch, tmp_path, knowledge_base, fake_slack,
+            LLM_BACKEND="openai", LLM_BASE_URL=llm.url, LLM_MODEL="echorag", LLM_TIMEOUT_S="5"))
+
+
+def test_llm_outage_while_answering_is_retried_and_never_shown(llm_down_once: tuple[Rig, FlakyLLM]) -> None:
+    from rag.llm import LLMUnavailable
+
+    rig, llm = llm_down_once
+    question, response = rig.mention(ENG, "When do production deploys happen?")
+    assert response["statusCode"] == 200
+    assert len(rig.lam.errors) == 1 and isinstance(rig.lam.errors[0].__cause__, LLMUnavailable)
+    answers = _answers_in(rig, ENG, question["ts"])
+    assert len(answers) == 1 and "Tuesdays and Thursdays" in answers[0]["text"]  # the retry's answer
+    edits = [json.dumps(c.args, ensure_ascii=False) for c in rig.fake.calls_of("chat.update")]
+    assert any("Something went wrong while answering" in e for e in edits)  # what the user saw meanwhile
+    assert leaked(_seen_by_users(rig)) == []
+    assert llm.requests == 3 and rig.answer_record(ENG, answers[0]["ts"]) is not None
+
+
+def test_store_outage_while_answering_leaves_the_question_open_and_shows_no_internals(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bots.slack.services
+    from core.errors import StoreError
+    from core.idempotency import once
+
+    flaky = FlakyStore(open_store(rig.settings), "answers/", failures=99)  # S3 is down for a while
+    monkeypatch.setattr(bots.slack.services, "open_store", lambda settings: flaky)
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?", event_id="EvS3Down")
+    assert response["statusCode"] == 200
+    assert len(rig.lam.errors) == 3  # the first try and Lambda's two async retries
+    assert all(isinstance(e.__cause__, StoreError) for e in rig.lam.errors)
+    assert leaked(_seen_by_users(rig)) == []
+    placeholder = _answers_in(rig, HR, question["ts"])
+    assert len(placeholder) == 1 and "문제가 생겼습니다" in placeholder[0]["text"]
+    key = answer_key(TEAM_ID, HR, question["ts"])
+    # Not marked done: a later delivery may still answer (the probe gives its claim straight back).
+    with pytest.raises(RuntimeError, match="probe"), once(flaky, key, lease_s=60) as probe:
+        assert probe.state == "run"
+        raise RuntimeError("probe")
+    flaky.failures = 0  # S3 is back; Slack's own retry of the event answers in the same placeholder
+    event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
+             "channel": HR, "event_ts": question["ts"]}
+    assert rig.deliver(event, event_id="EvS3Down", retry_num=1)["statusCode"] == 200
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+
+
+def test_a_failing_claim_write_makes_lambda_retry_and_the_answer_is_posted_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bots.slack.services
+
+    flaky = FlakyStore(open_store(rig.settings), "idempotency/", failures=1)  # the claim's write fails
+    monkeypatch.setattr(bots.slack.services, "open_store", lambda settings: flaky)
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    assert response["statusCode"] == 200 and flaky.failed == 1
+    assert len(rig.lam.errors) == 1  # the failed claim failed the invocation: Lambda retried it
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+    assert len(rig.fake.calls_of("chat.postMessage")) == 1  # one placeholder, edited once into the answer
+
+
+def test_a_user_error_is_shown_and_finished_not_retried(rig: Rig) -> None:
+    question, response = rig.mention(HR, "휴" * 5000)
+    assert response["statusCode"] == 200 and rig.lam.errors == []
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "too long" in answers[0]["text"]
 
 
 def _dead_first_attempt(rig: Rig) -> dict[str, Any]:
