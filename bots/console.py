@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from core.contracts import Platform
 from core.errors import EchoRagError
 from core.records import hash_user
 from core.settings import Settings
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from core.store import BlobStore
     from rag.agent import Agent
 
-PLATFORM = "console"
+PLATFORM: Platform = "console"
 CHANNEL = "console"
 _SHORTCODE = re.compile(r"^:[a-z0-9_+\-]+:(:skin-tone-\d:)?$")
 # What an emoji typed as characters is made of: symbols, skin tones, variation selectors, ZWJ.

@@ -115,8 +115,7 @@ def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
     from slack_sdk import WebClient
 
     client = WebClient(token=bot_token(settings, "slack"), base_url=settings.slack_api_base_url, timeout=15)
-    kwargs = {"thread_ts": target.thread_ts} if target.thread_ts else {}
-    client.chat_postMessage(channel=target.channel, text=text, **kwargs)
+    client.chat_postMessage(channel=target.channel, text=text, thread_ts=target.thread_ts)
 
 
 def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:

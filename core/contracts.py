@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 _NAMESPACE = uuid.UUID("5b0c5f3e-6f2a-4c1e-9d43-0e8f2f9b7a11")
 
 Platform = Literal["slack", "discord", "console"]
+Language = Literal["ko", "en"]
 JobState = Literal["queued", "running", "published", "rejected", "failed"]
 TERMINAL_STATES: frozenset[JobState] = frozenset({"published", "rejected", "failed"})
 ReactionAction = Literal["added", "removed"]
@@ -77,7 +78,7 @@ class AnswerRecord(Contract):
     condensed_question: str = ""
     contexts: list[ContextRef] = Field(default_factory=list)
     answer: str
-    language: str = "ko"
+    language: Language = "ko"
     abstained: bool = False
     model: str = ""
     adapter_version: str | None = None

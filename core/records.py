@@ -1,4 +1,4 @@
-"""Answer records, feedback events and job status in the blob store (keys as in DESIGN.md).
+"""Answer records and feedback events in the blob store (keys as in DESIGN.md).
 
 Layout:
 - `answers/dt=YYYY-MM-DD/<answer_id>.json` + `answers/by-id/<answer_id>` (holds the dated key, so a
@@ -6,9 +6,9 @@ Layout:
 - `feedback/dt=YYYY-MM-DD/<feedback_id>.json`, written once (conditional write) so a replayed or
   retried platform event never adds a second record; `index/feedback-by-time/YYYY-MM-DD/<utc>_<id>`
   (empty) lets "new feedback since T" be counted with one listing that starts after T, instead of
-  reading every event (day folders keep the local twin's listing as cheap as S3's StartAfter);
-- `jobs/<job_id>.json` (JobStatus), `jobs/ACTIVE` (the one queued-or-running job: a lock taken
-  with a conditional write, cleared by the worker), `jobs/LAST` (the most recently queued job).
+  reading every event (day folders keep the local twin's listing as cheap as S3's StartAfter).
+
+Training jobs' records (`jobs/…`) are in `core.jobs`.
 
 Readers never crash on a bad record: corrupt JSON or an unknown schema is logged, skipped and
 counted in a `SkipCounter`.
@@ -23,11 +23,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from core.contracts import SCHEMA_VERSION, AnswerRecord, Contract, FeedbackEvent, JobStatus, utcnow
+from core.contracts import SCHEMA_VERSION, AnswerRecord, Contract, FeedbackEvent
 from core.store import BlobStore
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ ANSWERS_PREFIX = "answers/dt="
 ANSWER_INDEX_PREFIX = "answers/by-id/"
 FEEDBACK_PREFIX = "feedback/dt="
 FEEDBACK_TIME_INDEX_PREFIX = "index/feedback-by-time/"
-JOBS_PREFIX = "jobs/"
-ACTIVE_JOB_KEY = "jobs/ACTIVE"
-LAST_JOB_KEY = "jobs/LAST"
 SUPPORTED_SCHEMAS = frozenset({SCHEMA_VERSION})
 
 C = TypeVar("C", bound=Contract)
@@ -77,10 +74,6 @@ def feedback_key(event: FeedbackEvent) -> str:
     return f"{FEEDBACK_PREFIX}{_day(event.created_at)}/{event.feedback_id}.json"
 
 
-def job_key(job_id: str) -> str:
-    return f"{JOBS_PREFIX}{job_id}.json"
-
-
 def hash_user(platform: str, user_id: str) -> str:
     """Pseudonymous user id kept in records (raw platform user ids are never stored)."""
     return hashlib.sha256(f"echorag-user\x1f{platform}\x1f{user_id}".encode()).hexdigest()[:32]
@@ -107,7 +100,7 @@ def parse_record(data: bytes, model: type[C], *, key: str = "", skipped: SkipCou
         return None
 
 
-def _iter_records(
+def iter_records(
     store: BlobStore, prefix: str, model: type[C], skipped: SkipCounter | None, suffix: str = ".json"
 ) -> Iterator[C]:
     for key in store.list(prefix):
@@ -154,7 +147,7 @@ def load_answer(store: BlobStore, answer_id: str) -> AnswerRecord | None:
 
 def iter_answers(store: BlobStore, *, skipped: SkipCounter | None = None) -> Iterator[AnswerRecord]:
     """Every answer record (corrupt ones skipped and counted in `skipped`)."""
-    yield from _iter_records(store, ANSWERS_PREFIX, AnswerRecord, skipped)
+    yield from iter_records(store, ANSWERS_PREFIX, AnswerRecord, skipped)
 
 
 def count_answers(store: BlobStore) -> int:
@@ -189,7 +182,7 @@ def save_feedback(store: BlobStore, event: FeedbackEvent) -> bool:
 
 def iter_feedback(store: BlobStore, *, skipped: SkipCounter | None = None) -> Iterator[FeedbackEvent]:
     """Every feedback event (corrupt ones skipped and counted in `skipped`)."""
-    yield from _iter_records(store, FEEDBACK_PREFIX, FeedbackEvent, skipped)
+    yield from iter_records(store, FEEDBACK_PREFIX, FeedbackEvent, skipped)
 
 
 def count_feedback_since(store: BlobStore, since: datetime | None, *, limit: int | None = None) -> int:
@@ -302,96 +295,3 @@ def feedback_summary(store: BlobStore) -> FeedbackSummary:
     return FeedbackSummary(
         answers=count_answers(store), feedback=dict(labels), events=len(events), skipped=skipped.count
     )
-
-
-# --- jobs ---------------------------------------------------------------------------------------
-
-
-def save_job_status(store: BlobStore, status: JobStatus) -> JobStatus:
-    """Write a job's status (stamps `updated_at`)."""
-    status = status.model_copy(update={"updated_at": utcnow()})
-    store.put(job_key(status.job_id), status.to_json().encode())
-    return status
-
-
-def load_job_status(store: BlobStore, job_id: str) -> JobStatus | None:
-    data = store.get(job_key(job_id))
-    if data is None:
-        return None
-    return parse_record(data, JobStatus, key=job_key(job_id), skipped=SkipCounter())
-
-
-def update_job_status(store: BlobStore, job_id: str, **changes: Any) -> JobStatus:
-    """Read-modify-write a job's status: `update_job_status(store, id, state="running", progress=0.3)`.
-
-    Only the worker that holds the job writes its status, so no conditional write is needed.
-    """
-    current = load_job_status(store, job_id) or JobStatus(job_id=job_id)
-    updated = current.model_validate({**current.model_dump(), **changes})
-    return save_job_status(store, updated)
-
-
-def iter_job_statuses(store: BlobStore, *, skipped: SkipCounter | None = None) -> Iterator[JobStatus]:
-    yield from _iter_records(store, JOBS_PREFIX, JobStatus, skipped)
-
-
-def acquire_active_job(store: BlobStore, job_id: str) -> bool:
-    """Take the single queued-or-running slot for `job_id` (a conditional write). False: taken."""
-    body = json.dumps({"job_id": job_id, "acquired_at": utcnow().isoformat()}).encode()
-    return store.put(ACTIVE_JOB_KEY, body, if_absent=True)
-
-
-def _read_job_marker(store: BlobStore, key: str, time_field: str) -> tuple[str, datetime | None] | None:
-    """(job_id, time) from `jobs/ACTIVE` or `jobs/LAST`; None when absent. Never raises on bad
-    content: an unreadable job id reads as "unknown", an unreadable time as None (both logged)."""
-    data = store.get(key)
-    if data is None:
-        return None
-    try:
-        raw = json.loads(data)
-        job_id = str(raw["job_id"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("unreadable %s: %r", key, data[:200])
-        return "unknown", None
-    try:
-        return job_id, datetime.fromisoformat(raw[time_field])
-    except (ValueError, KeyError, TypeError):
-        log.warning("%s has no readable %s", key, time_field)
-        return job_id, None
-
-
-def active_job_lock(store: BlobStore) -> tuple[str, datetime | None] | None:
-    """(job_id, acquired_at) of the slot holder, or None when free. An unreadable lock counts as
-    held by "unknown" (the retrain request clears it once it is old)."""
-    return _read_job_marker(store, ACTIVE_JOB_KEY, "acquired_at")
-
-
-def active_job_id(store: BlobStore) -> str | None:
-    """The job holding the queued-or-running slot, or None."""
-    lock = active_job_lock(store)
-    return lock[0] if lock else None
-
-
-def release_active_job(store: BlobStore, job_id: str) -> bool:
-    """Free the slot if `job_id` holds it (the worker calls this when a job ends, any outcome).
-
-    Returns False (and leaves the lock alone) when another job holds it or nobody does.
-    """
-    holder = active_job_id(store)
-    if holder != job_id:
-        return False
-    store.delete(ACTIVE_JOB_KEY)
-    return True
-
-
-def record_last_job(store: BlobStore, job_id: str, queued_at: datetime) -> None:
-    store.put(LAST_JOB_KEY, json.dumps({"job_id": job_id, "queued_at": queued_at.isoformat()}).encode())
-
-
-def last_job(store: BlobStore) -> tuple[str, datetime] | None:
-    """(job_id, queued_at) of the most recently queued job, or None. An unreadable `jobs/LAST` reads
-    as None (logged): the counter then runs from the adapter's snapshot until the next job rewrites it."""
-    marker = _read_job_marker(store, LAST_JOB_KEY, "queued_at")
-    if marker is None or marker[1] is None:
-        return None
-    return marker[0], marker[1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from core import records
+from core import jobs, records
 from core.contracts import TERMINAL_STATES, JobStatus, NotifyTarget, Platform, TrainingJob, utcnow
 from core.queue import JobQueue
 from core.registry import AdapterRegistry, feedback_cutoff
@@ -82,15 +82,15 @@ def _trigger_cutoff(settings: Settings, store: BlobStore) -> datetime | None:
     """The retrain counter counts from the later of the adapter's snapshot and the last queued job,
     so a job the gate rejected does not retrigger on every following reaction."""
     _, cutoff = adapter_cutoff(settings, store)
-    last = records.last_job(store)
+    last = jobs.last_job(store)
     if last is not None and (cutoff is None or last[1] > cutoff):
         return last[1]
     return cutoff
 
 
 def _active_message(store: BlobStore, job_id: str) -> str:
-    status = records.load_job_status(store, job_id)
-    state = status.state if status else "queued"
+    status = jobs.load_job_status(store, job_id)
+    state: str = status.state if status else "queued"
     if status and status.state == "running":
         state = f"running, {status.progress:.0%}"
     return (
@@ -106,11 +106,11 @@ def _clear_abandoned_slot(store: BlobStore, queue: JobQueue) -> bool:
     ORPHAN_LOCK_AGE and either the job never got a status (the requester died before sending) or
     the queue is empty, so its message is gone (dead-lettered after a worker crash on the last try).
     """
-    lock = records.active_job_lock(store)
+    lock = jobs.active_job_lock(store)
     if lock is None:
         return True
     job_id, acquired_at = lock
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     if status is not None and status.state in TERMINAL_STATES:
         reason = f"job already {status.state}"
     elif acquired_at is not None and utcnow() - acquired_at <= ORPHAN_LOCK_AGE:
@@ -119,14 +119,14 @@ def _clear_abandoned_slot(store: BlobStore, queue: JobQueue) -> bool:
         reason = "no job status: the request never completed"
     elif queue.depth() == 0:
         reason = "its message left the queue (see the dead-letter queue)"
-        records.update_job_status(store, job_id, state="failed", error=f"abandoned: {reason}")
+        jobs.update_job_status(store, job_id, state="failed", error=f"abandoned: {reason}")
     else:
         return False
     log.warning("freeing the retrain slot held by job %s: %s", job_id, reason)
     if job_id == "unknown":
-        store.delete(records.ACTIVE_JOB_KEY)
+        store.delete(jobs.ACTIVE_JOB_KEY)
         return True
-    return records.release_active_job(store, job_id)
+    return jobs.release_active_job(store, job_id)
 
 
 def _enqueue(
@@ -141,17 +141,17 @@ def _enqueue(
 ) -> RetrainOutcome | None:
     """Take the slot and enqueue. With `min_new` (threshold), re-count under the slot: None if short."""
     job_id = uuid.uuid4().hex
-    if not records.acquire_active_job(store, job_id):
-        holder = records.active_job_id(store)
-        if not (_clear_abandoned_slot(store, queue) and records.acquire_active_job(store, job_id)):
-            holder = records.active_job_id(store) or holder or "unknown"
+    if not jobs.acquire_active_job(store, job_id):
+        holder = jobs.active_job_id(store)
+        if not (_clear_abandoned_slot(store, queue) and jobs.acquire_active_job(store, job_id)):
+            holder = jobs.active_job_id(store) or holder or "unknown"
             return RetrainOutcome("already_queued", holder, _active_message(store, holder))
-    previous_last = records.last_job(store)
+    previous_last = jobs.last_job(store)
     try:
         since = _trigger_cutoff(settings, store)
         new = records.count_feedback_since(store, since)
         if min_new is not None and new < min_new:
-            records.release_active_job(store, job_id)
+            jobs.release_active_job(store, job_id)
             return None
         parent = AdapterRegistry(store, settings.adapter_name).current()
         now = utcnow()
@@ -163,22 +163,22 @@ def _enqueue(
             parent_version=parent,
             created_at=now,
         )
-        records.save_job_status(
+        jobs.save_job_status(
             store,
             JobStatus(job_id=job_id, state="queued", requested_by=requested_by, message="waiting for the training worker"),
         )
-        records.record_last_job(store, job_id, now)
+        jobs.record_last_job(store, job_id, now)
         queue.send(job.to_json(), dedup_id=job_id, group_id="training")
     except Exception as exc:
         # Nothing was queued: free the slot and put the counter back so no feedback is skipped.
         # Clean-up is best effort; the original error is what the caller sees.
         try:
             if previous_last is not None:
-                records.record_last_job(store, *previous_last)
+                jobs.record_last_job(store, *previous_last)
             else:
-                store.delete(records.LAST_JOB_KEY)
-            records.update_job_status(store, job_id, state="failed", error=f"could not enqueue: {exc}")
-            records.release_active_job(store, job_id)
+                store.delete(jobs.LAST_JOB_KEY)
+            jobs.update_job_status(store, job_id, state="failed", error=f"could not enqueue: {exc}")
+            jobs.release_active_job(store, job_id)
         except Exception:
             log.exception("clean-up after a failed enqueue of job %s failed; the slot may need freeing", job_id)
         raise
@@ -224,7 +224,7 @@ def maybe_auto_retrain(
     slot's conditional write, so a threshold crossing queues exactly one job.
     """
     threshold = settings.retrain_threshold
-    if threshold <= 0 or records.active_job_id(store) is not None:
+    if threshold <= 0 or jobs.active_job_id(store) is not None:
         return None
     due = records.count_feedback_since(store, _trigger_cutoff(settings, store), limit=threshold)
     if due < threshold:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import records
+from core import jobs, records
 from core.queue import JobQueue, open_queue
 from core.registry import AdapterRegistry
 from core.retrain import new_feedback_since_adapter
@@ -19,10 +19,10 @@ def system_status(settings: Settings, store: BlobStore | None = None, queue: Job
     store = store or open_store(settings)
     queue = queue or open_queue(settings)
     summary = records.feedback_summary(store)
-    active = records.active_job_id(store)
-    job = records.load_job_status(store, active) if active else None
-    last = records.last_job(store)
-    last_status = records.load_job_status(store, last[0]) if last else None
+    active = jobs.active_job_id(store)
+    job = jobs.load_job_status(store, active) if active else None
+    last = jobs.last_job(store)
+    last_status = jobs.load_job_status(store, last[0]) if last else None
     manifest = AdapterRegistry(store, settings.adapter_name).current_manifest()
     return {
         "answers": summary.answers,

@@ -184,6 +184,12 @@ def extract(
         t: math.log(1.0 + (n + 1) / (df[t] + 0.5)) * (2.0 if t in focus_terms else 1.0) for t in q_terms
     }
     total = sum(weight.values())
+
+    def weight_of(found: set[str]) -> float:
+        # Summed in question order, not set order: a float sum over a set depends on the process's
+        # string-hash seed, and near-tied sentences would then swap from one run to the next.
+        return sum(w for t, w in weight.items() if t in found)
+
     q_set = set(q_terms)
     cues = question_cues(question)
     best_passage_score = max((p.score for p in candidates), default=0.0)
@@ -192,7 +198,7 @@ def extract(
     for s in sentences:
         s.own = matched_terms(q_terms, s.terms, s.text)
         s.matched = s.own | in_header[s.passage] if s.own else set()
-        coverage = sum(weight[t] for t in s.matched) / total
+        coverage = weight_of(s.matched) / total
         score = coverage * (1.0 - weights.rank_decay * s.passage)
         if best_passage_score > 0:
             score += weights.retrieval * max(candidates[s.passage].score, 0.0) / best_passage_score
@@ -208,8 +214,8 @@ def extract(
     chosen = [best]
     neighbours = [s for s in sentences if s.passage == best.passage and abs(s.position - best.position) == 1]
     missing = q_set - best.own
-    missing_weight = sum(weight[t] for t in missing)
-    gains = [(sum(weight[t] for t in s.own & missing), s) for s in neighbours]
+    missing_weight = weight_of(missing)
+    gains = [(weight_of(s.own & missing), s) for s in neighbours]
     gains = [(g, s) for g, s in gains if g > 0 and g >= weights.pair_gain * missing_weight]
     if gains:
         chosen = sorted([best, max(gains, key=lambda item: item[0])[1]], key=lambda s: s.position)
@@ -223,7 +229,7 @@ def extract(
     return Extract(
         sentences=[(s.text, s.passage + 1) for s in chosen],
         score=best.score,
-        coverage=sum(weight[t] for t in covered) / total,
+        coverage=weight_of(covered) / total,
     )
 
 

@@ -6,9 +6,7 @@ letters (a Korean question often carries Latin product names, so a plain majorit
 
 from __future__ import annotations
 
-from typing import Literal
-
-Language = Literal["ko", "en"]
+from core.contracts import Language
 
 # Korean questions about software are full of Latin words ("Slack 봇 토큰은?"): 20% Hangul is Korean.
 _KOREAN_SHARE = 0.2

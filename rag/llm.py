@@ -38,7 +38,11 @@ class LLM(Protocol):
     """What the agent needs from a model: chat completion plus what to report about itself."""
 
     model: str
-    adapter_version: str | None
+
+    @property
+    def adapter_version(self) -> str | None:
+        """The served adapter's version ("v3"), or None for a plain model (read-only)."""
+        ...
 
     def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str: ...
 

@@ -98,7 +98,8 @@ class TransformersLLM:
         device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(base)
-            self._base = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
+            # transformers types `PreTrainedModel.to` through a decorator whose stub drops `self`.
+            self._base = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)  # type: ignore[arg-type]
         except OSError as exc:
             raise ConfigError(f"cannot load LLM_MODEL {base!r}: {exc}") from exc
         if self._tokenizer.pad_token_id is None:
@@ -173,7 +174,8 @@ class TransformersLLM:
                     )
             except RuntimeError as exc:
                 raise LLMUnavailable(f"the in-process model failed to generate: {exc}") from exc
-        return self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        text = self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return (text if isinstance(text, str) else "".join(text)).strip()  # one sequence decodes to a str
 
 
 def llm_from_settings(settings: Settings) -> TransformersLLM:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.contracts import Platform
+from core.contracts import Language, Platform
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class AgentAnswer:
     question: str
     condensed_question: str
     text: str
-    language: str  # "ko" or "en"
+    language: Language
     citations: list[Citation] = field(default_factory=list)
     abstained: bool = False
     scores: dict[str, float] = field(default_factory=dict)  # e.g. top_score, rerank_top

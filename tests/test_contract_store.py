@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core import records
+from core import jobs, records
 from core.contracts import AnswerRecord, FeedbackEvent, make_answer_id
 from core.errors import StoreError
 from core.settings import Settings
@@ -160,20 +160,20 @@ def test_new_feedback_is_counted_across_day_partitions(store: BlobStore) -> None
 
 
 def test_job_slot_is_taken_once_and_released_by_its_holder(store: BlobStore) -> None:
-    assert records.active_job_id(store) is None
-    assert records.acquire_active_job(store, "job-a") is True
-    assert records.acquire_active_job(store, "job-b") is False
-    assert records.active_job_id(store) == "job-a"
-    assert records.release_active_job(store, "job-b") is False  # not the holder
-    assert records.active_job_id(store) == "job-a"
-    assert records.release_active_job(store, "job-a") is True
-    assert records.acquire_active_job(store, "job-b") is True
-    status = records.update_job_status(store, "job-b", state="running", progress=0.5)
+    assert jobs.active_job_id(store) is None
+    assert jobs.acquire_active_job(store, "job-a") is True
+    assert jobs.acquire_active_job(store, "job-b") is False
+    assert jobs.active_job_id(store) == "job-a"
+    assert jobs.release_active_job(store, "job-b") is False  # not the holder
+    assert jobs.active_job_id(store) == "job-a"
+    assert jobs.release_active_job(store, "job-a") is True
+    assert jobs.acquire_active_job(store, "job-b") is True
+    status = jobs.update_job_status(store, "job-b", state="running", progress=0.5)
     assert status.state == "running"
-    assert records.update_job_status(store, "job-b", progress=0.75).state == "running"
-    loaded = records.load_job_status(store, "job-b")
+    assert jobs.update_job_status(store, "job-b", progress=0.75).state == "running"
+    loaded = jobs.load_job_status(store, "job-b")
     assert loaded is not None and loaded.progress == 0.75
-    assert [s.job_id for s in records.iter_job_statuses(store)] == ["job-b"]
+    assert [s.job_id for s in jobs.iter_job_statuses(store)] == ["job-b"]
 
 
 # --- S3 errors: retried, then a clear StoreError ------------------------------------------------

@@ -43,7 +43,6 @@ from handlers import discord_interactions, discord_worker
 from handlers.cli import main as cli_main
 from rag.types import AgentAnswer, Citation
 from tests.conftest import make_settings
-from tests.support_faults import FlakyLLM, FlakyStore, leaked
 from tests.support_discord import (
     APPLICATION_ID,
     CHANNEL_ID,
@@ -59,6 +58,7 @@ from tests.support_discord import (
     signed_event,
     sqs_event,
 )
+from tests.support_faults import FlakyLLM, FlakyStore, leaked
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -552,7 +552,7 @@ def test_store_outage_while_answering_is_redelivered_and_never_shown(
 
     flaky = FlakyStore(open_store(settings), "answers/", failures=1)
     monkeypatch.setattr(bots.discord.runtime, "open_store", lambda settings: flaky)
-    payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do production deployments happen?")
+    _, (message_id, body) = queued_ask(key, fake_discord, settings, "When do production deployments happen?")
     assert run_worker([(message_id, body, 1)]) == [message_id] and flaky.failed == 1
     assert run_worker([(message_id, body, 2)]) == []
     assert len(answer_patches(fake_discord)) == 1 and leaked(_seen_by_user(fake_discord)) == []

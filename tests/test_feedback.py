@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import records
+from core import jobs, records
 from core.contracts import (
     AdapterManifest,
     AnswerRecord,
@@ -168,10 +168,10 @@ def test_threshold_crossing_under_concurrent_feedback_enqueues_exactly_one_job(
         t.join()
     assert errors == []
     assert queue.depth() == 1
-    active = records.active_job_id(store)
+    active = jobs.active_job_id(store)
     [job] = _queued_jobs(queue)
     assert job.job_id == active and job.requested_by == "threshold"
-    status = records.load_job_status(store, job.job_id)
+    status = jobs.load_job_status(store, job.job_id)
     assert status is not None and status.state == "queued"
     assert len(list(records.iter_feedback(store))) == 12  # nothing lost while the job was queued
 
@@ -185,13 +185,13 @@ def test_feedback_during_a_run_is_picked_up_by_the_next_job(settings: Settings, 
         react(settings, store, queue, user=f"U{n}", emoji="-1", event_ts=f"1700000002.{n}")
     assert queue.depth() == 0
     # The worker ends the job (the gate rejected it: CURRENT stays) and frees the slot.
-    records.update_job_status(store, first.job_id, state="rejected", progress=1.0)
-    assert records.release_active_job(store, first.job_id) is True
+    jobs.update_job_status(store, first.job_id, state="rejected", progress=1.0)
+    assert jobs.release_active_job(store, first.job_id) is True
     # The next labelled reaction sees 5+ new since the first job was queued: one new job.
     react(settings, store, queue, user="U99", emoji="+1", event_ts="1700000003.0")
     [second] = _queued_jobs(queue)
     assert second.job_id != first.job_id
-    records.release_active_job(store, second.job_id)
+    jobs.release_active_job(store, second.job_id)
     # A rejected job does not retrigger on the next reaction: the counter restarted.
     react(settings, store, queue, user="U100", emoji="+1", event_ts="1700000004.0")
     assert queue.depth() == 0
@@ -218,15 +218,15 @@ def test_retrain_is_for_admins_only(settings: Settings, store: BlobStore, queue:
 
 
 def test_slot_of_an_ended_job_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
-    assert records.acquire_active_job(store, "crashed-job")
-    records.save_job_status(store, JobStatus(job_id="crashed-job", state="running"))
+    assert jobs.acquire_active_job(store, "crashed-job")
+    jobs.save_job_status(store, JobStatus(job_id="crashed-job", state="running"))
     busy = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
                            store=store, queue=queue)
     assert busy.status == "already_queued" and busy.job_id == "crashed-job"
-    records.update_job_status(store, "crashed-job", state="failed", error="worker died")  # never released
+    jobs.update_job_status(store, "crashed-job", state="failed", error="worker died")  # never released
     outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
                               store=store, queue=queue)
-    assert outcome.status == "queued" and records.active_job_id(store) == outcome.job_id
+    assert outcome.status == "queued" and jobs.active_job_id(store) == outcome.job_id
 
 
 def test_a_failed_enqueue_frees_the_slot_and_loses_nothing(settings: Settings, store: BlobStore, moto_server: str) -> None:
@@ -234,19 +234,19 @@ def test_a_failed_enqueue_frees_the_slot_and_loses_nothing(settings: Settings, s
     with pytest.raises(QueueError, match=r"gone\.fifo"):
         request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
                         store=store, queue=broken)
-    assert records.active_job_id(store) is None
-    assert records.last_job(store) is None
-    failed = [s for s in records.iter_job_statuses(store) if s.state == "failed"]
+    assert jobs.active_job_id(store) is None
+    assert jobs.last_job(store) is None
+    failed = [s for s in jobs.iter_job_statuses(store) if s.state == "failed"]
     assert len(failed) == 1 and "could not enqueue" in (failed[0].error or "")
 
 
 def _hold_slot(store: BlobStore, job_id: str, minutes_ago: int) -> None:
     acquired = datetime.now(UTC) - timedelta(minutes=minutes_ago)
-    store.put(records.ACTIVE_JOB_KEY, json.dumps({"job_id": job_id, "acquired_at": acquired.isoformat()}).encode())
+    store.put(jobs.ACTIVE_JOB_KEY, json.dumps({"job_id": job_id, "acquired_at": acquired.isoformat()}).encode())
 
 
 def test_slot_of_a_job_whose_message_is_gone_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
-    records.save_job_status(store, JobStatus(job_id="lost-job", state="running"))
+    jobs.save_job_status(store, JobStatus(job_id="lost-job", state="running"))
     _hold_slot(store, "lost-job", minutes_ago=5)  # young: the worker may still be on it
     ask = {"requested_by": "slack:UADMIN", "notify_targets": [], "reason": "", "settings": settings, "store": store}
     assert request_retrain(**ask, queue=queue).status == "already_queued"
@@ -257,8 +257,8 @@ def test_slot_of_a_job_whose_message_is_gone_is_reclaimed(settings: Settings, st
     assert message is not None
     queue.delete(message.receipt_handle)  # gone (e.g. dead-lettered after the worker crashed)
     outcome = request_retrain(**ask, queue=queue)
-    assert outcome.status == "queued" and records.active_job_id(store) == outcome.job_id
-    lost = records.load_job_status(store, "lost-job")
+    assert outcome.status == "queued" and jobs.active_job_id(store) == outcome.job_id
+    lost = jobs.load_job_status(store, "lost-job")
     assert lost is not None and lost.state == "failed" and "left the queue" in (lost.error or "")
 
 
@@ -329,7 +329,7 @@ def test_a_reaction_lists_only_feedback_newer_than_the_adapter(aws_settings: Set
         assert listed == [n + 1]  # one LIST, holding only the reactions since the adapter
     listed.clear()
     react(settings, store, queue, user="NEW4", emoji="+1", event_ts="1700000009.4")  # the 5th: threshold
-    assert queue.depth() == 1 and records.active_job_id(store) is not None
+    assert queue.depth() == 1 and jobs.active_job_id(store) is not None
     listed.clear()
     react(settings, store, queue, user="NEW5", emoji="+1", event_ts="1700000009.5")
     assert listed == []  # a job is queued: no counting at all
@@ -337,13 +337,13 @@ def test_a_reaction_lists_only_feedback_newer_than_the_adapter(aws_settings: Set
 
 def test_corrupt_job_markers_never_break_a_reaction(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
     post_answer(store, "1700000000.000100")
-    store.put(records.LAST_JOB_KEY, b"{half a write")
-    assert records.last_job(store) is None
+    store.put(jobs.LAST_JOB_KEY, b"{half a write")
+    assert jobs.last_job(store) is None
     for n in range(5):
         assert react(settings, store, queue, user=f"U{n}", emoji="+1", event_ts=f"1700000001.{n}") is not None
     [job] = _queued_jobs(queue)  # the threshold still works, and the counter marker is whole again
-    assert records.last_job(store) is not None and records.last_job(store)[0] == job.job_id  # type: ignore[index]
-    records.release_active_job(store, job.job_id)
-    store.put(records.ACTIVE_JOB_KEY, b"\xff not json")
-    assert records.active_job_id(store) == "unknown"
+    assert jobs.last_job(store) is not None and jobs.last_job(store)[0] == job.job_id  # type: ignore[index]
+    jobs.release_active_job(store, job.job_id)
+    store.put(jobs.ACTIVE_JOB_KEY, b"\xff not json")
+    assert jobs.active_job_id(store) == "unknown"
     assert react(settings, store, queue, user="U9", emoji="-1", event_ts="1700000002.0") is not None

@@ -679,7 +679,7 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
     a job has held the slot for an hour: every S3/SQS call it makes is granted to the function."""
     from datetime import timedelta
 
-    from core import records
+    from core import jobs
     from core.contracts import utcnow
     from core.queue import open_queue
     from core.retrain import request_retrain
@@ -698,9 +698,9 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
            "settings": aws_settings, "store": store, "queue": queue}
     first = request_retrain(**ask)
     assert first.status == "queued"
-    records.update_job_status(store, first.job_id, state="running")  # the worker took it …
+    jobs.update_job_status(store, first.job_id, state="running")  # the worker took it …
     an_hour_ago = (utcnow() - timedelta(hours=1)).isoformat()  # … an hour ago, and is still training
-    store.put(records.ACTIVE_JOB_KEY, json.dumps({"job_id": first.job_id, "acquired_at": an_hour_ago}).encode())
+    store.put(jobs.ACTIVE_JOB_KEY, json.dumps({"job_id": first.job_id, "acquired_at": an_hour_ago}).encode())
     assert request_retrain(**ask).status == "already_queued"
 
     assert ("GetQueueAttributes", "TrainingQueue") in made  # the long-held slot was checked

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core import records
+from core import jobs, records
 from core.contracts import AnswerRecord, ContextRef, NotifyTarget, make_answer_id
 from core.feedback import record_reaction
 from core.queue import open_queue
@@ -148,10 +148,10 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     assert manifest is not None and manifest.job_id == job_id
     candidate, base = manifest.metrics["candidate"]["eval_nll"], manifest.metrics["current"]["eval_nll"]
     assert candidate < base, (candidate, base)
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "published" and status.adapter_version == 1
     assert status.progress == 1.0 and status.examples == len(train)
-    assert records.active_job_id(store) is None
+    assert jobs.active_job_id(store) is None
     assert open_queue(settings).depth() == 0
     # vLLM was told to swap the adapter in place, from a local copy of v1.
     [load] = fakes["vllm"].calls
@@ -185,9 +185,9 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     [outcome] = Worker(wrecked, show_progress=False).run(once=True, wait_s=0)
     assert outcome.outcome == "rejected", outcome.detail
     assert registry.current() == 1 and registry.list_versions() == [1]
-    status = records.load_job_status(store, second)
+    status = jobs.load_job_status(store, second)
     assert status is not None and status.state == "rejected" and "held-out answer NLL got worse" in status.message
-    assert records.active_job_id(store) is None
+    assert jobs.active_job_id(store) is None
     assert len(fakes["vllm"].calls) == 1  # nothing new to load
     rejected_text = fakes["slack"].calls[-1]["body"]["text"]
     assert rejected_text.startswith("⛔ Retraining finished, but the new adapter was not published.")
@@ -201,11 +201,11 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     assert outcome.outcome == "duplicate" and queue.depth() == 0
     assert registry.list_versions() == [1]
     # A worker that died after publishing but before recording it: the manifest names the job.
-    records.update_job_status(store, job_id, state="running", progress=0.9, message="evaluating")
+    jobs.update_job_status(store, job_id, state="running", progress=0.9, message="evaluating")
     queue.send(first_body, dedup_id=job_id + "-after-crash")
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
     assert (outcome.outcome, outcome.detail, outcome.version) == ("duplicate", "already published", 1)
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "published" and status.adapter_version == 1
     assert registry.list_versions() == [1] and queue.depth() == 0
 
@@ -238,9 +238,9 @@ def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes
 
     assert [o.outcome for o in outcomes] == ["interrupted"]
     assert registry.current() is None and registry.list_versions() == []  # nothing half-published
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "queued" and "interrupted" in status.message
-    assert records.active_job_id(store) == job_id  # still this job's turn
+    assert jobs.active_job_id(store) == job_id  # still this job's turn
     assert not (tmp_path / "work" / job_id).exists()
 
     # The next worker gets the released message at once and finishes it; vLLM refuses the load.
@@ -253,10 +253,10 @@ def test_sigterm_mid_job_releases_it_and_a_restart_completes_it(tiny_base, fakes
     assert outcome.outcome == "published" and outcome.job_id == job_id
     assert "vLLM hot-load FAILED" in outcome.hot_load and "HTTP 500" in outcome.hot_load
     assert registry.current() == 1
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and "vLLM hot-load FAILED" in status.message
     assert "vLLM hot-load FAILED" in fakes["slack"].calls[-1]["body"]["text"]
-    assert records.active_job_id(store) is None
+    assert jobs.active_job_id(store) is None
     llm.complete([{"role": "user", "content": "hi"}], max_tokens=2)
     assert llm.adapter_version == "v1"  # picked up the published adapter without a restart
 
@@ -271,9 +271,9 @@ def test_a_job_stopped_on_its_last_allowed_receive_ends_as_failed_not_silently_d
     worker = Worker(settings, show_progress=False, progress_hook=lambda fraction, loss: worker.request_stop())
     [outcome] = worker.run(once=True, wait_s=0)
     assert outcome.outcome == "interrupted" and "dead-letter queue" in outcome.detail
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "failed" and "ask for /retrain again" in status.message
-    assert records.active_job_id(store) is None  # the next /retrain may queue
+    assert jobs.active_job_id(store) is None  # the next /retrain may queue
     assert "dead-letter queue" in fakes["slack"].calls[-1]["body"]["text"]
     assert queue.receive(wait_s=0) is None and [json.loads(m.body)["job_id"] for m in queue.dead_letters()] == [job_id]
     assert AdapterRegistry(store, settings.adapter_name).list_versions() == []
@@ -298,7 +298,7 @@ def test_worker_processes_stopped_and_killed_mid_training_leave_current_and_the_
     endless = {**values, "train_epochs": 100_000, "queue_visibility_s": 3}
 
     def training() -> bool:  # a worker has reported a training step (with its loss) for this job
-        status = records.load_job_status(store, job_id)
+        status = jobs.load_job_status(store, job_id)
         return status is not None and status.state == "running" and status.message.startswith("training: loss")
 
     stopped = start_worker(tmp_path, endless, "--no-sync", "--wait-s", "1")  # loops until signalled
@@ -306,9 +306,9 @@ def test_worker_processes_stopped_and_killed_mid_training_leave_current_and_the_
     stopped.proc.send_signal(signal.SIGTERM)
     assert stopped.wait() == 0, stopped.output()
     assert f"job {job_id}: interrupted" in stopped.output()
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "queued" and "interrupted" in status.message
-    assert records.active_job_id(store) == job_id
+    assert jobs.active_job_id(store) == job_id
 
     killed = start_worker(tmp_path, endless, "--no-sync", "--once", "--wait-s", "5")  # gets it at once
     killed.wait_until(training, "a training step after the restart")
@@ -316,16 +316,16 @@ def test_worker_processes_stopped_and_killed_mid_training_leave_current_and_the_
     assert killed.wait() == -signal.SIGKILL
     assert registry.current() == 1 and registry.list_versions() == [1]
     assert {key: store.get(key) for key in store.list("adapters/")} == v1_files
-    assert records.active_job_id(store) == job_id
+    assert jobs.active_job_id(store) == job_id
     assert queue.depth() == 1 and queue.dead_letters() == []  # in flight until its visibility lapses
 
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=15)
     assert (outcome.job_id, outcome.outcome, outcome.version) == (job_id, "published", 2), outcome.detail
     manifest = registry.manifest(2)
     assert registry.current() == 2 and manifest is not None and manifest.parent_version == 1
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "published" and status.adapter_version == 2
-    assert records.active_job_id(store) is None
+    assert jobs.active_job_id(store) is None
     assert queue.depth() == 0 and queue.dead_letters() == []
 
 
@@ -348,7 +348,7 @@ def test_malformed_job_message_goes_to_the_dlq_with_a_reason(tmp_path, fakes, ca
     assert [m.body for m in queue.dead_letters()] == ["this is not json", future]
     assert "malformed training job message" in caplog.text and "dead-letter queue" in caplog.text
     assert "Invalid JSON" in caplog.text and "unknown job schema 9" in caplog.text
-    assert records.load_job_status(open_store(settings), "j9") is None  # nothing was started
+    assert jobs.load_job_status(open_store(settings), "j9") is None  # nothing was started
 
 
 def test_a_failing_job_is_retried_reported_and_then_dead_lettered(tiny_base, fakes, tmp_path) -> None:
@@ -360,15 +360,15 @@ def test_a_failing_job_is_retried_reported_and_then_dead_lettered(tiny_base, fak
     worker = Worker(settings, show_progress=False)
     first = worker.run(once=True, wait_s=0)
     assert [o.outcome for o in first] == ["retrying"]
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "queued" and "cannot load the base model" in (status.error or "")
     assert "will be retried" in fakes["slack"].calls[-1]["body"]["text"]
     second = worker.run(once=True, wait_s=0)
     assert [o.outcome for o in second] == ["failed"]
-    status = records.load_job_status(store, job_id)
+    status = jobs.load_job_status(store, job_id)
     assert status is not None and status.state == "failed"
     assert "dead-letter queue" in fakes["discord"].calls[-1]["body"]["content"]
-    assert records.active_job_id(store) is None  # the next /retrain may queue
+    assert jobs.active_job_id(store) is None  # the next /retrain may queue
     assert worker.run(once=True, wait_s=0) == []  # the receive moved it to the DLQ
     assert [json.loads(m.body)["job_id"] for m in queue.dead_letters()] == [job_id]
 
@@ -379,10 +379,10 @@ def test_not_enough_feedback_ends_the_job_and_says_so(tiny_base, fakes, tmp_path
     job_id = queue_job(settings)
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
     assert outcome.outcome == "not_enough_feedback"
-    status = records.load_job_status(open_store(settings), job_id)
+    status = jobs.load_job_status(open_store(settings), job_id)
     assert status is not None and status.state == "rejected" and "need at least 5" in status.message
     assert "not enough feedback" in fakes["slack"].calls[-1]["body"]["text"]
-    assert open_queue(settings).depth() == 0 and records.active_job_id(open_store(settings)) is None
+    assert open_queue(settings).depth() == 0 and jobs.active_job_id(open_store(settings)) is None
 
 
 def test_a_notify_outage_does_not_fail_the_job(tiny_base, fakes, tmp_path) -> None:
@@ -548,7 +548,7 @@ def test_gpu_host_env_file_reads_as_systemd_reads_it(monkeypatch) -> None:
 def test_heartbeat_keeps_a_long_job_invisible(tmp_path) -> None:
     import time
 
-    from training.worker import Heartbeat
+    from training.heartbeat import Heartbeat
 
     queue = open_queue(make_settings(tmp_path))
     queue.send("{}", dedup_id="long-job")

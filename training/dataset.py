@@ -200,15 +200,15 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
 
 def write_snapshot(store: BlobStore, snapshot: Snapshot, *, tokenizer: Any = None) -> dict[str, str]:
     """Write train/eval/pairs JSONL (with the rendered chat-format prompt when a tokenizer is given)."""
-    render = None
-    if tokenizer is not None:
+    def render(messages: list[dict[str, str]]) -> str | None:
+        if tokenizer is None:
+            return None
         from rag.llm_transformers import render_prompt
 
-        def render(messages: list[dict[str, str]]) -> str:
-            return render_prompt(tokenizer, messages)
+        return render_prompt(tokenizer, messages)
 
     keys = snapshot.keys
     for name, rows in (("train", snapshot.train), ("eval", snapshot.eval)):
-        store.put(keys[name], _jsonl(ex.to_row(render(ex.messages) if render else None) for ex in rows))
+        store.put(keys[name], _jsonl(ex.to_row(render(ex.messages)) for ex in rows))
     store.put(keys["pairs"], _jsonl(asdict(pair) for pair in snapshot.pairs))
     return keys

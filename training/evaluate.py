@@ -79,11 +79,13 @@ def load_gold(path: Path, settings: Settings | None = None) -> list[GoldItem]:
                 for i, c in enumerate(row["contexts"])
             ]
         else:
+            if settings is None:
+                raise ConfigError(f"GOLD_QUESTIONS {path}:{n}: no contexts, and no settings to retrieve them with")
             if retriever is None:
                 from rag.retrieval import Retriever
 
                 retriever = Retriever.from_settings(settings)
-            passages = retriever.search(question, limit=settings.top_k if settings else 5)
+            passages = retriever.search(question, limit=settings.top_k)
         from rag.language import detect_language
 
         language = row.get("language") or detect_language(question)

@@ -199,7 +199,10 @@ def train_lora(
     progress: ProgressFn | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train on `examples` (messages + approved answer) and save the adapter to `out_dir`."""
+    """Train on `examples` (messages + approved answer) and save the adapter to `out_dir`.
+
+    One function on purpose (~70 lines): model, optimiser, autocast and the progress bar are set up
+    and torn down around one short step loop, and split up they would only be passed around."""
     import torch
     from tqdm import tqdm
 

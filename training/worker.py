@@ -10,6 +10,10 @@ receive the job ends as failed and is announced, since the queue then dead-lette
 retried after TRAIN_RETRY_DELAY_S and goes to the DLQ after QUEUE_MAX_RECEIVES. The single
 active-job slot (`jobs/ACTIVE`) is freed when a job ends for good (published, rejected, failed on its
 last attempt, interrupted on its last receive); an interrupted or retrying job otherwise keeps it.
+
+One module for the message's whole life (~330 lines): its outcomes (duplicate, poison, interrupted,
+retrying, failed, published) each touch the queue, the job status and the slot together, and
+reading them side by side is how one checks that none loses a job.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from core import records
+from core import jobs, records
 from core.contracts import SCHEMA_VERSION, AdapterManifest, JobStatus, TrainingJob, utcnow
 from core.errors import QueueError
 from core.queue import JobQueue, QueueMessage, open_queue
@@ -35,6 +39,7 @@ from core.settings import Settings
 from core.store import BlobStore, open_store
 from rag.llm_transformers import local_adapter, prune_local_adapters
 from training.dataset import NotEnoughFeedback, build_snapshot, write_snapshot
+from training.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +56,14 @@ class JobOutcome:
     """What one message turned into (for logs, tests and the CLI's exit summary)."""
 
     job_id: str
-    outcome: str  # published | rejected | not_enough_feedback | failed | retrying | interrupted | duplicate | malformed
+    outcome: Literal[
+        "published", "rejected", "not_enough_feedback", "failed", "retrying", "interrupted", "duplicate", "malformed"
+    ]
     detail: str = ""
     version: int | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     hot_load: str = ""
     notified: int = 0
-
-
-class Heartbeat:
-    """Extends the message's visibility every `interval_s` until stopped (keeps a long job ours)."""
-
-    def __init__(self, queue: JobQueue, receipt: str, visibility_s: int) -> None:
-        self.queue, self.receipt, self.visibility_s = queue, receipt, visibility_s
-        self.interval_s = max(0.5, visibility_s / 3)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.queue.extend(self.receipt, self.visibility_s)
-            except Exception as exc:  # keep beating: the next extension may succeed
-                log.warning("could not extend the job message's visibility: %s", exc)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 class Worker:
@@ -166,7 +148,7 @@ class Worker:
             return self._poison(message, reason)
         if job.schema_version != SCHEMA_VERSION:
             return self._poison(message, f"unknown job schema {job.schema_version} (this worker reads {SCHEMA_VERSION})")
-        status = records.load_job_status(self.store, job.job_id)
+        status = jobs.load_job_status(self.store, job.job_id)
         if status is not None and status.state in ("published", "rejected"):
             log.info("job %s already %s; acknowledging the redelivered message", job.job_id, status.state)
             self._finish(message, job.job_id)
@@ -198,7 +180,7 @@ class Worker:
             self.queue.delete(message.receipt_handle)
         except QueueError as exc:  # e.g. the receipt went stale; a redelivery is acknowledged as a duplicate
             log.warning("could not delete the message of finished job %s: %s", job_id, exc)
-        records.release_active_job(self.store, job_id)
+        jobs.release_active_job(self.store, job_id)
 
     def _interrupted(self, job: TrainingJob, message: QueueMessage) -> JobOutcome:
         """Give the message back for the next worker. A release counts as a receive, so on the last
@@ -212,7 +194,7 @@ class Worker:
                 f"{self.settings.queue_max_receives}: the job goes to the dead-letter queue; ask for /retrain again")
         status = self._set_status(job, state="failed", error="interrupted by a worker shutdown", message=note)
         self.queue.release(message.receipt_handle)
-        records.release_active_job(self.store, job.job_id)
+        jobs.release_active_job(self.store, job.job_id)
         log.error("job %s %s", job.job_id, note)
         self._notify(job, status)
         return JobOutcome(job.job_id, "interrupted", note)
@@ -233,7 +215,7 @@ class Worker:
         if final:
             next_step = (f"This was attempt {message.receive_count} of {self.settings.queue_max_receives}: the job "
                          "goes to the dead-letter queue. The live adapter is unchanged.")
-            records.release_active_job(self.store, job.job_id)
+            jobs.release_active_job(self.store, job.job_id)
         else:
             next_step = (f"Attempt {message.receive_count} of {self.settings.queue_max_receives}: it will be retried "
                          f"in {self.settings.train_retry_delay_s} s. The live adapter is unchanged.")
@@ -249,7 +231,7 @@ class Worker:
 
     def _set_status(self, job: TrainingJob, **changes: Any) -> JobStatus:
         changes.setdefault("requested_by", job.requested_by)
-        return records.update_job_status(self.store, job.job_id, **changes)
+        return jobs.update_job_status(self.store, job.job_id, **changes)
 
     def _progress(self, job: TrainingJob, start: float, end: float) -> Callable[[float, float], None]:
         """Training progress → job status (at most every 2 s), test hook, and the stop check."""

@@ -19,7 +19,7 @@ from bots.slack.answerer import Answerer, Question, answer_key
 from bots.slack.render import escape_mrkdwn, slack_to_plain
 from bots.slack.services import SlackServices
 from bots.slack.threads import ACCEPTED_SUBTYPES, is_answered_thread
-from core.contracts import NotifyTarget, stable_id
+from core.contracts import NotifyTarget, ReactionAction, stable_id
 from core.errors import TransientError
 from core.feedback import record_reaction
 from core.retrain import request_retrain
@@ -121,7 +121,7 @@ def is_reaction_on_bot_message(event: dict[str, Any], context: BoltContext) -> b
 def record_feedback(event: dict[str, Any], client: WebClient, services: SlackServices) -> None:
     """A reaction on one of the bot's answers → a feedback event (a retry keeps its id)."""
     item = event["item"]
-    action = "added" if event.get("type") == "reaction_added" else "removed"
+    action: ReactionAction = "added" if event.get("type") == "reaction_added" else "removed"
     feedback = record_reaction(
         platform="slack",
         channel=str(item["channel"]),

@@ -21,7 +21,8 @@ def _register_commands(args: argparse.Namespace) -> int:
     settings = _settings()
     rest = DiscordRest.from_settings(settings)
     try:
-        registered = rest.put_commands(settings.discord_application_id, COMMANDS, guild_id=args.guild) or []
+        application_id = str(settings.discord_application_id)  # _settings() checked it is set
+        registered = rest.put_commands(application_id, COMMANDS, guild_id=args.guild) or []
     finally:
         rest.close()
     where = f"guild {args.guild}" if args.guild else "globally"
