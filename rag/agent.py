@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
@@ -25,7 +25,7 @@ from core.settings import Settings
 from rag.condense import condense
 from rag.extractive import extractive_answer
 from rag.grading import assess
-from rag.language import detect_language
+from rag.language import Language, detect_language
 from rag.llm import LLM, llm_from_settings
 from rag.prompts import build_messages, renumber_citations
 from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
@@ -55,7 +55,7 @@ class AgentState(TypedDict, total=False):
     history: list[Turn]
     spaces: list[str] | None
     ref: AnswerRef | None
-    language: str
+    language: Language
     condensed: str
     passages: list[Passage]
     abstained: bool
@@ -68,7 +68,11 @@ class AgentState(TypedDict, total=False):
     warnings: Annotated[list[str], operator.add]
 
 
-Node = Callable[[AgentState], dict[str, Any]]
+class Node(Protocol):
+    """A graph node. A Protocol, not a Callable alias: langgraph's `add_node` matches the parameter
+    by its name, `state`, which a `Callable[[AgentState], …]` does not have."""
+
+    def __call__(self, state: AgentState) -> dict[str, Any]: ...
 
 
 def _timed(name: str, node: Node) -> Node:

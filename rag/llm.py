@@ -12,10 +12,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from core.errors import ConfigError, EchoRagError, PermanentError, TransientError
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger(__name__)
 _VERSION_TTL_S = 60.0
@@ -96,7 +99,11 @@ class OpenAICompatibleLLM:
 
         try:
             response = self._client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens, temperature=self._temperature
+                model=self.model,
+                # Our messages are {"role", "content"} dicts, the shape of the client's TypedDicts.
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                max_tokens=max_tokens,
+                temperature=self._temperature,
             )
         except openai.APIConnectionError as exc:
             where = self.base_url or "the OpenAI API"
