@@ -63,15 +63,20 @@ class FlakyLLM:
 
 
 class FlakyStore:
-    """A real store whose `put`s under `prefix` fail `failures` times, as S3 does under load."""
+    """A real store whose `put`s under `prefix` fail `failures` times, as S3 does under load; with
+    `after`, only once that many of them have succeeded (a publisher that dies midway)."""
 
-    def __init__(self, inner: BlobStore, prefix: str, failures: int) -> None:
-        self.inner, self.prefix, self.failures, self.failed = inner, prefix, failures, 0
+    def __init__(self, inner: BlobStore, prefix: str = "", failures: int = 1, *, after: int = 0) -> None:
+        self.inner, self.prefix, self.failures, self.after = inner, prefix, failures, after
+        self.failed = 0
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        if key.startswith(self.prefix) and self.failed < self.failures:
-            self.failed += 1
-            raise StoreError(f"S3 put s3://echorag-feedback-prod/{key} failed after 4 retries: SlowDown")
+        if key.startswith(self.prefix):
+            if self.after > 0:
+                self.after -= 1
+            elif self.failed < self.failures:
+                self.failed += 1
+                raise StoreError(f"S3 put s3://echorag-feedback-prod/{key} failed after 4 retries: SlowDown")
         return self.inner.put(key, data, if_absent=if_absent)
 
     def get(self, key: str) -> bytes | None:

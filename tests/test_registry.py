@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from core.errors import EchoRagError, StoreError
 from core.registry import AdapterRegistry, CurrentPointer, feedback_cutoff
 from core.settings import Settings
 from core.store import BlobStore, open_store
+from tests.support_faults import FlakyStore
 
 
 @pytest.fixture
@@ -38,28 +38,6 @@ def adapter_dir(root: Path, tag: str) -> Path:
 
 def manifest(**kw: object) -> AdapterManifest:
     return AdapterManifest(name="ignored", version=0, base_model="tiny", **kw)  # type: ignore[arg-type]
-
-
-class FailingStore:
-    """A store whose Nth put fails, as if the publisher crashed or S3 gave up midway."""
-
-    def __init__(self, inner: BlobStore, fail_on_put: int) -> None:
-        self.inner, self.remaining = inner, fail_on_put
-
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        self.remaining -= 1
-        if self.remaining == 0:
-            raise StoreError(f"simulated failure writing {key}")
-        return self.inner.put(key, data, if_absent=if_absent)
-
-    def get(self, key: str) -> bytes | None:
-        return self.inner.get(key)
-
-    def list(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
-        return self.inner.list(prefix, start_after=start_after)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 def test_publish_promote_rollback(registry: AdapterRegistry, tmp_path: Path) -> None:
@@ -96,8 +74,8 @@ def test_current_never_points_at_a_partly_written_version(
 ) -> None:
     registry.publish(adapter_dir(tmp_path, "a"), manifest(), promote=True)
     for fail_on_put in (2, 3, 4):  # claim=1, then files 2..4, manifest 5: die after the claim, midway, last file
-        broken = AdapterRegistry(FailingStore(store, fail_on_put), "echorag")
-        with pytest.raises(StoreError, match="simulated failure"):
+        broken = AdapterRegistry(FlakyStore(store, after=fail_on_put - 1), "echorag")
+        with pytest.raises(StoreError, match="SlowDown"):
             broken.publish(adapter_dir(tmp_path, f"bad{fail_on_put}"), manifest(), promote=True)
         assert registry.current() == 1
         assert registry.list_versions() == [1]

@@ -649,7 +649,7 @@ def test_gpu_host_policy_covers_every_call_the_store_and_queue_make(resources: d
     """The GPU host runs the worker and `echorag status|adapters|retrain`: every S3 operation of
     S3BlobStore on the feedback bucket, every SQS operation of SqsQueue on the training queue, and
     the dead-letter peek (GetQueueUrl, ReceiveMessage) on its DLQ."""
-    s3_ops, sqs_ops = _client_operations(ROOT / "core/store.py"), _client_operations(ROOT / "core/queue.py")
+    s3_ops, sqs_ops = _client_operations(ROOT / "core/store.py"), _client_operations(ROOT / "core/queue/sqs.py")
     unmapped = (s3_ops | sqs_ops) - set(IAM_ACTION)
     assert not unmapped, f"map these operations to their IAM actions in IAM_ACTION: {sorted(unmapped)}"
     assert {"PutObject", "ListObjectsV2", "ReceiveMessage", "ChangeMessageVisibility"} <= s3_ops | sqs_ops
