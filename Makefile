@@ -1,5 +1,5 @@
 # `make run`: install into .venv, ingest the sample knowledge base, open the console chat.
-# `make test`: install into .venv (runtime + training + dev deps), lint, run the test suite.
+# `make test`: install into .venv (runtime + training + dev deps), lint, type-check, run the test suite.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,10 +25,12 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -505,6 +505,19 @@ def test_reactions_become_feedback_once(rig: Rig, capsys: pytest.CaptureFixture[
     assert '"FeedbackEvents"' in capsys.readouterr().out
 
 
+def test_a_reaction_whose_write_fails_is_retried_and_recorded_once(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bots.slack.services
+
+    flaky = FlakyStore(open_store(rig.settings), "feedback/", failures=1)  # a full disk, once
+    monkeypatch.setattr(bots.slack.services, "open_store", lambda settings: flaky)
+    question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+    errors = len(rig.lam.errors)
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, event_ts="1800000000.000100")
+    assert flaky.failed == 1 and len(rig.lam.errors) == errors + 1  # the failed write failed the invocation
+    assert [(e.label, e.action) for e in iter_feedback(rig.store)] == [(1, "added")]  # the retry wrote it once
+
+
 def test_optional_ephemeral_thanks_for_a_vote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                               knowledge_base: Path, fake_slack: FakeSlack) -> None:
     rig_iter = _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_REACTION_THANKS="true")
