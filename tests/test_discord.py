@@ -699,6 +699,27 @@ def test_gateway_reactions_on_answers_become_feedback(
     assert down is not None and down.label == -1 and down.answer_id == answer_id
 
 
+def test_gateway_retries_a_reaction_whose_write_fails(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    """Discord never redelivers a gateway event: the process itself retries a transient failure."""
+    import bots.discord.gateway
+    import bots.discord.runtime
+    from bots.discord.runtime import DiscordRuntime
+
+    message = ask_and_answer(key, fake_discord, settings, "연차 휴가는 며칠인가요?", locale="ko")
+    flaky = FlakyStore(open_store(settings), "feedback/", failures=2)  # S3 503s, twice
+    monkeypatch.setattr(bots.discord.runtime, "open_store", lambda settings: flaky)
+    monkeypatch.setattr(bots.discord.gateway, "REACTION_RETRY_WAITS_S", (0.0, 0.0))
+    bot = GatewayBot(settings, runtime=DiscordRuntime(settings))
+    asyncio.run(bot.on_raw_reaction_add(_raw_reaction(message["id"], "👍", "REACTION_ADD")))
+    assert flaky.failed == 2
+    assert [(e.label, e.action) for e in iter_feedback(open_store(settings))] == [(1, "added")]
+    flaky.failures, flaky.failed = 3, 0  # down for longer than the retries: logged, not raised
+    asyncio.run(bot.on_raw_reaction_remove(_raw_reaction(message["id"], "👍", "REACTION_REMOVE")))
+    assert flaky.failed == 3 and len(list(iter_feedback(open_store(settings)))) == 1
+
+
 async def _until(condition: Any, what: str) -> None:
     """Let the bot's tasks run until `condition()` holds (a bound, not a timing assertion)."""
     for _ in range(600):

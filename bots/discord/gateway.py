@@ -24,13 +24,14 @@ from bots.discord.interactions import Handled, button_feedback, retrain
 from bots.discord.render import EPHEMERAL, message_response
 from bots.discord.runtime import DiscordRuntime, resolve_settings
 from core.contracts import AskJob, FeedbackEvent
-from core.errors import ConfigError, EchoRagError
+from core.errors import ConfigError, EchoRagError, TransientError
 from core.feedback import record_reaction
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _TRY_AGAIN = "⚠️ That did not work on our side; please try again in a moment."
+REACTION_RETRY_WAITS_S = (0.5, 2.0, 8.0)
 
 
 def reaction_feedback(
@@ -88,15 +89,26 @@ class GatewayBot(discord.Client):
         await self._reaction(payload)
 
     async def _reaction(self, payload: discord.RawReactionActionEvent) -> FeedbackEvent | None:
+        """Discord never redelivers a gateway event, so this process is the retry: a transient
+        failure is tried again (the same receipt time keeps the feedback id, so nothing doubles)."""
         bot_id = self.user.id if self.user else None
         received_at = time.time()
-        try:
-            event = await asyncio.to_thread(
-                reaction_feedback, payload, self.runtime, bot_user_id=bot_id, received_at=received_at
-            )
-        except EchoRagError:
-            log.exception("reaction on message %s could not be recorded", payload.message_id)
-            return None
+        for attempt, wait_s in enumerate((*REACTION_RETRY_WAITS_S, None), start=1):
+            try:
+                event = await asyncio.to_thread(
+                    reaction_feedback, payload, self.runtime, bot_user_id=bot_id, received_at=received_at
+                )
+                break
+            except TransientError as exc:
+                if wait_s is None:
+                    log.error("reaction on message %s lost after %d attempts: %s", payload.message_id, attempt, exc)
+                    return None
+                log.warning("reaction on message %s not recorded yet (%s); retrying in %.1fs",
+                            payload.message_id, exc, wait_s)
+                await asyncio.sleep(wait_s)
+            except EchoRagError:
+                log.exception("reaction on message %s could not be recorded", payload.message_id)
+                return None
         if event is not None:
             log.info("feedback %s %s on answer %s", event.action, event.reaction, event.answer_id)
         return event
