@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,10 @@ def reset() -> None:
     _built = None
 
 
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}", re.ASCII)
+
+
 def _reply(status: int, reason: str) -> dict[str, Any]:
     # X-Slack-No-Retry: a request we refuse now will be refused again; do not resend it
     return {"statusCode": status, "body": reason, "headers": {"content-type": "text/plain", "x-slack-no-retry": "1"}}
@@ -135,10 +140,15 @@ def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
         logger.warning("rejected: headers or body of the wrong type")
         return _reply(400, "malformed request")
     headers = {str(k).lower(): v for k, v in headers.items()}
-    timestamp = headers.get("x-slack-request-timestamp")
-    if timestamp is not None and not str(timestamp).strip().isdigit():  # the verifier would crash on int()
-        logger.warning("rejected: X-Slack-Request-Timestamp is not a number")
+    timestamp, signature = headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature")
+    # What the verifier would crash on (int() of junk, float() of 400 digits, compare_digest of
+    # non-ASCII): refused before any of it is parsed, since no signature is needed to send it.
+    if timestamp is not None and not _TIMESTAMP.fullmatch(str(timestamp)):
+        logger.warning("rejected: X-Slack-Request-Timestamp is not a unix time")
         return _reply(401, "invalid request timestamp")
+    if signature is not None and not _SIGNATURE.fullmatch(str(signature)):
+        logger.warning("rejected: X-Slack-Signature is not a v0 signature")
+        return _reply(401, "invalid signature")
     event["headers"] = headers
     event["isBase64Encoded"] = bool(event.get("isBase64Encoded"))
     event["body"] = body
