@@ -158,6 +158,7 @@ class AskJob(BaseModel):
     application_id: str
     token: str  # the interaction token: valid 15 minutes for editing the original response
     channel_id: str
+    space_channel_id: str = ""  # whose knowledge spaces apply: a thread's (or forum post's) parent channel
     guild_id: str = ""
     user_id: str
     question: str

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     discord_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"public_key","bot_token","application_id"}
     ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> local
     channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
+    default_spaces: CsvList = Field(default_factory=list)  # what unmapped channels and DMs see; empty = DEFAULT_SPACE only, * = all
     announce_slack_channel: str | None = None  # also told about every training result
     announce_discord_channel: str | None = None  # also told about every training result
 
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", "lora_modules_to_save",
-        mode="before",
+        "default_spaces", mode="before",
     )
     @classmethod
     def _csv(cls, value: Any) -> Any:
@@ -135,10 +136,21 @@ class Settings(BaseSettings):
         return self.adapter_cache_dir or self.data_dir / "adapters"
 
     def spaces_for_channel(self, channel: str | None) -> list[str] | None:
-        """Spaces a channel may see; None means every space (an unmapped channel)."""
+        """Spaces a chat channel may see (a Discord thread: pass its parent). None means every space,
+        only when DEFAULT_SPACES is `*`: an unmapped channel or a DM is never let see everything by
+        accident, it sees DEFAULT_SPACES, or DEFAULT_SPACE alone when that is empty."""
         if channel is not None and channel in self.channel_spaces:
             return list(self.channel_spaces[channel])
-        return None
+        if "*" in self.default_spaces:
+            return None
+        return list(self.default_spaces) or [self.default_space]
+
+    def space_mapping_summary(self) -> str:
+        """One log line: what each mapped channel sees, and what every other place sees."""
+        unmapped = self.spaces_for_channel(None)
+        rest = "every space" if unmapped is None else ", ".join(unmapped)
+        mapped = "; ".join(f"{channel} -> {', '.join(spaces)}" for channel, spaces in sorted(self.channel_spaces.items()))
+        return f"knowledge spaces: {mapped or 'no channel mapped'}; unmapped channels and DMs see {rest}"
 
 
 @lru_cache(maxsize=1)

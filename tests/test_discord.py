@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 import pytest
@@ -59,6 +59,9 @@ from tests.support_discord import (
     sqs_event,
 )
 from tests.support_faults import FlakyLLM, FlakyStore, leaked
+
+if TYPE_CHECKING:  # discord.types is annotations only (importing it at runtime is circular)
+    from discord.types.gateway import MessageReactionAddEvent
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -356,6 +359,31 @@ def test_ask_defers_then_edits_the_response_once_with_answer_sources_and_buttons
     assert open_ask_queue(settings).depth() == 0
 
 
+def test_a_thread_under_a_mapped_channel_sees_only_the_channels_spaces(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    """A thread (or forum post) has its own channel id: its parent's mapping must still apply."""
+    settings = apply_settings_env(monkeypatch, settings.model_copy(update={"channel_spaces": {CHANNEL_ID: ["hr"]}}))
+    thread_id = "1300000000000000777"
+    payload = ask_interaction("When do production deployments happen?", channel_id=thread_id)
+    payload["channel"] = {"id": thread_id, "type": 11, "parent_id": CHANNEL_ID, "guild_id": GUILD_ID}
+    assert send(key, fake_discord, payload) == (200, {"type": 5})
+    assert deliver_local(settings)[1] == []
+    embed = fake_discord.messages[payload["token"]]["embeds"][0]
+    assert "Tuesday" not in embed["description"] and embed.get("fields") == []
+
+
+def test_unmapped_channels_see_the_default_spaces_only(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    settings = apply_settings_env(monkeypatch, settings.model_copy(update={"default_spaces": ["hr"]}))
+    message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    assert message["embeds"][0].get("fields") == []  # the deploy runbook is in "default", not "hr"
+    assert settings.spaces_for_channel("1300000000000000999") == ["hr"]
+    assert settings.model_copy(update={"default_spaces": []}).spaces_for_channel("x") == ["default"]
+    assert settings.model_copy(update={"default_spaces": ["*"]}).spaces_for_channel("x") is None
+
+
 def test_korean_question_is_answered_in_korean(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
@@ -585,7 +613,9 @@ def test_retrain_refused_for_members_and_queued_once_for_admins(
     status, body = send(key, fake_discord, command_interaction("retrain", permissions=str(0x20 | 0x400)))
     assert status == 200 and body["type"] == 4 and "flags" not in body["data"]
     assert training.depth() == 1
-    job = json.loads(training.receive(wait_s=0, visibility_s=60).body)
+    message = training.receive(wait_s=0, visibility_s=60)
+    assert message is not None
+    job = json.loads(message.body)
     assert job["requested_by"] == "discord:2000000000000000001"
     assert job["notify_targets"] == [{"platform": "discord", "channel": CHANNEL_ID, "thread_ts": None}]
 
@@ -639,13 +669,13 @@ def test_button_naming_another_message_is_ignored(
 def _raw_reaction(
     message_id: str,
     emoji: str,
-    event_type: str,
+    event_type: Literal["REACTION_ADD", "REACTION_REMOVE"],
     *,
     user_id: str = "2000000000000000003",
     author_id: str | None = APPLICATION_ID,
 ) -> discord.RawReactionActionEvent:
     """discord.py's own payload object, from the gateway's MESSAGE_REACTION_ADD/REMOVE data."""
-    data: dict[str, Any] = {
+    data: MessageReactionAddEvent = {  # a remove event's fields are a subset
         "user_id": user_id,
         "channel_id": CHANNEL_ID,
         "message_id": message_id,

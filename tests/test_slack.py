@@ -9,7 +9,7 @@ import base64
 import importlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "eng").mkdir()
     (root / "hr" / "leave.md").write_text(HR_DOC, encoding="utf-8")
     (root / "eng" / "oncall.md").write_text(ENG_DOC, encoding="utf-8")
-    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")
+    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     for space in ("hr", "eng"):
         summary = ingest_paths([root / space], space=space, settings=settings, progress=False)
         assert summary.failed == 0 and summary.added >= 1
@@ -151,7 +151,7 @@ def fake_slack() -> Iterator[FakeSlack]:
 
 
 def _make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: FakeSlack,
-              **env: str) -> Iterator[Rig]:
+              **env: str) -> Generator[Rig, None, None]:
     base = {
         "DATA_DIR": str(tmp_path),
         "QDRANT_PATH": str(kb / "qdrant"),
@@ -281,11 +281,23 @@ def test_mention_inside_a_thread_arrives_twice_and_is_answered_once(rig: Rig) ->
     assert len(rig.fake.calls_of("chat.postMessage")) == 3
 
 
-def test_dm_is_answered_in_its_thread(rig: Rig) -> None:
+def test_dm_sees_only_the_default_spaces(rig: Rig) -> None:
+    """A DM is mapped to no channel: it sees DEFAULT_SPACE ("default", empty here), never all spaces."""
     dm = rig.fake.user_message("D0000001", "U0000003", "How many vacation days? 연차 휴가는 며칠?")
     assert rig.deliver(rig.message_event("D0000001", dm, channel_type="im"))["statusCode"] == 200
     answers = _answers_in(rig, "D0000001", dm["ts"])
-    assert len(answers) == 1 and "15일" in answers[0]["text"]
+    assert len(answers) == 1 and "15일" not in answers[0]["text"]
+    assert not any("출처" in s for s in _section_texts(answers[0]))  # nothing cited from hr or eng
+
+
+def test_dm_is_answered_in_its_thread_from_the_default_spaces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack
+) -> None:
+    for rig in _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, DEFAULT_SPACES="hr"):
+        dm = rig.fake.user_message("D0000001", "U0000003", "How many vacation days? 연차 휴가는 며칠?")
+        assert rig.deliver(rig.message_event("D0000001", dm, channel_type="im"))["statusCode"] == 200
+        answers = _answers_in(rig, "D0000001", dm["ts"])
+        assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
 def test_ask_command_posts_question_and_answer_in_channel(rig: Rig) -> None:
@@ -547,7 +559,9 @@ def test_retrain_refused_for_non_admins_and_queued_once_for_admins(rig: Rig) -> 
     queued = rig.fake.responses[-1]
     assert queued["response_type"] == "in_channel"
     assert queue.depth() == 1
-    job = json.loads(queue.receive(wait_s=0).body)
+    message = queue.receive(wait_s=0)
+    assert message is not None
+    job = json.loads(message.body)
     assert job["requested_by"] == f"slack:{ADMIN}" and job["notify_targets"][0]["channel"] == HR
 
     rig.command("/retrain", "", user=ADMIN, channel=HR, trigger="t-r3")
@@ -565,6 +579,14 @@ def test_bad_signature_or_stale_timestamp_is_401(rig: Rig) -> None:
     forged = signed_event(body, "another-secret")
     assert rig.handler(forged, LambdaContext())["statusCode"] == 401
     assert rig.fake.calls_of("chat.postMessage") == []
+
+
+def _with_header(name: str, value: str) -> dict[str, Any]:
+    """A signed, well-formed request whose header `name` is replaced (no signature needed to send it)."""
+    event = signed_event(event_callback({"type": "app_mention", "channel": HR, "ts": "1.1", "text": "hi",
+                                          "user": "U1"}, event_id="EvHdr"), SECRET)
+    event["headers"][name] = value
+    return event
 
 
 def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
@@ -589,6 +611,11 @@ def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
         "huge body": signed_event(huge, SECRET),
         "huge unsigned body": api_gateway_event("x" * 2_000_000, {"content-type": "application/json"}),
         "timestamp not a number": junk_timestamp,
+        "timestamp of 400 digits": _with_header("x-slack-request-timestamp", "9" * 400),
+        "timestamp with non-ASCII digits": _with_header("x-slack-request-timestamp", "١٧٠٠٠٠٠٠٠٠"),
+        "signature with non-ASCII": _with_header("x-slack-signature", "v0=" + "é" * 64),
+        "signature of 10k characters": _with_header("x-slack-signature", "v0=" + "a" * 10_000),
+        "signature not v0": _with_header("x-slack-signature", "v1=" + "a" * 64),
         "headers null": {**signed_event("{}", SECRET), "headers": None},
         "JSON null": signed_event("null", SECRET),
         "signed junk JSON": signed_event("{not json", SECRET),
@@ -708,14 +735,15 @@ def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> No
 
 
 def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> None:
+    from slack_bolt.lazy_listener.thread_runner import ThreadLazyListenerRunner
     from slack_sdk.socket_mode.request import SocketModeRequest
 
     from bots.slack.socket import build_handler, run
     from core.errors import ConfigError
 
-    settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",
+    settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
                         llm_backend="extractive", slack_bot_token="xoxb-socket", slack_app_token="xapp-1-socket",
-                        slack_api_base_url=fake_slack.base_url)
+                        slack_api_base_url=fake_slack.base_url, default_spaces=["hr"])
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
         build_handler(settings.model_copy(update={"slack_app_token": None}))
     with pytest.raises(ConfigError, match="Slack refused SLACK_APP_TOKEN"):  # the fake knows no xapp- token
@@ -735,14 +763,17 @@ def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, f
                                          "ts": message["ts"], "channel": "C0SOCKET"}, event_id="EvSock"))
     try:
         for retry in (None, 1):  # Socket Mode redelivery carries retry_attempt
-            handler.handle(Client(), SocketModeRequest(type="events_api", envelope_id=f"env-{retry}",
-                                                       payload=payload, retry_attempt=retry))
-        handler.app.listener_runner.lazy_listener_runner.executor.shutdown(wait=True)
+            request = SocketModeRequest(type="events_api", envelope_id=f"env-{retry}", payload=payload,
+                                        retry_attempt=retry)
+            handler.handle(Client(), request)  # type: ignore[arg-type]  # Client: a stand-in for SocketModeClient
+        lazy_runner = handler.app.listener_runner.lazy_listener_runner
+        assert isinstance(lazy_runner, ThreadLazyListenerRunner)  # Bolt's default: lazy listeners on its executor
+        lazy_runner.executor.shutdown(wait=True)
         assert [r.envelope_id for r in sent] == ["env-None", "env-1"]
         answers = [m for m in fake_slack.thread("C0SOCKET", message["ts"]) if m.get("user") == BOT_USER_ID]
         assert len(answers) == 1 and "15일" in answers[0]["text"]
     finally:
-        handler.app.services.close()
+        handler.app.services.close()  # type: ignore[attr-defined]  # bots.slack.app attaches it to the App
         handler.client.close()
 
 
@@ -765,7 +796,7 @@ EVENT_SCOPES = {  # bot event -> scope Slack requires for the subscription
 
 
 def _manifest() -> dict[str, Any]:
-    import yaml
+    import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs (types-PyYAML isn't a dev dependency); unused-ignore: mypy's incremental cache skips this error
 
     return yaml.safe_load((Path(__file__).resolve().parents[1] / "infra/slack/manifest.yaml").read_text("utf-8"))
 

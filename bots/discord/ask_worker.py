@@ -98,7 +98,8 @@ def _answer(job: AskJob, runtime: DiscordRuntime) -> AskOutcome:
         user_hash=hash_user("discord", job.user_id),
     )
     try:
-        answer = runtime.agent.ask(job.question, spaces=runtime.settings.spaces_for_channel(channel), ref=ref)
+        spaces = runtime.settings.spaces_for_channel(job.space_channel_id or channel)
+        answer = runtime.agent.ask(job.question, spaces=spaces, ref=ref)
     except UserError as exc:  # the question itself cannot be answered (e.g. too long): say so
         log.warning("ask interaction %s rejected: %s", job.interaction_id, exc)
         rest.edit_original(job.application_id, job.token, render_notice(f"⚠️ {exc}"))

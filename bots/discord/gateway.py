@@ -136,6 +136,8 @@ class GatewayBot(discord.Client):
             application_id=str(interaction.application_id),
             token=interaction.token,
             channel_id=str(interaction.channel_id),
+            space_channel_id=str(interaction.channel.parent_id or "")
+            if isinstance(interaction.channel, discord.Thread) else "",
             guild_id=str(interaction.guild_id or ""),
             user_id=str(interaction.user.id),
             question=question.strip(),

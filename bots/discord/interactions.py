@@ -141,6 +141,18 @@ def _channel_id(payload: dict[str, Any]) -> str:
     return str(channel)
 
 
+THREAD_TYPES = frozenset({10, 11, 12})  # announcement, public and private threads (forum posts are 11)
+
+
+def _space_channel_id(payload: dict[str, Any]) -> str:
+    """The channel whose knowledge spaces apply: a thread's parent, else the channel itself. A thread
+    has its own id, and would otherwise count as unmapped."""
+    channel = payload.get("channel")
+    if isinstance(channel, dict) and channel.get("type") in THREAD_TYPES and channel.get("parent_id"):
+        return str(channel["parent_id"])
+    return _channel_id(payload)
+
+
 def _korean(payload: dict[str, Any]) -> bool:
     return str(payload.get("locale", "")).startswith("ko")
 
@@ -182,6 +194,7 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
             application_id=str(_require(payload, "application_id")),
             token=str(_require(payload, "token")),
             channel_id=_channel_id(payload),
+            space_channel_id=_space_channel_id(payload),
             guild_id=str(payload.get("guild_id") or ""),
             user_id=_user_id(payload),
             question=question,

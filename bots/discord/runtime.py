@@ -8,6 +8,7 @@ worker only) the agent are built on first use and reused. The interactions funct
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +21,8 @@ from core.store import BlobStore, open_store
 
 if TYPE_CHECKING:
     from rag.agent import Agent
+
+log = logging.getLogger(__name__)
 
 ASK_VISIBILITY_S = 300  # as the SQS ask queue (template.yaml): longer than one worker run
 T = TypeVar("T")
@@ -121,6 +124,7 @@ def runtime_for(settings: Settings) -> DiscordRuntime:
         if _current is not None:
             _current.close()
         _current = DiscordRuntime(settings)
+        log.info(settings.space_mapping_summary())
     return _current
 
 

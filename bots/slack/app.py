@@ -8,6 +8,7 @@ middleware hands each of them the app's services, so nothing here is a closure.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from slack_bolt import App, BoltContext
@@ -19,6 +20,8 @@ from core.errors import ConfigError
 from core.queue import JobQueue
 from core.settings import Settings
 from core.store import BlobStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -39,6 +42,7 @@ def create_app(
     if not socket_mode and not settings.slack_signing_secret:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: copy it from the Slack app's Basic Information page")
     services = SlackServices(settings, ask=ask, store=store, queue=queue, observer=observer)
+    log.info(settings.space_mapping_summary())
     app = App(
         name="echorag",  # also spares Bolt an inspect.stack() call at cold start
         token=None if client else settings.slack_bot_token,
