@@ -159,7 +159,10 @@ def count_answers(store: BlobStore) -> int:
 
 
 def _time_index_key(event: FeedbackEvent) -> str:
-    return f"{FEEDBACK_TIME_INDEX_PREFIX}{_day(event.created_at)}/{_stamp(event.created_at)}_{event.feedback_id}"
+    """`<day>/<stamp>_<feedback_id>.<answer_id>.<user_hash>.<a|r>`: the listing alone tells whose
+    vote on which answer it was, and whether it was cast or withdrawn."""
+    vote = f"{event.feedback_id}.{event.answer_id}.{event.user_hash}.{event.action[0]}"
+    return f"{FEEDBACK_TIME_INDEX_PREFIX}{_day(event.created_at)}/{_stamp(event.created_at)}_{vote}"
 
 
 def save_feedback(store: BlobStore, event: FeedbackEvent) -> bool:
@@ -175,7 +178,7 @@ def save_feedback(store: BlobStore, event: FeedbackEvent) -> bool:
         data = store.get(key)
         parsed = parse_record(data, FeedbackEvent, key=key) if data is not None else None
         stored = parsed or event
-    if stored.action == "added" and stored.label != 0:
+    if stored.label != 0:
         store.put(_time_index_key(stored), b"")
     return created
 
@@ -185,16 +188,21 @@ def iter_feedback(store: BlobStore, *, skipped: SkipCounter | None = None) -> It
     yield from iter_records(store, FEEDBACK_PREFIX, FeedbackEvent, skipped)
 
 
-def count_feedback_since(store: BlobStore, since: datetime | None, *, limit: int | None = None) -> int:
-    """Labelled reactions added after `since` (all when None); stops counting at `limit`."""
+def count_votes_since(store: BlobStore, since: datetime | None) -> int:
+    """Effective votes cast after `since` (all when None): distinct (user, answer) pairs whose
+    latest reaction since then adds a vote. One person toggling 👍 five times is one vote, or none
+    when the last toggle removed it. One listing of the time index, no reads."""
     # Keys sort by time (the day folder is a prefix of the stamp); "~" > "_" skips events at `since`.
     start_after = f"{FEEDBACK_TIME_INDEX_PREFIX}{_day(since)}/{_stamp(since)}~" if since else None
-    count = 0
-    for _ in store.list(FEEDBACK_TIME_INDEX_PREFIX, start_after=start_after):
-        count += 1
-        if limit is not None and count >= limit:
-            break
-    return count
+    latest: dict[str, bool] = {}
+    for key in store.list(FEEDBACK_TIME_INDEX_PREFIX, start_after=start_after):
+        entry = key.rsplit("/", 1)[-1].partition("_")[2]
+        parts = entry.split(".")
+        if len(parts) == 4:
+            latest[f"{parts[1]}.{parts[2]}"] = parts[3] == "a"
+        else:  # an entry from before the index named the vote: an added event of its own
+            latest[entry] = True
+    return sum(latest.values())
 
 
 class Vote(BaseModel):

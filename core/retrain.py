@@ -73,9 +73,9 @@ def adapter_cutoff(settings: Settings, store: BlobStore) -> tuple[int | None, da
 
 
 def new_feedback_since_adapter(settings: Settings, store: BlobStore) -> int:
-    """Labelled reactions added since the current adapter's training snapshot."""
+    """Effective votes (distinct user and answer) cast since the current adapter's training snapshot."""
     _, cutoff = adapter_cutoff(settings, store)
-    return records.count_feedback_since(store, cutoff)
+    return records.count_votes_since(store, cutoff)
 
 
 def _trigger_cutoff(settings: Settings, store: BlobStore) -> datetime | None:
@@ -149,7 +149,7 @@ def _enqueue(
     previous_last = jobs.last_job(store)
     try:
         since = _trigger_cutoff(settings, store)
-        new = records.count_feedback_since(store, since)
+        new = records.count_votes_since(store, since)
         if min_new is not None and new < min_new:
             jobs.release_active_job(store, job_id)
             return None
@@ -184,7 +184,8 @@ def _enqueue(
         raise
     adapter = f"adapter v{parent}" if parent is not None else "the base model"
     where = " I'll post the result when it finishes." if notify_targets else ""
-    message = f"Retraining queued (job {job_id[:8]}): {new} new ratings since {adapter}.{where}"
+    ratings = "1 new rating" if new == 1 else f"{new} new ratings"
+    message = f"Retraining queued (job {job_id[:8]}): {ratings} since {adapter}.{where}"
     log.info("queued training job %s for %s (%s)", job_id, requested_by, reason)
     return RetrainOutcome("queued", job_id, message)
 
@@ -218,15 +219,15 @@ def request_retrain(
 def maybe_auto_retrain(
     *, settings: Settings, store: BlobStore, queue: JobQueue, notify_targets: list[NotifyTarget]
 ) -> RetrainOutcome | None:
-    """Queue a job when RETRAIN_THRESHOLD new labelled reactions exist (0 disables). None: not due.
+    """Queue a job when RETRAIN_THRESHOLD new effective votes exist (0 disables). None: not due.
 
-    Cheap when not due: one read of the slot, one bounded listing. Concurrent callers race on the
+    Cheap when not due: one read of the slot, one listing of the votes since the last job. Concurrent callers race on the
     slot's conditional write, so a threshold crossing queues exactly one job.
     """
     threshold = settings.retrain_threshold
     if threshold <= 0 or jobs.active_job_id(store) is not None:
         return None
-    due = records.count_feedback_since(store, _trigger_cutoff(settings, store), limit=threshold)
+    due = records.count_votes_since(store, _trigger_cutoff(settings, store))
     if due < threshold:
         return None
     outcome = _enqueue(

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     queue_max_receives: int = 3  # then the job goes to the dead-letter queue
     queue_visibility_s: int = 900  # a received job stays hidden this long (the worker extends it)
     admin_user_ids: CsvList = Field(default_factory=list)  # "slack:U123,discord:456" or bare ids
-    retrain_threshold: int = 20  # new labelled feedback events since the current adapter
+    retrain_threshold: int = 20  # new effective votes (distinct user and answer) since the current adapter
     positive_emoji: CsvList = Field(default_factory=lambda: ["+1", "thumbsup", "white_check_mark", "100"])  # label +1
     negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])  # label -1
     adapter_name: str = "echorag"  # registry name under adapters/ and the vLLM LoRA name

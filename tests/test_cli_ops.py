@@ -122,12 +122,12 @@ def test_chat_from_a_pipe_reacts_and_requests_retraining(
     assert len(replies) == 7  # one answer, then one reply per reaction or command
     assert replies[1:4] == [f"Feedback recorded ({label}1 for the last answer)." for label in "+-+"]
     assert replies[4].startswith("'heart' is not a feedback reaction (use one of: +1, thumbsup,")
-    assert replies[5].startswith("Retraining queued (job ") and "3 new ratings since the base model" in replies[5]
+    assert replies[5].startswith("Retraining queued (job ") and "1 new rating since the base model" in replies[5]
     assert "already queued or running" in replies[6]
     status = json.loads(run(capsys, "status", "--json")[1])
     assert status["answers"] == 1  # the emoji lines were reactions, not questions
     assert status["feedback"] == {"+1": 1, "-1": 0}  # the user's latest reaction wins
-    assert (status["new_since_adapter"], status["queue_depth"]) == (3, 1)
+    assert (status["new_since_adapter"], status["queue_depth"]) == (1, 1)  # three reactions, one person
     assert status["job"]["requested_by"] == "console:local" and status["job"]["state"] == "queued"
     rc, _, _ = run(capsys, "feedback", "export", "--out", str(tmp_path / "rows.jsonl"))
     [row] = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]

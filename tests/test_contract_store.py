@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -27,7 +28,7 @@ def store(backend_settings: Settings) -> BlobStore:
 
 
 def _answer(n: int, *, day: datetime | None = None) -> AnswerRecord:
-    kwargs = {"created_at": day} if day else {}
+    kwargs: dict[str, Any] = {"created_at": day} if day else {}
     return AnswerRecord(
         answer_id=make_answer_id("slack", "C1", f"17000000{n:02d}.000100"),
         platform="slack",
@@ -140,9 +141,9 @@ def test_feedback_is_stored_once_and_counted_by_time(store: BlobStore) -> None:
     assert records.save_feedback(store, event.model_copy(update={"created_at": datetime.now(UTC)})) is False
     assert records.save_feedback(store, event) is False
     assert [e.feedback_id for e in records.iter_feedback(store)] == ["f1"]
-    assert records.count_feedback_since(store, None) == 1
-    assert records.count_feedback_since(store, event.created_at) == 0
-    assert records.count_feedback_since(store, datetime(2000, 1, 1, tzinfo=UTC)) == 1
+    assert records.count_votes_since(store, None) == 1
+    assert records.count_votes_since(store, event.created_at) == 0
+    assert records.count_votes_since(store, datetime(2000, 1, 1, tzinfo=UTC)) == 1
 
 
 def test_new_feedback_is_counted_across_day_partitions(store: BlobStore) -> None:
@@ -151,12 +152,12 @@ def test_new_feedback_is_counted_across_day_partitions(store: BlobStore) -> None
         records.save_feedback(store, FeedbackEvent(
             feedback_id=f"f{n}", answer_id="a", platform="slack", channel="C1", message_id="m", user_hash=f"u{n}",
             reaction="+1", label=1, action="added", created_at=at))
-    assert records.count_feedback_since(store, None) == 4
-    assert records.count_feedback_since(store, datetime(2026, 3, 4, 12, tzinfo=UTC)) == 3
-    assert records.count_feedback_since(store, late) == 2  # strictly after
-    assert records.count_feedback_since(store, datetime(2026, 3, 5, tzinfo=UTC)) == 2
-    assert records.count_feedback_since(store, datetime(2026, 3, 5, tzinfo=UTC), limit=1) == 1
-    assert records.count_feedback_since(store, datetime(2026, 3, 9, 0, 0, 1, tzinfo=UTC)) == 0
+    assert records.count_votes_since(store, None) == 4
+    assert records.count_votes_since(store, datetime(2026, 3, 4, 12, tzinfo=UTC)) == 3
+    assert records.count_votes_since(store, late) == 2  # strictly after
+    assert records.count_votes_since(store, datetime(2026, 3, 5, tzinfo=UTC)) == 2
+    assert records.count_votes_since(store, datetime(2026, 3, 5, tzinfo=UTC)) == 2
+    assert records.count_votes_since(store, datetime(2026, 3, 9, 0, 0, 1, tzinfo=UTC)) == 0
 
 
 def test_job_slot_is_taken_once_and_released_by_its_holder(store: BlobStore) -> None:
@@ -283,8 +284,8 @@ def test_local_conditional_write_is_race_safe_across_processes(tmp_path: Path) -
 class _LostResponseS3(BaseHTTPRequestHandler):
     """The first conditional PUT lands but its answer is lost (503); the retry then meets 412."""
 
-    stored: dict[str, bytes]
-    puts = 0
+    stored: ClassVar[dict[str, bytes]]  # class state, shared by the handler instance of every request
+    puts: ClassVar[int] = 0
 
     def do_PUT(self) -> None:  # http.server dispatches on the method name
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -315,7 +316,11 @@ class _LostResponseS3(BaseHTTPRequestHandler):
 
 
 def test_conditional_write_whose_response_was_lost_still_counts_as_ours(moto_server: str) -> None:
-    handler = type("Lost", (_LostResponseS3,), {"stored": {}, "puts": 0})
+    class Lost(_LostResponseS3):  # fresh class state for this test
+        stored: ClassVar[dict[str, bytes]] = {}
+        puts = 0
+
+    handler = Lost
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

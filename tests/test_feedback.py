@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from core.contracts import (
     FeedbackEvent,
     JobStatus,
     NotifyTarget,
+    Platform,
+    ReactionAction,
     TrainingJob,
     make_answer_id,
 )
@@ -45,11 +48,11 @@ def queue(settings: Settings) -> JobQueue:
     return open_queue(settings)
 
 
-def post_answer(store: BlobStore, message_id: str, *, platform: str = "slack", text: str = "연차는 15일입니다.") -> str:
+def post_answer(store: BlobStore, message_id: str, *, platform: Platform = "slack", text: str = "연차는 15일입니다.") -> str:
     """What the agent does when it posts an answer: write its record."""
     record = AnswerRecord(
         answer_id=make_answer_id(platform, CHANNEL, message_id),
-        platform=platform,  # type: ignore[arg-type]
+        platform=platform,
         channel=CHANNEL,
         message_id=message_id,
         question="연차는 며칠인가요?",
@@ -59,11 +62,12 @@ def post_answer(store: BlobStore, message_id: str, *, platform: str = "slack", t
     return record.answer_id
 
 
-def react(settings: Settings, store: BlobStore, queue: JobQueue, *, user: str, emoji: str, action: str = "added",
-          message_id: str = "1700000000.000100", event_ts: str = "1700000001.000001", platform: str = "slack"):
+def react(settings: Settings, store: BlobStore, queue: JobQueue, *, user: str, emoji: str,
+          action: ReactionAction = "added", message_id: str = "1700000000.000100",
+          event_ts: str = "1700000001.000001", platform: Platform = "slack") -> FeedbackEvent | None:
     return record_reaction(
         platform=platform, channel=CHANNEL, message_id=message_id, user_id=user, reaction=emoji,
-        action=action, event_ts=event_ts, settings=settings, store=store, queue=queue,  # type: ignore[arg-type]
+        action=action, event_ts=event_ts, settings=settings, store=store, queue=queue,
     )
 
 
@@ -94,7 +98,7 @@ def test_same_reaction_delivered_three_times_is_one_record(settings: Settings, s
     assert all(e is not None and e.answer_id == answer_id for e in events)
     assert len({e.feedback_id for e in events if e}) == 1
     assert len(list(records.iter_feedback(store))) == 1
-    assert records.count_feedback_since(store, None) == 1
+    assert records.count_votes_since(store, None) == 1
 
 
 def test_add_then_remove_is_retracted(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
@@ -176,6 +180,22 @@ def test_threshold_crossing_under_concurrent_feedback_enqueues_exactly_one_job(
     assert len(list(records.iter_feedback(store))) == 12  # nothing lost while the job was queued
 
 
+def test_one_user_toggling_a_vote_never_fires_the_threshold(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
+    """The threshold counts effective, distinct (user, answer) votes, not reaction events."""
+    assert settings.retrain_threshold == 5
+    post_answer(store, "1700000000.000100")
+    for n in range(6):  # 👍 on, 👍 off, … : six events, one person
+        react(settings, store, queue, user="U1", emoji="+1", action="added" if n % 2 == 0 else "removed",
+              event_ts=f"1700000001.{n}")
+    assert queue.depth() == 0 and records.count_votes_since(store, None) == 0
+    other = post_answer(store, "1700000000.000200")
+    for n in range(4):  # the same person on a second answer, four other people on the first
+        react(settings, store, queue, user=f"U{n + 2}", emoji="+1", event_ts=f"1700000002.{n}")
+    react(settings, store, queue, user="U1", emoji="+1", message_id="1700000000.000200", event_ts="1700000003.0")
+    assert records.count_votes_since(store, None) == 5 and other
+    assert queue.depth() == 1  # five distinct votes: now it is due
+
+
 def test_feedback_during_a_run_is_picked_up_by_the_next_job(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
     post_answer(store, "1700000000.000100")
     for n in range(5):
@@ -248,15 +268,16 @@ def _hold_slot(store: BlobStore, job_id: str, minutes_ago: int) -> None:
 def test_slot_of_a_job_whose_message_is_gone_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
     jobs.save_job_status(store, JobStatus(job_id="lost-job", state="running"))
     _hold_slot(store, "lost-job", minutes_ago=5)  # young: the worker may still be on it
-    ask = {"requested_by": "slack:UADMIN", "notify_targets": [], "reason": "", "settings": settings, "store": store}
-    assert request_retrain(**ask, queue=queue).status == "already_queued"
+    ask = partial(request_retrain, requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                  store=store)
+    assert ask(queue=queue).status == "already_queued"
     queue.send("message of the running job", dedup_id="lost-job")
     _hold_slot(store, "lost-job", minutes_ago=30)  # old, but its message is still in the queue
-    assert request_retrain(**ask, queue=queue).status == "already_queued"
+    assert ask(queue=queue).status == "already_queued"
     message = queue.receive(wait_s=1)
     assert message is not None
     queue.delete(message.receipt_handle)  # gone (e.g. dead-lettered after the worker crashed)
-    outcome = request_retrain(**ask, queue=queue)
+    outcome = ask(queue=queue)
     assert outcome.status == "queued" and jobs.active_job_id(store) == outcome.job_id
     lost = jobs.load_job_status(store, "lost-job")
     assert lost is not None and lost.state == "failed" and "left the queue" in (lost.error or "")
@@ -277,7 +298,7 @@ def test_without_event_times_state_changes_are_new_events_and_repeats_are_not(
     """Discord gateway / buttons / console give no event time: identity is the user's n-th change."""
     post_answer(store, "555", platform="discord")
 
-    def tap(emoji: str, action: str = "added") -> None:
+    def tap(emoji: str, action: ReactionAction = "added") -> None:
         react(settings, store, queue, user="D1", emoji=emoji, action=action, message_id="555", event_ts="",
               platform="discord")
 
