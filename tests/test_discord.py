@@ -296,6 +296,16 @@ def test_base64_encoded_body_is_verified_over_the_decoded_bytes(
             json.dumps(button_interaction("something-else", {"id": "5", "channel_id": CHANNEL_ID})).encode(),
             id="unknown-button",
         ),
+        pytest.param(b'{"id": "1", "type": 1' + b", \"n\": " + b"9" * 5000 + b"}", id="int-of-5000-digits"),
+        pytest.param(b'{"type": 1, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", id="nested-1000-deep"),
+        pytest.param(json.dumps({**ask_interaction("q"), "member": [1]}).encode(), id="member-not-an-object"),
+        pytest.param(json.dumps({**ask_interaction("q"), "member": {"user": "u"}}).encode(), id="user-not-an-object"),
+        pytest.param(json.dumps({**ask_interaction("q"), "channel_id": None, "channel": "c"}).encode(),
+                     id="channel-not-an-object"),
+        pytest.param(json.dumps({**ask_interaction("q"), "id": "../../jobs/ACTIVE"}).encode(), id="id-not-a-snowflake"),
+        pytest.param(json.dumps({**ask_interaction("q"), "channel_id": "C/../x"}).encode(),
+                     id="channel-not-a-snowflake"),
+        pytest.param(json.dumps({**ask_interaction("q"), "data": {"name": ["ask"]}}).encode(), id="name-not-a-string"),
     ],
 )
 def test_malformed_signed_bodies_are_400(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +39,8 @@ from core.retrain import request_retrain
 log = logging.getLogger(__name__)
 
 MAX_SIGNATURE_AGE_S = 300  # reject replays of old signed requests
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,500}", re.ASCII)
 
 
 class SignatureError(UserError):
@@ -111,8 +114,8 @@ def parse_interaction(body: bytes) -> dict[str, Any]:
     """The interaction JSON object, or BadInteraction."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInteraction(f"body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5,000-digit number, 1,000 levels deep
+        raise BadInteraction(f"body is not JSON we accept: {str(exc)[:200]}") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
         raise BadInteraction("body is not an interaction object (no integer 'type')")
     return payload
@@ -127,18 +130,42 @@ def _require(payload: dict[str, Any], *path: str) -> Any:
     return value
 
 
+def _object(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    """An optional nested object: {} when absent, BadInteraction when it is not an object."""
+    value = payload.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInteraction(f"interaction field {key} is not an object")
+    return value
+
+
+def snowflake(value: Any, what: str) -> str:
+    """A Discord id as a string of 1–20 digits; anything else is refused (ids become store keys)."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not _SNOWFLAKE.fullmatch(text):
+        raise BadInteraction(f"{what} is not a Discord id")
+    return text
+
+
+def _token(value: Any) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise BadInteraction("token is not an interaction token")
+    return value
+
+
 def _user_id(payload: dict[str, Any]) -> str:
-    user = (payload.get("member") or {}).get("user") or payload.get("user")
-    if not isinstance(user, dict) or not user.get("id"):
+    user = _object(_object(payload, "member"), "user") or _object(payload, "user")
+    if not user.get("id"):
         raise BadInteraction("interaction has neither member.user.id nor user.id")
-    return str(user["id"])
+    return snowflake(user["id"], "user.id")
 
 
 def _channel_id(payload: dict[str, Any]) -> str:
-    channel = payload.get("channel_id") or (payload.get("channel") or {}).get("id")
+    channel = payload.get("channel_id") or _object(payload, "channel").get("id")
     if not channel:
         raise BadInteraction("interaction has no channel_id")
-    return str(channel)
+    return snowflake(channel, "channel_id")
 
 
 THREAD_TYPES = frozenset({10, 11, 12})  # announcement, public and private threads (forum posts are 11)
@@ -147,9 +174,9 @@ THREAD_TYPES = frozenset({10, 11, 12})  # announcement, public and private threa
 def _space_channel_id(payload: dict[str, Any]) -> str:
     """The channel whose knowledge spaces apply: a thread's parent, else the channel itself. A thread
     has its own id, and would otherwise count as unmapped."""
-    channel = payload.get("channel")
-    if isinstance(channel, dict) and channel.get("type") in THREAD_TYPES and channel.get("parent_id"):
-        return str(channel["parent_id"])
+    channel = _object(payload, "channel")
+    if channel.get("type") in THREAD_TYPES and channel.get("parent_id"):
+        return snowflake(channel["parent_id"], "channel.parent_id")
     return _channel_id(payload)
 
 
@@ -164,6 +191,8 @@ def handle_interaction(payload: dict[str, Any], runtime: DiscordRuntime) -> Hand
         return Handled({"type": PONG}, "ping")
     if kind == APPLICATION_COMMAND:
         name = _require(payload, "data", "name")
+        if not isinstance(name, str):
+            raise BadInteraction("data.name is not a string")
         if name == "ask":
             return _ask(payload, runtime)
         if name == "retrain":
@@ -190,12 +219,12 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
         return Handled(message_response(text, ephemeral=True), "ask_empty")
     try:
         job = AskJob(
-            interaction_id=str(_require(payload, "id")),
-            application_id=str(_require(payload, "application_id")),
-            token=str(_require(payload, "token")),
+            interaction_id=snowflake(_require(payload, "id"), "id"),
+            application_id=snowflake(_require(payload, "application_id"), "application_id"),
+            token=_token(_require(payload, "token")),
             channel_id=_channel_id(payload),
             space_channel_id=_space_channel_id(payload),
-            guild_id=str(payload.get("guild_id") or ""),
+            guild_id=snowflake(payload["guild_id"], "guild_id") if payload.get("guild_id") else "",
             user_id=_user_id(payload),
             question=question,
             locale=str(payload.get("locale") or ""),
@@ -241,7 +270,7 @@ def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
     return button_feedback(
         custom_id=str(_require(payload, "data", "custom_id")),
         channel_id=_channel_id(payload),
-        message_id=str(_require(payload, "message", "id")),
+        message_id=snowflake(_require(payload, "message", "id"), "message.id"),
         user_id=_user_id(payload),
         korean=_korean(payload),
         runtime=runtime,
