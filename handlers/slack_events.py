@@ -178,10 +178,19 @@ def _shape_problem(payload: Any) -> str | None:
         return "the body is not an object"
     if payload.get("type") == "url_verification" and not isinstance(payload.get("challenge"), str):
         return "url_verification without a challenge string"
-    if payload.get("type") == "event_callback":
+    if "event" in payload or payload.get("type") == "event_callback":
         inner = payload.get("event")
         if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
-            return "event_callback without an event object that has a type"
+            return "an event that is not an object with a type"
+    for key in ("view", "container", "message", "channel", "team", "enterprise"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict | str):
+            return f"{key} is neither an object nor a string"
+    if "view" in payload and not isinstance(payload["view"], dict):
+        return "view is not an object"
+    if payload.get("type") == "block_actions" or "actions" in payload:
+        actions = payload.get("actions")
+        if not (isinstance(actions, list) and actions and all(isinstance(a, dict) for a in actions)):
+            return "actions is not a list of objects"
     authorizations = payload.get("authorizations")
     if authorizations is not None and not (
         isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import pytest
@@ -616,6 +617,19 @@ def test_malformed_requests_are_4xx_never_5xx(rig: Rig) -> None:
         "signature with non-ASCII": _with_header("x-slack-signature", "v0=" + "é" * 64),
         "signature of 10k characters": _with_header("x-slack-signature", "v0=" + "a" * 10_000),
         "signature not v0": _with_header("x-slack-signature", "v1=" + "a" * 64),
+        "event a string, no type": signed_event('{"event": "x"}', SECRET),
+        "view not an object": signed_event("payload=" + quote('{"type": "view_submission", "view": 1}'), SECRET,
+                                           content_type=form),
+        "view a number, no type": signed_event("payload=" + quote('{"view": 1}'), SECRET, content_type=form),
+        "block_actions without actions": signed_event(
+            "payload=" + quote('{"type": "block_actions", "actions": null, "user": {"id": "U1"}}'), SECRET,
+            content_type=form),
+        "block_actions, actions of strings": signed_event(
+            "payload=" + quote('{"type": "block_actions", "actions": ["x"], "user": "U1"}'), SECRET,
+            content_type=form),
+        "command without a command": signed_event("text=hi&user_id=U1", SECRET, content_type=form),
+        "event_callback, event type not a string": signed_event(
+            '{"type": "event_callback", "event": {"type": 7}}', SECRET),
         "headers null": {**signed_event("{}", SECRET), "headers": None},
         "JSON null": signed_event("null", SECRET),
         "signed junk JSON": signed_event("{not json", SECRET),
