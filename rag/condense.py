@@ -32,10 +32,6 @@ _EN_REFERENCE = re.compile(
 _SALIENT_TAGS = frozenset({"NNP", "NNG", "SL", "SN", "XR", "SH"})
 # A question with at most this many content terms of its own is elliptical ("그럼 신청은?").
 _ELLIPTICAL_TERMS = 2
-# Question words are not a topic: "며칠" from the earlier question must not steer the follow-up.
-_QUESTION_WORDS = frozenset(
-    {"며칠", "몇", "얼마", "언제", "어디", "누구", "무엇", "무슨", "어떤", "어느", "어떻게", "왜"}
-)
 _MAX_CARRIED_TERMS = 5
 
 
@@ -48,10 +44,11 @@ def is_follow_up(question: str) -> bool:
 
 
 def _salient_terms(text: str, exclude: set[str]) -> list[str]:
+    # Question words ("며칠" of the earlier question) are no topic: they are stop words (rag.text).
     forms, tags = analyse([text])[0]
     picked: list[str] = []
     for form, tag in zip(forms, tags, strict=True):
-        if tag not in _SALIENT_TAGS or form in exclude or form in picked or form in _QUESTION_WORDS:
+        if tag not in _SALIENT_TAGS or form in exclude or form in picked:
             continue
         if tag in ("NNG", "NNP") and len(form) < 2:  # 주, 일, 곳: too vague to carry a topic
             continue

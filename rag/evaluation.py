@@ -16,11 +16,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
 from core.settings import Settings
 from rag.metrics import char_f1, contains_answer, mrr_at_k, ndcg_at_k, recall_at_k
+
+if TYPE_CHECKING:
+    from rag.agent import Agent
+    from rag.retrieval import Retriever
 
 EVAL_SPACE = "eval"
 
@@ -132,7 +136,7 @@ def evaluate(
             retriever.close()
 
 
-def _score(agent: Any, retriever: Any, items: list[EvalQuestion], *, progress: bool) -> dict[str, Any]:
+def _score(agent: Agent, retriever: Retriever, items: list[EvalQuestion], *, progress: bool) -> dict[str, Any]:
     sums = {"recall@1": 0.0, "recall@5": 0.0, "recall@10": 0.0, "mrr@10": 0.0, "ndcg@10": 0.0}
     contained = 0
     f1_total = 0.0

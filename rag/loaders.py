@@ -125,7 +125,7 @@ class _HtmlText(HTMLParser):
         self._skip = 0
         self._in_title = False
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "title":
             self._in_title = True
         elif tag in _SKIP_TAGS:

@@ -1,21 +1,23 @@
-"""The one Korean analyser: Kiwi, sentences, and the content terms that BM25 (`rag.sparse`), chunking,
+"""The one Korean analyser: Kiwi, sentences, and the terms that BM25 (`rag.sparse`), chunking,
 extractive answers, grading and condensation all match on.
 
-A term is a Kiwi content morpheme (CONTENT_TAGS), lowercased; verbs and adjectives take their '다'
-form ("썼다" → 쓰다); English words (Kiwi tags every Latin word SL) are stop-worded and
-plural-stemmed (`stem_en`: "releases" → release). STOP_TERMS is the one stop list. The only
-difference between the two consumers is QUESTION_WORDS (무엇, 언제, 몇 …): `analyse`, the
-answer-scoring view, drops them; BM25 keeps them (bench/RESULTS.md, "One analyser").
+A term (`term`) is a Kiwi content morpheme (CONTENT_TAGS), lowercased; verbs and adjectives take
+their '다' form ("썼다" → 쓰다); English words (Kiwi tags every Latin word SL) are stop-worded and
+plural-stemmed (`stem_en`: "releases" → release). STOP_TERMS is the one stop list. Two views read
+those terms, and differ by one named set each: BM25's (`terms`, `analyze_many`: sentences with
+offsets, for chunking and sparse vectors) also drops SINGLE_LETTERS; answer scoring's (`analyse`:
+terms and tags, for extractive answers, grading and condensation) also drops LIGHT_VERBS.
 
 Kiwi is built once per process: creating it and loading its model costs ~1.3 s, which a Lambda
-cold start or a CLI run should pay once, not per call. Both views are cached: `term` per
-(form, tag) — ingestion sees the same morphemes over and over — and `analyse` per text, since a
-knowledge base's hot passages come back on every question.
+cold start or a CLI run should pay once, not per call. Terms are cached per (form, tag), since
+ingestion sees the same morphemes over and over, and `analyse` per text, since a knowledge base's
+hot passages come back on every question.
 """
 
 from __future__ import annotations
 
 import re
+import string
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -42,18 +44,30 @@ _EN_STOP_WORDS = """a about above after again against all am an and any are as a
     then there these they this those through to too under until up very want was we were what when where
     which while who whom whose why will with would you your yours yourself yourselves"""
 
-# The one stop list (terms, i.e. after the '다' form and lowercasing): bound nouns that occur everywhere
-# and carry no topic, light verbs/adjectives ("…하다", "있다"), and the English function words.
+# The one stop list, applied to terms (after lowercasing and the '다' form) in both views: bound
+# nouns that occur everywhere and carry no topic, question words (what is asked, not about what: no
+# sentence must "cover" 며칠, no follow-up carry it over as a topic; 무엇/몇/어떤 … are mostly not
+# content-tagged anyway) and the English function words.
 STOP_TERMS = frozenset(
     {"것", "수", "등", "때", "중", "데", "바", "뿐", "적"}
-    | {"하다", "되다", "있다", "없다", "이다", "않다", "같다"}
+    | {"무엇", "누구", "어디", "언제", "몇", "며칠", "어떤", "무슨", "어느", "얼마"}
     | set(_EN_STOP_WORDS.split())
 )
 
-# What a question asks with, not about: kept as BM25 terms (a passage never contains them, so they
-# only cost the query a little), dropped by `analyse` so a question word is neither a term a sentence
-# must cover nor a topic a follow-up carries over.
-QUESTION_WORDS = frozenset({"무엇", "누구", "어디", "언제", "몇", "며칠", "어떤", "무슨", "어느", "얼마"})
+# The two views differ by these two named sets only. Each split was measured on korquad1 (every
+# question, three article-disjoint folds; bench/RESULTS.md, "One analyser"): moving either set into
+# both views or out of both cost a metric.
+#
+# LIGHT_VERBS: dropped by answer scoring (`analyse`: extractive answers, grading, condensation),
+# kept by BM25. They are in almost every sentence, so a question's 하다 is no term a sentence must
+# cover; for BM25 their pair features ("발표_하다") are phrase evidence (dropping them there cost
+# recall@1 0.952 → 0.950 on the 500 questions). 이다/않다 count only where Kiwi tags them VV/VA.
+LIGHT_VERBS = frozenset({"하다", "되다", "있다", "없다", "이다", "않다", "같다"})
+# SINGLE_LETTERS: dropped by BM25 only. A single Latin letter ("S" of "S8", "A씨") is in every passage
+# of its article, noise for a ranking (keeping it cost MRR@10); answer scoring weighs terms by IDF
+# among the candidate sentences, where it costs nothing and the "n" of "n포 세대" picks the sentence
+# (dropping it there cost containment).
+SINGLE_LETTERS = frozenset(string.ascii_lowercase) - STOP_TERMS  # "a" and "i" are stop words already
 
 _lock = threading.Lock()
 
@@ -108,7 +122,8 @@ def stem_en(word: str) -> str:
 
 @lru_cache(maxsize=262_144)
 def term(form: str, tag: str) -> str | None:
-    """The term of one morpheme, or None when it carries no content."""
+    """The term of one morpheme, or None when it carries no content (cached: ingestion and every
+    question see the same morphemes over and over)."""
     base = tag.split("-")[0]
     if base not in CONTENT_TAGS:
         return None
@@ -116,23 +131,31 @@ def term(form: str, tag: str) -> str | None:
     if base in _PREDICATE_TAGS:
         form += "다"
     elif base == "SL":
-        if len(form) < 2 or form in STOP_TERMS:
+        if form in STOP_TERMS:  # before stemming too: "does" is not the noun "doe"
             return None
         form = stem_en(form)
     return None if form in STOP_TERMS else form
 
 
+@lru_cache(maxsize=262_144)
+def bm25_term(form: str, tag: str) -> str | None:
+    """The BM25 term of one morpheme (`term` less SINGLE_LETTERS), or None (cached too: it is the hot
+    loop of ingestion)."""
+    t = term(form, tag)
+    return None if t in SINGLE_LETTERS else t
+
+
 def _terms_from_tokens(tokens: Iterable[Token]) -> list[str]:
     out: list[str] = []
     for tok in tokens:
-        t = term(tok.form, tok.tag)
+        t = bm25_term(tok.form, tok.tag)
         if t is not None:
             out.append(t)
     return out
 
 
 def terms(text: str) -> list[str]:
-    """Content terms of `text` in order (the BM25 view: question words kept)."""
+    """Terms of `text` in order, as BM25 sees them (LIGHT_VERBS kept, SINGLE_LETTERS dropped)."""
     if not text.strip():
         return []
     return _terms_from_tokens(get_kiwi().tokenize(text))
@@ -159,7 +182,7 @@ def _sentences_from_tokens(sent_tokens: Iterable[Sequence[Token]]) -> list[Sente
         end = toks[-1].start + toks[-1].len
         found: list[tuple[int, str]] = []
         for tok in toks:
-            t = term(tok.form, tok.tag)
+            t = bm25_term(tok.form, tok.tag)
             if t is not None:
                 found.append((tok.start, t))
         out.append(Sentence(start, end, tuple(found)))
@@ -178,7 +201,7 @@ def analyze_many(texts: list[str]) -> list[list[Sentence]]:
     return [_sentences_from_tokens(sents) for sents in kiwi.tokenize(texts, split_sents=True)]
 
 
-# --- the answer-scoring view: terms and tags, question words dropped --------------------------------
+# --- the answer-scoring view: terms and their tags, LIGHT_VERBS dropped ---------------------------
 
 Analysis = tuple[list[str], list[str]]  # (terms, their base tags)
 _CACHE_SIZE = 20_000  # texts (sentences, passages, questions)
@@ -191,7 +214,7 @@ def _analyse_tokens(tokens: Iterable[Token]) -> Analysis:
     tags: list[str] = []
     for tok in tokens:
         t = term(tok.form, tok.tag)
-        if t is None or t in QUESTION_WORDS:
+        if t is None or t in LIGHT_VERBS:
             continue
         found.append(t)
         tags.append(tok.tag.split("-")[0])
@@ -199,8 +222,9 @@ def _analyse_tokens(tokens: Iterable[Token]) -> Analysis:
 
 
 def analyse(texts: list[str]) -> list[Analysis]:
-    """(terms, their tags) of each text, question words dropped (what extractive answers, grading and
-    condensation score on); cache misses go to Kiwi in one batched call."""
+    """(terms, their tags) of each text as answer scoring sees them (LIGHT_VERBS dropped, single
+    letters kept): what extractive answers, grading and condensation match on. Cached per text;
+    cache misses go to Kiwi in one batched call."""
     if not texts:
         return []
     with _cache_lock:
