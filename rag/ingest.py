@@ -28,7 +28,7 @@ from rag.chunking import chunk_documents, title_terms
 from rag.dense import DenseEncoder, dense_from_settings
 from rag.loaders import Document, LoadFailure, discover, load_file
 from rag.sparse import SPARSE_VERSION, SparseEncoder, features, sparse_from_settings
-from rag.vectorstore import StorePoint, VectorStore, open_vector_store, point_id
+from rag.vectorstore import ChunkPayload, StorePoint, VectorStore, open_vector_store, point_id
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class _Writer:
             for chunk in chunks:
                 index_text = chunk.index_text(doc.title)
                 counts = features([tterms, *chunk.sentence_terms], index_text)
-                payload = {
+                payload: ChunkPayload = {
                     "doc_id": doc.doc_id,
                     "chunk_id": f"{doc.doc_id}#{chunk.index}",
                     "chunk_index": chunk.index,
