@@ -6,6 +6,9 @@ condense → retrieve → rerank → grade ─┬─ generate ─┬─ record �
 The thread is the memory: adapters pass the earlier turns, so the graph needs no checkpointer and
 one compiled graph serves every thread concurrently. Each node reports its wall time, which lands in
 `AgentAnswer.timings_ms` and the answer record (what a latency dashboard and the training set see).
+
+One module (~320 lines): the graph's nodes are small methods over one shared state, and reading
+them next to the edges that join them is how one follows an answer.
 """
 
 from __future__ import annotations

@@ -154,6 +154,8 @@ def extract(
 
     `focus` is the user's own words when `question` is a condensed follow-up: its terms count double,
     so the topic carried over from the earlier turn finds the passage but the new ask picks the sentence.
+    One function (~85 lines) on purpose: the scoring reads top to bottom as the module docstring
+    describes it, and its steps share the analysed sentences and term weights.
     """
     candidates = list(passages[: weights.max_passages])
     if not candidates or not question.strip():
