@@ -582,6 +582,23 @@ def test_bad_signature_or_stale_timestamp_is_401(rig: Rig) -> None:
     assert rig.fake.calls_of("chat.postMessage") == []
 
 
+def test_a_lazy_reinvocation_bolt_refuses_fails_loudly(rig: Rig) -> None:
+    """Lambda retried a lazy invocation after Slack's 5-minute signature window: Bolt answers 401.
+    That must fail the invocation (errors metric, DLQ) instead of counting as a silent success."""
+    from handlers.slack_events import LazyWorkFailed
+
+    question = rig.fake.user_message(HR, "U0000001", f"<@{BOT_USER_ID}> 연차 휴가는 며칠인가요?")
+    body = event_callback({"type": "app_mention", "user": "U0000001", "text": question["text"],
+                           "ts": question["ts"], "channel": HR}, event_id="EvLate")
+    late = signed_event(body, SECRET, timestamp=int(time.time()) - 400)
+    late["headers"].update({"x-slack-bolt-lazy-only": "1", "x-slack-bolt-lazy-function-name": "answer_event"})
+    late["method"] = "NONE"  # how Bolt's runner marks its own re-invocation
+    with pytest.raises(LazyWorkFailed, match="401"):
+        rig.handler(late, LambdaContext())
+    late.pop("method")  # the same headers through API Gateway: a plain 401, never a 5xx
+    assert rig.handler(late, LambdaContext())["statusCode"] == 401
+
+
 def _with_header(name: str, value: str) -> dict[str, Any]:
     """A signed, well-formed request whose header `name` is replaced (no signature needed to send it)."""
     event = signed_event(event_callback({"type": "app_mention", "channel": HR, "ts": "1.1", "text": "hi",
