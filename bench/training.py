@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -111,7 +111,18 @@ def run_one(label: str, config: TrainConfig, examples: list[Example], workdir: P
     return row
 
 
-VARIANTS = {
+class Overrides(TypedDict, total=False):
+    """The TrainConfig fields a variant changes."""
+
+    modules_to_save: tuple[str, ...]
+    dtype: str
+    r: int
+    alpha: int
+
+
+Variant = tuple[str, Overrides]  # (label, TrainConfig overrides)
+
+VARIANTS: dict[str, tuple[Variant, Variant]] = {
     "lm_head": (("lora", {}), ("lora+lm_head", {"modules_to_save": ("lm_head",)})),
     "dtype": (("fp32", {"dtype": "float32"}), ("bf16", {"dtype": "bfloat16"})),
     "rank": (("r8", {"r": 8, "alpha": 16}), ("r64", {"r": 64, "alpha": 128})),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from core.settings import Settings
 
 
-def retrieval_settings(data_dir: Path, **overrides: object) -> Settings:
+def retrieval_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Embedded defaults under `data_dir`, ignoring any `.env` / environment the developer has."""
-    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
 
 
 def minimal_pdf(pages: list[str]) -> bytes:

@@ -351,10 +351,13 @@ def signed_event(
     signature: str | None = None,
 ) -> dict[str, Any]:
     ts = str(timestamp if timestamp is not None else int(time.time()))
+    if not signature:
+        signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+        assert signature is not None  # None only without a timestamp
     headers = {
         "content-type": content_type,
         "x-slack-request-timestamp": ts,
-        "x-slack-signature": signature or SignatureVerifier(secret).generate_signature(timestamp=ts, body=body),
+        "x-slack-signature": signature,
     }
     if retry_num is not None:
         headers["x-slack-retry-num"] = str(retry_num)

@@ -137,6 +137,7 @@ class FakeServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str)  # bound to "127.0.0.1" (typeshed also allows bytes)
         return f"http://{host}:{port}"
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs (types-PyYAML isn't a dev dependency); unused-ignore: mypy's incremental cache skips this error
 
 from core.settings import Settings
 
@@ -106,7 +106,7 @@ def _as_list(value: Any) -> list[Any]:
 def _role_actions(resources: dict[str, Any], function: str) -> list[tuple[str, Any]]:
     """(action, resource) pairs granted to a function's role."""
     role = _ref(resources[function]["Properties"]["Role"])
-    pairs = []
+    pairs: list[tuple[str, Any]] = []
     for owner, statement in _statements(resources):
         if owner != role or statement.get("Effect") != "Allow":
             continue
@@ -322,13 +322,14 @@ def test_slack_function_may_invoke_itself(resources: dict[str, Any]) -> None:
 
 
 def test_training_queue_is_fifo_with_dlq_and_fits_the_worker(resources: dict[str, Any]) -> None:
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     queue = resources["TrainingQueue"]["Properties"]
     assert queue["FifoQueue"] is True
     assert queue["ContentBasedDeduplication"] is False  # dedup by job id, never by body
     assert queue["VisibilityTimeout"] == settings.queue_visibility_s
     assert queue["RedrivePolicy"]["maxReceiveCount"] == settings.queue_max_receives
     dlq = _ref(queue["RedrivePolicy"]["deadLetterTargetArn"])
+    assert dlq is not None
     assert resources[dlq]["Properties"]["FifoQueue"] is True  # a FIFO queue needs a FIFO DLQ
     assert resources[dlq]["Properties"]["MessageRetentionPeriod"] >= queue["MessageRetentionPeriod"]
 
@@ -400,7 +401,7 @@ def test_deploy_refuses_an_llm_endpoint_without_a_model(
         for rule in source["Rules"].values()
     )
     assert passes is deployable
-    settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)
+    settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     if deployable:
         llm_from_settings(settings)
     else:
@@ -564,11 +565,11 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
     finally:
         get_settings.cache_clear()
     assert (slack.slack_signing_secret, slack.slack_bot_token) == ("sign-1", "xoxb-1")
-    discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))
+    discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     assert (discord.discord_public_key, discord.discord_bot_token, discord.discord_application_id) == (
         "ab" * 32, "bot-1", "42"
     )
-    gpu_host = Settings(_env_file=None, data_dir=tmp_path, slack_secret_arn=slack_arn, discord_secret_arn=discord_arn)
+    gpu_host = Settings(_env_file=None, data_dir=tmp_path, slack_secret_arn=slack_arn, discord_secret_arn=discord_arn)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     assert (bot_token(gpu_host, "slack"), bot_token(gpu_host, "discord")) == ("xoxb-1", "bot-1")
 
 
@@ -678,6 +679,7 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
     """`/retrain` (and the threshold reaction) through the real code on moto, the second one while
     a job has held the slot for an hour: every S3/SQS call it makes is granted to the function."""
     from datetime import timedelta
+    from functools import partial
 
     from core import jobs
     from core.contracts import utcnow
@@ -694,14 +696,14 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
 
     for client in (store.client, queue.client):  # type: ignore[attr-defined]
         client.meta.events.register("before-parameter-build.*.*", record)
-    ask = {"requested_by": "slack:U1", "is_admin": True, "notify_targets": [], "reason": "test",
-           "settings": aws_settings, "store": store, "queue": queue}
-    first = request_retrain(**ask)
-    assert first.status == "queued"
+    ask = partial(request_retrain, requested_by="slack:U1", is_admin=True, notify_targets=[], reason="test",
+                  settings=aws_settings, store=store, queue=queue)
+    first = ask()
+    assert first.status == "queued" and first.job_id is not None
     jobs.update_job_status(store, first.job_id, state="running")  # the worker took it …
     an_hour_ago = (utcnow() - timedelta(hours=1)).isoformat()  # … an hour ago, and is still training
     store.put(jobs.ACTIVE_JOB_KEY, json.dumps({"job_id": first.job_id, "acquired_at": an_hour_ago}).encode())
-    assert request_retrain(**ask).status == "already_queued"
+    assert ask().status == "already_queued"
 
     assert ("GetQueueAttributes", "TrainingQueue") in made  # the long-held slot was checked
     grants = _grants(resources, function)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from core import jobs, records
-from core.contracts import AnswerRecord, ContextRef, NotifyTarget, make_answer_id
+from core.contracts import AnswerRecord, ContextRef, Language, NotifyTarget, make_answer_id
 from core.feedback import record_reaction
 from core.queue import open_queue
 from core.registry import AdapterRegistry
@@ -94,7 +94,7 @@ def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool
         question, title, text, _ = QA[0]
         posts.append(("bad0", question, title, text, "모르겠습니다.", "-1"))
     for message_id, question, title, text, answer, reaction in posts:
-        language = "ko" if any("가" <= ch <= "힣" for ch in question) else "en"
+        language: Language = "ko" if any("가" <= ch <= "힣" for ch in question) else "en"
         records.save_answer(store, AnswerRecord(
             answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
             message_id=message_id, question=question, language=language, answer=answer,
@@ -424,7 +424,8 @@ def test_loop_over_s3_and_sqs_with_a_gold_set(tiny_base, fakes, aws_settings) ->
     for side in ("candidate", "current"):  # both adapters scored on the held-out split and the gold set
         assert set(manifest.metrics[side]) == {"eval_nll", "gold_nll", "gold_contains"}
     assert manifest.metrics["candidate"]["gold_nll"] < manifest.metrics["current"]["gold_nll"]
-    assert manifest.dataset["snapshot"] == f"datasets/{job_id}/" and manifest.dataset["train"] >= 1 and "feedback_until" in manifest.dataset
+    train_rows = manifest.dataset["train"]
+    assert manifest.dataset["snapshot"] == f"datasets/{job_id}/" and isinstance(train_rows, int) and train_rows >= 1 and "feedback_until" in manifest.dataset
     assert store.get(f"datasets/{job_id}/train.jsonl")
     assert open_queue(settings).depth() == 0
     [slack_post] = fakes["slack"].calls
@@ -536,7 +537,7 @@ def test_gpu_host_env_file_reads_as_systemd_reads_it(monkeypatch) -> None:
         assert key.strip() == key and (key == "AWS_REGION" or key.lower() in Settings.model_fields), key
         assert "#" not in value, f"{key}: systemd would keep the comment in the value"
         monkeypatch.setenv(key, value.strip())
-    settings = Settings(_env_file=None)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
     assert settings.gold_questions is None and settings.lora_modules_to_save == []
     assert settings.queue_max_receives == 3 and settings.base_model and settings.vllm_url
     unit = (infra / "echorag-worker.service").read_text(encoding="utf-8")
