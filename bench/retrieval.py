@@ -107,7 +107,7 @@ def run_quality(args: argparse.Namespace) -> list[dict]:
     corpus, questions = load(args.data)
     rows = []
     with tempfile.TemporaryDirectory(prefix="echorag-bench-") as tmp:
-        settings = Settings(_env_file=None, data_dir=Path(tmp), vector_backend=args.backend)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=Path(tmp), vector_backend=args.backend)
         rank, retriever, info = our_ranker(settings, args.data / "corpus.jsonl")
         print(f"ours: ingested {info}", file=sys.stderr)
         rows.append(score("ours: Kiwi BM25 + pairs + bigrams (Qdrant " + args.backend + ")", rank, questions))
@@ -153,7 +153,7 @@ def run_scale(args: argparse.Namespace) -> dict:
 
     corpus, questions = load(args.data)
     with tempfile.TemporaryDirectory(prefix="echorag-scale-") as tmp:
-        settings = Settings(_env_file=None, data_dir=Path(tmp), vector_backend=args.backend)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=Path(tmp), vector_backend=args.backend)
         n_synthetic = args.scale - len(corpus)
         rows = synthetic_rows(corpus, n_synthetic, chunk_chars=settings.chunk_size) + corpus
         corpus_file = Path(tmp) / "corpus.jsonl"

@@ -28,7 +28,7 @@ from slack_bolt.adapter.aws_lambda import SlackRequestHandler
 from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bots.slack.app import create_app
+from bots.slack.app import create_app, services_of
 from bots.slack.lazy import RetryingLazyListenerRunner, lazy_failures
 from core.contracts import FeedbackEvent
 from core.errors import ConfigError, TransientError
@@ -100,7 +100,7 @@ def _current() -> _Built:
     secrets = (settings.slack_signing_secret or "", settings.slack_bot_token or "")
     if _built is None or _built.secrets != secrets:
         if _built is not None:
-            _built.handler.app.services.close()  # type: ignore[attr-defined]
+            services_of(_built.handler.app).close()
         app = create_app(settings, process_before_response=True, observer=MetricsObserver())
         handler = SlackRequestHandler(app)
         app.listener_runner.lazy_listener_runner = RetryingLazyListenerRunner(handler.logger)

@@ -78,7 +78,7 @@ def create_aws_resources(*, max_receives: int = 3, visibility_s: int = 30) -> di
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings isolated from the developer's .env; `overrides` use field names (lower case)."""
-    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)
 
 
 @pytest.fixture

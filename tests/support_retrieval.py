@@ -11,7 +11,7 @@ from core.settings import Settings
 
 def retrieval_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Embedded defaults under `data_dir`, ignoring any `.env` / environment the developer has."""
-    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)
 
 
 def minimal_pdf(pages: list[str]) -> bytes:

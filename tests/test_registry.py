@@ -37,7 +37,7 @@ def adapter_dir(root: Path, tag: str) -> Path:
 
 
 def manifest(**kw: object) -> AdapterManifest:
-    return AdapterManifest(name="ignored", version=0, base_model="tiny", **kw)  # type: ignore[arg-type]
+    return AdapterManifest(name="ignored", version=0, base_model="tiny", **kw)
 
 
 def test_publish_promote_rollback(registry: AdapterRegistry, tmp_path: Path) -> None:

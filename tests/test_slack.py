@@ -18,6 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from bots.slack.answerer import answer_key
+from bots.slack.app import services_of
 from core.contracts import make_answer_id
 from core.queue import open_queue
 from core.records import iter_feedback, load_answer
@@ -80,7 +81,7 @@ def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "eng").mkdir()
     (root / "hr" / "leave.md").write_text(HR_DOC, encoding="utf-8")
     (root / "eng" / "oncall.md").write_text(ENG_DOC, encoding="utf-8")
-    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")
     for space in ("hr", "eng"):
         summary = ingest_paths([root / space], space=space, settings=settings, progress=False)
         assert summary.failed == 0 and summary.added >= 1
@@ -182,7 +183,7 @@ def _make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: F
     try:
         yield Rig(fake=fake, lam=lam, handler=slack_events.handler, settings=get_settings())
     finally:
-        app.services.close()
+        services_of(app).close()
         slack_events.reset()
         get_settings.cache_clear()
 
@@ -772,7 +773,7 @@ def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, f
     from bots.slack.socket import build_handler, run
     from core.errors import ConfigError
 
-    settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    settings = Settings(_env_file=None, data_dir=tmp_path, qdrant_path=knowledge_base / "qdrant",
                         llm_backend="extractive", slack_bot_token="xoxb-socket", slack_app_token="xapp-1-socket",
                         slack_api_base_url=fake_slack.base_url, default_spaces=["hr"])
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
@@ -804,7 +805,7 @@ def test_socket_mode_serves_the_same_app(tmp_path: Path, knowledge_base: Path, f
         answers = [m for m in fake_slack.thread("C0SOCKET", message["ts"]) if m.get("user") == BOT_USER_ID]
         assert len(answers) == 1 and "15일" in answers[0]["text"]
     finally:
-        handler.app.services.close()  # type: ignore[attr-defined]  # bots.slack.app attaches it to the App
+        services_of(handler.app).close()
         handler.client.close()
 
 
@@ -827,7 +828,7 @@ EVENT_SCOPES = {  # bot event -> scope Slack requires for the subscription
 
 
 def _manifest() -> dict[str, Any]:
-    import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs (types-PyYAML isn't a dev dependency); unused-ignore: mypy's incremental cache skips this error
+    import yaml
 
     return yaml.safe_load((Path(__file__).resolve().parents[1] / "infra/slack/manifest.yaml").read_text("utf-8"))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs (types-PyYAML isn't a dev dependency); unused-ignore: mypy's incremental cache skips this error
+import yaml
 
 from core.settings import Settings
 
@@ -322,7 +322,7 @@ def test_slack_function_may_invoke_itself(resources: dict[str, Any]) -> None:
 
 
 def test_training_queue_is_fifo_with_dlq_and_fits_the_worker(resources: dict[str, Any]) -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    settings = Settings(_env_file=None)
     queue = resources["TrainingQueue"]["Properties"]
     assert queue["FifoQueue"] is True
     assert queue["ContentBasedDeduplication"] is False  # dedup by job id, never by body
@@ -401,7 +401,7 @@ def test_deploy_refuses_an_llm_endpoint_without_a_model(
         for rule in source["Rules"].values()
     )
     assert passes is deployable
-    settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)
     if deployable:
         llm_from_settings(settings)
     else:
@@ -565,11 +565,11 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
     finally:
         get_settings.cache_clear()
     assert (slack.slack_signing_secret, slack.slack_bot_token) == ("sign-1", "xoxb-1")
-    discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))
     assert (discord.discord_public_key, discord.discord_bot_token, discord.discord_application_id) == (
         "ab" * 32, "bot-1", "42"
     )
-    gpu_host = Settings(_env_file=None, data_dir=tmp_path, slack_secret_arn=slack_arn, discord_secret_arn=discord_arn)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    gpu_host = Settings(_env_file=None, data_dir=tmp_path, slack_secret_arn=slack_arn, discord_secret_arn=discord_arn)
     assert (bot_token(gpu_host, "slack"), bot_token(gpu_host, "discord")) == ("xoxb-1", "bot-1")
 
 

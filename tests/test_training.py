@@ -537,7 +537,7 @@ def test_gpu_host_env_file_reads_as_systemd_reads_it(monkeypatch) -> None:
         assert key.strip() == key and (key == "AWS_REGION" or key.lower() in Settings.model_fields), key
         assert "#" not in value, f"{key}: systemd would keep the comment in the value"
         monkeypatch.setenv(key, value.strip())
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]  # _env_file: a pydantic-settings init kwarg mypy can't see
+    settings = Settings(_env_file=None)
     assert settings.gold_questions is None and settings.lora_modules_to_save == []
     assert settings.queue_max_receives == 3 and settings.base_model and settings.vllm_url
     unit = (infra / "echorag-worker.service").read_text(encoding="utf-8")

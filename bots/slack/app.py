@@ -24,6 +24,17 @@ from core.store import BlobStore
 log = logging.getLogger(__name__)
 
 
+_SERVICES = "echorag_services"
+
+
+def services_of(app: App) -> SlackServices:
+    """The services `create_app` gave this app (hosts close them; tests look inside)."""
+    services = getattr(app, _SERVICES, None)
+    if not isinstance(services, SlackServices):
+        raise TypeError("this Bolt app was not built by bots.slack.app.create_app")
+    return services
+
+
 def create_app(
     settings: Settings,
     *,
@@ -55,7 +66,7 @@ def create_app(
     )
     if client is None:
         app.client.base_url = settings.slack_api_base_url  # per-request clients copy it
-    app.services = services  # type: ignore[attr-defined]  # for hosts and tests
+    setattr(app, _SERVICES, services)  # for hosts and tests: services_of(app)
 
     @app.middleware
     def provide_services(context: BoltContext, next: Callable[[], None]) -> None:  # Bolt injects by name

@@ -14,7 +14,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bots.slack.app import create_app
+from bots.slack.app import create_app, services_of
 from core.errors import ConfigError, EchoRagError
 from core.settings import Settings
 
@@ -55,4 +55,4 @@ def run(settings: Settings) -> None:
         threading.Event().wait()
     finally:
         handler.close()
-        handler.app.services.close()  # type: ignore[attr-defined]
+        services_of(handler.app).close()
