@@ -6,6 +6,8 @@ only after the endpoint answered type 5 (`open_deferred`), GET/PATCH …/message
 the message object with its id, unknown tokens get 404 "Unknown Webhook", expired ones 401
 "Invalid Webhook Token", command registration needs `Authorization: Bot …`. Every call is
 recorded; failures can be injected per method.
+
+One module (~410 lines): the fake Discord API and the request builders every Discord test uses.
 """
 
 from __future__ import annotations

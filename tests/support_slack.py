@@ -8,6 +8,9 @@
   the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
   also kill an invocation (a timeout: nothing after that point runs) and wait before retrying.
 - `signed_event(...)`: an API Gateway HTTP API (v2) proxy event signed with Slack's scheme.
+
+One module (~380 lines): the fake Slack, the fake Lambda and the signed-request builders are used
+together by every Slack test.
 """
 
 from __future__ import annotations

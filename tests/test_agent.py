@@ -1,6 +1,9 @@
 """The agent end to end on the sample knowledge base: real ingestion into a local Qdrant collection,
 real Kiwi retrieval, extractive and LLM answers (the LLM is a small OpenAI-compatible HTTP server
-started here), thread follow-ups, abstention and answer records."""
+started here), thread follow-ups, abstention and answer records.
+
+One suite (~400 lines): the module-scoped knowledge base is ingested once for all of them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Blob store + record contract, run on the local directory and on S3 over HTTP (moto)."""
+"""Blob store + record contract, run on the local directory and on S3 over HTTP (moto).
+
+One suite (~330 lines): every case runs against both backends through one fixture, so the
+contract reads in one place.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 the ask worker run on what the handler queued (as SQS would deliver it: the local twin, and moto's
 SQS over HTTP), the real agent over a real local Qdrant collection ingested here, a fake Discord
 REST API that records calls, and the gateway's reaction handler fed discord.py's own raw events.
+
+One suite (~920 lines): the knowledge base is ingested once per module and every case drives the
+same handlers and fake Discord; split files would each ingest again.
 """
 
 from __future__ import annotations

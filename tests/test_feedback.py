@@ -1,4 +1,7 @@
-"""Reactions → feedback → retrain jobs, on the local twins and on S3 + SQS over HTTP (moto)."""
+"""Reactions → feedback → retrain jobs, on the local twins and on S3 + SQS over HTTP (moto).
+
+One suite (~370 lines): the same parametrised backends for every rule of the loop, read together.
+"""
 
 from __future__ import annotations
 

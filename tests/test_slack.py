@@ -1,7 +1,11 @@
 """Slack end to end: signed API Gateway (HTTP API v2) events into `handlers.slack_events.handler`,
 the Web API on a local fake Slack, lazy listeners run in-process through a fake Lambda `Invoke`,
 the real agent over a real Qdrant (local mode) collection ingested here, and the local store/queue
-(S3 + SQS on moto in the AWS test)."""
+(S3 + SQS on moto in the AWS test).
+
+One suite (~870 lines): the knowledge base is ingested once per module and every case drives the
+same handler, fake Slack and fake Lambda; split files would each ingest again.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 The transform is run with aws-sam-translator (no AWS calls: a region, a stub managed-policy loader
 and an ImageUri stand in for what `sam deploy` would supply); assertions read the expanded
 CloudFormation, i.e. what AWS would actually create.
+
+One suite (~730 lines): the template is transformed once per module and every wiring check reads
+the same expanded resources.
 """
 
 from __future__ import annotations

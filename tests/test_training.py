@@ -3,6 +3,9 @@
 Reactions go in through `core.feedback.record_reaction`, the job through `core.retrain.request_retrain`,
 and the worker runs its one-message loop in-process against the real queue and store. Slack, Discord
 and vLLM are small local HTTP servers that record what they were sent.
+
+One suite (~590 lines): the tiny base model is built once per session and every case of the loop
+reuses it, read in the order the loop runs.
 """
 
 from __future__ import annotations
