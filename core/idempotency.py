@@ -66,6 +66,11 @@ class Claim:
     finished: bool = False
 
     @property
+    def attempt(self) -> int:
+        """0 for the first attempt at this event, n when n earlier attempts failed or died."""
+        return int(self.token.rsplit("-", 1)[1]) if self.token else 0
+
+    @property
     def _done_key(self) -> str:
         return f"{_base(self.key)}/done"
 

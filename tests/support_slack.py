@@ -49,6 +49,7 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)  # response_url posts
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
     hangs: dict[str, threading.Event] = field(default_factory=dict)  # method -> set when the hung call arrives
+    lost: set[str] = field(default_factory=set)  # methods whose next answer is lost after doing the work
     _unhang: threading.Event = field(default_factory=threading.Event)
     _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -108,7 +109,14 @@ class FakeSlack:
                     fake._unhang.wait()
                     self._reply({"ok": False, "error": "request_timeout"})
                     return
-                self._reply(fake.handle(method, args, token))
+                result = fake.handle(method, args, token)
+                with fake._lock:
+                    lost = method in fake.lost
+                    fake.lost.discard(method)
+                if lost:
+                    self._reply({"ok": False, "error": "service_unavailable"}, status=503)
+                    return
+                self._reply(result)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -142,6 +150,10 @@ class FakeSlack:
                 message["thread_ts"] = thread_ts
             self.messages.setdefault(channel, []).append(message)
             return dict(message)
+
+    def lose_next_response(self, method: str) -> None:
+        """The next call of `method` is carried out, but its answer is lost on the way back (a 503)."""
+        self.lost.add(method)
 
     def fail_next(self, method: str, error: str = "internal_error", times: int = 1) -> None:
         self.failures.setdefault(method, []).extend([error] * times)
@@ -219,6 +231,9 @@ class FakeSlack:
                    "blocks": args.get("blocks", []), "ts": self.next_ts()}
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
+        if args.get("metadata"):
+            metadata = args["metadata"]
+            message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
         self.messages.setdefault(channel, []).append(message)
         return {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
 

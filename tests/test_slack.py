@@ -429,6 +429,18 @@ def test_a_user_error_is_shown_and_finished_not_retried(rig: Rig) -> None:
     assert len(answers) == 1 and "too long" in answers[0]["text"]
 
 
+def test_a_placeholder_whose_response_was_lost_is_reused_not_orphaned(rig: Rig) -> None:
+    """chat.postMessage went through but its answer never came back: the retry finds that
+    placeholder by its metadata and edits it, instead of posting a second one."""
+    rig.fake.lose_next_response("chat.postMessage")
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    assert response["statusCode"] == 200 and len(rig.lam.errors) == 1
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]  # the one placeholder, now the answer
+    assert len(rig.fake.calls_of("chat.postMessage")) == 1
+    assert rig.answer_record(HR, answers[0]["ts"]) is not None
+
+
 def _dead_first_attempt(rig: Rig) -> dict[str, Any]:
     """Ask a question whose first lazy invocation is killed (a Lambda timeout) while it waits on
     Slack: after its placeholder and its claim, before the answer, with no chance to release."""

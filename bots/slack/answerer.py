@@ -35,7 +35,12 @@ from bots.slack.render import (
     render_answer,
 )
 from bots.slack.services import SlackServices
-from bots.slack.threads import remember_answered_thread, thread_history
+from bots.slack.threads import (
+    find_placeholder,
+    placeholder_metadata,
+    remember_answered_thread,
+    thread_history,
+)
 from core.errors import PermanentError, UserError
 from core.idempotency import ClaimHeld, once
 from core.records import hash_user
@@ -117,7 +122,7 @@ class Answerer:
                 return AnswerOutcome("refused")
             placeholder_ts: str | None = None
             try:
-                placeholder_ts = self._placeholder(q, language)
+                placeholder_ts = self._placeholder(q, language, retry=claim.attempt > 0)
                 return self._answer(q, placeholder_ts)
             except UserError as exc:  # the question itself is wrong: tell the asker, done
                 assert placeholder_ts is not None  # only the agent raises UserError
@@ -178,17 +183,33 @@ class Answerer:
         )
         return AnswerOutcome("answered")
 
-    def _placeholder(self, q: Question, language: str) -> str:
-        """The placeholder's ts: the one an earlier attempt posted, or a fresh one (saved at once)."""
+    def _placeholder(self, q: Question, language: str, *, retry: bool) -> str:
+        """The placeholder's ts: the one an earlier attempt posted, or a fresh one (saved at once).
+
+        On a retry whose store has none, the thread is searched for the earlier attempt's
+        placeholder by its metadata first (its post went through but the answer to it was lost),
+        so no orphan "Looking…" stays behind. `/ask` posts at the channel's top, not in a thread,
+        and is not searched."""
         key = _placeholder_key(q.dedup_key)
         saved = self.services.store.get(key)
         if saved:
             return str(json.loads(saved)["ts"])
-        text = placeholder_text(language)
-        if q.header:
-            text = f"{q.header}\n{text}"
-        response = self.client.chat_postMessage(channel=q.channel, thread_ts=q.thread_ts, **_payload(notice_blocks(text)))
-        ts = str(response["ts"])
+        found = (
+            find_placeholder(self.client, channel=q.channel, thread_ts=q.thread_ts, dedup_key=q.dedup_key)
+            if retry and q.thread_ts
+            else None
+        )
+        if found is not None:
+            ts = found
+        else:
+            text = placeholder_text(language)
+            if q.header:
+                text = f"{q.header}\n{text}"
+            response = self.client.chat_postMessage(
+                channel=q.channel, thread_ts=q.thread_ts, metadata=placeholder_metadata(q.dedup_key),
+                **_payload(notice_blocks(text)),
+            )
+            ts = str(response["ts"])
         self.services.store.put(key, json.dumps({"ts": ts, "channel": q.channel}).encode())
         # from now on plain replies in this thread are questions too (even while this one runs)
         remember_answered_thread(self.services.store, q.channel, q.thread_ts or ts, ts)

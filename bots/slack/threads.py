@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -48,6 +49,34 @@ def _ts_key(ts: str) -> tuple[int, int]:
         return int(seconds), int(micros or 0)
     except ValueError:
         return (0, 0)
+
+
+PLACEHOLDER_EVENT = "echorag_placeholder"
+
+
+def placeholder_metadata(dedup_key: str) -> dict[str, object]:
+    """Message metadata that marks a placeholder as this question's, so a retry can find it."""
+    return {"event_type": PLACEHOLDER_EVENT, "event_payload": {"question": dedup_key}}
+
+
+def find_placeholder(client: WebClient, *, channel: str, thread_ts: str, dedup_key: str) -> str | None:
+    """The ts of a placeholder an earlier attempt posted in this thread but could not save (its
+    response was lost, or saving failed); None when there is none or the thread cannot be read."""
+    try:
+        response = client.conversations_replies(
+            channel=channel, ts=thread_ts, limit=_PAGE, include_all_metadata=True
+        )
+    except SlackApiError as exc:
+        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, exc.response.get("error"))
+        return None
+    messages: list[dict[str, Any]] = response.get("messages") or []
+    for message in messages:
+        metadata = message.get("metadata") or {}
+        if metadata.get("event_type") == PLACEHOLDER_EVENT and (
+            (metadata.get("event_payload") or {}).get("question") == dedup_key
+        ):
+            return str(message["ts"])
+    return None
 
 
 def thread_history(
