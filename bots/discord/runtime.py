@@ -7,13 +7,11 @@ worker only) the agent are built on first use and reused. The interactions funct
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from bots.discord.rest import DiscordRest
+from core.clients import ClientCache
 from core.errors import ConfigError
 from core.queue import JobQueue, SqliteQueue, SqsQueue, open_queue
 from core.settings import Settings
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ASK_VISIBILITY_S = 300  # as the SQS ask queue (template.yaml): longer than one worker run
-T = TypeVar("T")
 ASK_QUEUE_FILE = "ask-queue.sqlite"  # the embedded default's ask queue, beside the training queue
 
 
@@ -48,30 +45,23 @@ class DiscordRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._built: dict[str, Any] = {}
-        self._lock = threading.RLock()
-
-    def _get(self, name: str, build: Callable[[], T]) -> T:
-        with self._lock:
-            if name not in self._built:
-                self._built[name] = build()
-            return self._built[name]
+        self._clients = ClientCache()
 
     @property
     def store(self) -> BlobStore:
-        return self._get("store", lambda: open_store(self.settings))
+        return self._clients.get("store", lambda: open_store(self.settings))
 
     @property
     def training_queue(self) -> JobQueue:
-        return self._get("training_queue", lambda: open_queue(self.settings))
+        return self._clients.get("training_queue", lambda: open_queue(self.settings))
 
     @property
     def ask_queue(self) -> JobQueue:
-        return self._get("ask_queue", lambda: open_ask_queue(self.settings))
+        return self._clients.get("ask_queue", lambda: open_ask_queue(self.settings))
 
     @property
     def rest(self) -> DiscordRest:
-        return self._get("rest", lambda: DiscordRest.from_settings(self.settings))
+        return self._clients.get("rest", lambda: DiscordRest.from_settings(self.settings))
 
     @property
     def agent(self) -> Agent:
@@ -80,16 +70,11 @@ class DiscordRuntime:
 
             return Agent.from_settings(self.settings, store=self.store)
 
-        return self._get("agent", build)
+        return self._clients.get("agent", build)
 
     def close(self) -> None:
         """Release what was opened (the local Qdrant folder lock above all)."""
-        with self._lock:
-            built, self._built = self._built, {}
-        for resource in built.values():
-            if hasattr(resource, "close"):
-                with contextlib.suppress(Exception):
-                    resource.close()
+        self._clients.close()
 
 
 def resolve_settings(settings: Settings) -> Settings:

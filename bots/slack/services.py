@@ -8,10 +8,10 @@ run in a pool, and Qdrant's embedded engines allow a single opener per folder.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from core.clients import ClientCache
 from core.contracts import FeedbackEvent
 from core.queue import JobQueue, open_queue
 from core.settings import Settings
@@ -53,8 +53,7 @@ class SlackServices:
         self._ask = ask
         self._store = store
         self._queue = queue
-        self._agent: Any = None
-        self._lock = threading.Lock()
+        self._clients = ClientCache()
         self.observer: SlackObserver = observer or NullObserver()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SlackServices:
@@ -63,40 +62,28 @@ class SlackServices:
 
     @property
     def store(self) -> BlobStore:
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    self._store = open_store(self.settings)
-        return self._store
+        return self._store or self._clients.get("store", lambda: open_store(self.settings))
 
     @property
     def queue(self) -> JobQueue:
-        if self._queue is None:
-            with self._lock:
-                if self._queue is None:
-                    self._queue = open_queue(self.settings)
-        return self._queue
+        return self._queue or self._clients.get("queue", lambda: open_queue(self.settings))
 
     @property
     def ask(self) -> AskFn:
         if self._ask is not None:
             return self._ask
-        if self._agent is None:
-            store = self.store
-            with self._lock:
-                if self._agent is None:
-                    from rag.agent import Agent  # heavy (Kiwi, Qdrant, LangGraph): only answering pays
 
-                    self._agent = Agent.from_settings(self.settings, store=store)
-        ask: AskFn = self._agent.ask
+        def build() -> Any:
+            from rag.agent import Agent  # heavy (Kiwi, Qdrant, LangGraph): only answering pays
+
+            return Agent.from_settings(self.settings, store=self.store)
+
+        ask: AskFn = self._clients.get("agent", build).ask
         return ask
 
     def close(self) -> None:
-        """Release the agent's retriever (the embedded Qdrant allows one opener per folder)."""
-        with self._lock:
-            agent, self._agent = self._agent, None
-        if agent is not None:
-            agent.close()
+        """Release what was built (the embedded Qdrant allows one opener per folder)."""
+        self._clients.close()
 
     @property
     def lease_s(self) -> float:
