@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterable
@@ -119,6 +120,7 @@ class ConsoleChat:
             user_id=self.user,
             reaction=reaction,
             action="added",
+            event_ts=f"{time.time():.6f}",
             settings=self.settings,
             store=self.store,
             queue=self._queue(),

@@ -7,10 +7,8 @@ POSITIVE_EMOJI / NEGATIVE_EMOJI lookup, so the settings may use either spelling.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from typing import Any
 
 from core.contracts import FeedbackEvent, Platform, ReactionAction, make_answer_id, make_feedback_id
 from core.errors import PermanentError
@@ -21,8 +19,6 @@ from core.settings import Settings
 from core.store import BlobStore
 
 log = logging.getLogger(__name__)
-
-STATE_PREFIX = "index/reaction-state/"
 
 # Unicode → the Slack short name used as the canonical spelling.
 _UNICODE_NAMES = {
@@ -72,51 +68,6 @@ def emoji_label(reaction: str, settings: Settings) -> int | None:
     return None
 
 
-class ReactionState:
-    """Per (answer, user): each emoji's last action and its sequence number, for platforms whose
-    reaction events carry no time (Discord gateway, buttons, console).
-
-    There a redelivery and a deliberate repeat look alike, so the identity of an event becomes
-    "the user's n-th change of this emoji": repeating the current state is the same event (one
-    record), while a re-add after a removal, or re-choosing 👍 after a later 👎, is a new one.
-    """
-
-    def __init__(self, key: str, entries: dict[str, dict[str, Any]]) -> None:
-        self.key, self.entries = key, entries
-
-    @classmethod
-    def load(cls, store: BlobStore, answer_id: str, user_hash: str) -> ReactionState:
-        key = f"{STATE_PREFIX}{answer_id}/{user_hash}.json"
-        data = store.get(key)
-        try:
-            entries = json.loads(data) if data else {}
-        except ValueError:
-            log.warning("unreadable reaction state %s; starting over", key)
-            entries = {}
-        return cls(key, entries if isinstance(entries, dict) else {})
-
-    def event_ts_for(self, reaction: str, action: str) -> str:
-        current = self.entries.get(reaction)
-        if current is not None and current.get("action") == action:
-            newer_other = any(
-                other.get("action") == "added" and other.get("seq_at", 0) > current.get("seq_at", 0)
-                for name, other in self.entries.items()
-                if name != reaction
-            )
-            if action == "removed" or not newer_other:
-                return str(current["event_ts"])  # the same state again: the same event
-        seq = int(current.get("seq", 0)) + 1 if current else 1
-        return f"seq-{seq}"
-
-    def save(self, store: BlobStore, reaction: str, action: str, event_ts: str) -> None:
-        if self.entries.get(reaction, {}).get("event_ts") == event_ts:
-            return
-        order = max((int(e.get("seq_at", 0)) for e in self.entries.values()), default=0) + 1
-        seq = int(event_ts.removeprefix("seq-")) if event_ts.startswith("seq-") else 1
-        self.entries[reaction] = {"action": action, "seq": seq, "event_ts": event_ts, "seq_at": order}
-        store.put(self.key, json.dumps(self.entries).encode())
-
-
 def record_reaction(
     *,
     platform: Platform,
@@ -125,7 +76,7 @@ def record_reaction(
     user_id: str,
     reaction: str,
     action: ReactionAction,
-    event_ts: str = "",
+    event_ts: str,
     settings: Settings,
     store: BlobStore,
     queue: JobQueue,
@@ -133,13 +84,17 @@ def record_reaction(
     """Store one reaction on a bot answer, once; may queue the threshold retrain.
 
     Returns the event (also when this delivery was a duplicate of a stored one), or None when the
-    message is not one of the bot's answers or the emoji is not a vote. `event_ts` is the
-    platform's event time (Slack `event_ts`): it tells a re-add after a removal from a retry.
+    message is not one of the bot's answers or the emoji is not a vote. `event_ts` is the event's
+    time in epoch seconds as the platform states it (Slack `event_ts`, a Discord interaction's
+    snowflake time, the gateway's receipt time): a redelivery carries the same time and is one
+    record; a re-add after a removal is a new one. The log is append-only and the effective vote is
+    resolved by event time when read (`records.effective_votes`), so clicks processed concurrently
+    or out of order never lose a vote: no read-modify-write state to race on.
     """
     if action not in ("added", "removed"):
         raise PermanentError(f"reaction action must be 'added' or 'removed', not {action!r}")
-    if not (channel and message_id and user_id and reaction):
-        raise PermanentError("a reaction needs channel, message_id, user_id and reaction")
+    if not (channel and message_id and user_id and reaction and event_ts):
+        raise PermanentError("a reaction needs channel, message_id, user_id, reaction and event_ts")
     label = emoji_label(reaction, settings)
     if label is None:
         log.debug("ignoring %s reaction %r: not a vote emoji", platform, reaction)
@@ -150,10 +105,6 @@ def record_reaction(
         return None
     name = normalize_emoji(reaction)
     user_hash = hash_user(platform, user_id)
-    state = None
-    if not event_ts:  # no platform event time: number the user's state changes instead
-        state = ReactionState.load(store, answer_id, user_hash)
-        event_ts = state.event_ts_for(name, action)
     event = FeedbackEvent(
         feedback_id=make_feedback_id(platform, user_id, channel, message_id, name, action, event_ts),
         answer_id=answer_id,
@@ -170,8 +121,6 @@ def record_reaction(
         log.info("feedback %s %s %+d on answer %s", action, name, label, answer_id)
     else:
         log.info("duplicate delivery of feedback %s ignored", event.feedback_id)
-    if state is not None:
-        state.save(store, name, action, event_ts)
     if action == "added":
         # Also on a duplicate: a retried delivery re-checks a trigger whose first try failed.
         maybe_auto_retrain(

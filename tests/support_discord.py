@@ -33,11 +33,12 @@ GUILD_ID = "1200000000000000001"
 CHANNEL_ID = "1200000000000000100"
 BOT_USER = {"id": APPLICATION_ID, "username": "EchoRAG", "discriminator": "0", "avatar": None, "bot": True}
 
-_snowflakes = itertools.count(1_300_000_000_000_000_000)
+_snowflake_ms = itertools.count(310_000_000_000)  # ms since Discord's epoch (2024-10)
 
 
 def snowflake() -> str:
-    return str(next(_snowflakes))
+    """A fresh id, each 1 ms later than the last (a snowflake's top 42 bits are its creation time)."""
+    return str(next(_snowflake_ms) << 22)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -641,7 +642,7 @@ def test_retrain_refused_for_members_and_queued_once_for_admins(
 # --- feedback: buttons and gateway reactions ---------------------------------------------------------
 
 
-def test_button_feedback_is_recorded_once(
+def test_button_feedback_is_recorded_once_per_click(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
     message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
@@ -650,23 +651,40 @@ def test_button_feedback_is_recorded_once(
 
     status, body = send(key, fake_discord, button_interaction(up, message))
     assert status == 200 and body["data"]["flags"] == 64 and "Thanks" in body["data"]["content"]
-    click_again = button_interaction(up, message)
-    send(key, fake_discord, click_again)
-    send(key, fake_discord, click_again)  # the same interaction delivered twice
+    click = button_interaction(up, message)
+    send(key, fake_discord, click)
+    send(key, fake_discord, click)  # the same interaction delivered twice: one record
     events = list(iter_feedback(store))
-    assert [(e.reaction, e.label, e.action) for e in events] == [("+1", 1, "added")]
+    assert [(e.reaction, e.label, e.action) for e in events] == [("+1", 1, "added")] * 2
     assert events[0].answer_id == make_answer_id("discord", CHANNEL_ID, message["id"])
+    votes = effective_votes(iter_feedback(store))[events[0].answer_id]
+    assert [v.label for v in votes.values()] == [1]  # clicking 👍 twice is still one vote
 
     send(key, fake_discord, button_interaction(down, message, user_id="2000000000000000002"))
-    assert sorted(e.label for e in iter_feedback(store)) == [-1, 1]
-
-    # Changing one's mind: 👎 then 👍 again are two more events, and the latest click is the vote.
+    # Changing one's mind: 👎 then 👍 again, and the latest click is the vote.
     send(key, fake_discord, button_interaction(down, message))
     send(key, fake_discord, button_interaction(up, message))
-    assert len(list(iter_feedback(store))) == 4
     votes = effective_votes(iter_feedback(store))[events[0].answer_id]
     assert sorted(v.label for v in votes.values()) == [-1, 1]  # user 1: 👍 (latest), user 2: 👎
     assert votes[events[0].user_hash].label == 1
+
+
+def test_close_clicks_resolve_to_the_later_one_whatever_order_they_land_in(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    """👍 then 👎 clicked close together reach two Lambdas at once: the vote is 👎 every time."""
+    store = open_store(settings)
+    for trial in range(12):
+        message = ask_and_answer(key, fake_discord, settings, f"Who answers pages? ({trial})")
+        up, down = (b["custom_id"] for b in message["components"][0]["components"])
+        first, second = button_interaction(up, message), button_interaction(down, message)
+        clicks = [second, first] if trial % 2 else [first, second]  # the later click may land first
+        with ThreadPoolExecutor(2) as pool:
+            statuses = list(pool.map(lambda click: send(key, fake_discord, click)[0], clicks))
+        assert statuses == [200, 200]
+        answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
+        votes = effective_votes(iter_feedback(store))[answer_id]
+        assert [v.label for v in votes.values()] == [-1], f"trial {trial}"
 
 
 def test_button_naming_another_message_is_ignored(

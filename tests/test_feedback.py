@@ -295,35 +295,6 @@ def test_slot_of_a_request_that_died_before_sending_is_reclaimed(
     assert outcome.status == "queued"
 
 
-def test_without_event_times_state_changes_are_new_events_and_repeats_are_not(
-    settings: Settings, store: BlobStore, queue: JobQueue
-) -> None:
-    """Discord gateway / buttons / console give no event time: identity is the user's n-th change."""
-    post_answer(store, "555", platform="discord")
-
-    def tap(emoji: str, action: ReactionAction = "added") -> None:
-        react(settings, store, queue, user="D1", emoji=emoji, action=action, message_id="555", event_ts="",
-              platform="discord")
-
-    def state() -> tuple[int, list[int]]:
-        return len(list(records.iter_feedback(store))), [row.label for row in records.labelled_answers(store)]
-
-    for _ in range(3):
-        tap("👍")
-    assert state() == (1, [1])  # a replayed gateway event: one record
-    tap("👍", "removed")
-    tap("👍", "removed")
-    assert state() == (2, [])
-    tap("👍")  # re-added after the removal: a new event, not the first one again
-    assert state() == (3, [1])
-    tap("👎")  # a button click for the other answer
-    assert state() == (4, [-1])
-    tap("👍")  # changed their mind back: 👍 is again the latest
-    assert state() == (5, [1])
-    tap("👍")
-    assert state() == (5, [1])
-
-
 def test_a_reaction_lists_only_feedback_newer_than_the_adapter(aws_settings: Settings, tmp_path: Path) -> None:
     """The threshold check must not grow with all feedback ever given: one S3 LIST per reaction,
     starting after the adapter's snapshot time, and none while a job is queued or running."""

@@ -174,6 +174,7 @@ class GatewayBot(discord.Client):
                 channel_id=str(interaction.channel_id),
                 message_id=str(interaction.message.id),
                 user_id=str(interaction.user.id),
+                interaction_id=str(interaction.id),
                 korean=str(interaction.locale).startswith("ko"),
                 runtime=self.runtime,
             )

@@ -148,6 +148,15 @@ def snowflake(value: Any, what: str) -> str:
     return text
 
 
+DISCORD_EPOCH_MS = 1_420_070_400_000
+
+
+def snowflake_time(snowflake_id: str) -> str:
+    """The creation time a Discord id carries (ms since Discord's epoch, in its top 42 bits), as epoch
+    seconds: the event time of a click, stated by Discord, so votes order by when they were cast."""
+    return f"{((int(snowflake_id) >> 22) + DISCORD_EPOCH_MS) / 1000:.3f}"
+
+
 def _token(value: Any) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise BadInteraction("token is not an interaction token")
@@ -272,16 +281,26 @@ def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
         channel_id=_channel_id(payload),
         message_id=snowflake(_require(payload, "message", "id"), "message.id"),
         user_id=_user_id(payload),
+        interaction_id=snowflake(_require(payload, "id"), "id"),
         korean=_korean(payload),
         runtime=runtime,
     )
 
 
 def button_feedback(
-    *, custom_id: str, channel_id: str, message_id: str, user_id: str, korean: bool, runtime: DiscordRuntime
+    *,
+    custom_id: str,
+    channel_id: str,
+    message_id: str,
+    user_id: str,
+    interaction_id: str,
+    korean: bool,
+    runtime: DiscordRuntime,
 ) -> Handled:
     """A 👍/👎 button click, recorded like the matching reaction (shared with the gateway process).
-    A second click of the same button by the same user is the same feedback event: one record."""
+
+    The click's time is its interaction id's: a redelivered interaction is one record, and when 👍
+    and 👎 are clicked close together the later click is the vote, in whatever order they land."""
     parsed = parse_feedback_custom_id(custom_id)
     if parsed is None:
         raise BadInteraction(f"unknown component custom_id {custom_id[:100]!r}")
@@ -299,6 +318,7 @@ def button_feedback(
         user_id=user_id,
         reaction=reaction,
         action="added",
+        event_ts=snowflake_time(interaction_id),
         settings=runtime.settings,
         store=runtime.store,
         queue=runtime.training_queue,
