@@ -8,12 +8,17 @@ not fail (or retry) a training job whose adapter is already published.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.contracts import JobStatus, NotifyTarget, TrainingJob
 from core.retrain import announce_targets
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +116,47 @@ def bot_token(settings: Settings, platform: str) -> str:
     return str(secret["bot_token"])
 
 
-def _post_slack(target: NotifyTarget, text: str, settings: Settings) -> None:
+ANNOUNCEMENT_EVENT = "echorag_job_result"
+_LOOKBACK = 100  # recent messages searched for an earlier attempt's post
+
+
+def _already_posted_slack(client: WebClient, target: NotifyTarget, announcement: str) -> bool:
+    """Whether the channel (or thread) holds this announcement already, by its message metadata."""
+    if target.thread_ts:
+        response = client.conversations_replies(
+            channel=target.channel, ts=target.thread_ts, limit=_LOOKBACK, include_all_metadata=True
+        )
+    else:
+        response = client.conversations_history(channel=target.channel, limit=_LOOKBACK, include_all_metadata=True)
+    return any(
+        (m.get("metadata") or {}).get("event_type") == ANNOUNCEMENT_EVENT
+        and ((m.get("metadata") or {}).get("event_payload") or {}).get("announcement") == announcement
+        for m in response.get("messages") or []
+    )
+
+
+def _post_slack(target: NotifyTarget, text: str, settings: Settings, *, announcement: str, repeat: bool) -> None:
     from slack_sdk import WebClient
 
     client = WebClient(token=bot_token(settings, "slack"), base_url=settings.slack_api_base_url, timeout=15)
-    client.chat_postMessage(channel=target.channel, text=text, thread_ts=target.thread_ts)
+    if repeat and _already_posted_slack(client, target, announcement):
+        log.info("announcement %s is in %s already; not posted again", announcement, target.channel)
+        return
+    metadata = {"event_type": ANNOUNCEMENT_EVENT, "event_payload": {"announcement": announcement}}
+    client.chat_postMessage(channel=target.channel, text=text, thread_ts=target.thread_ts, metadata=metadata)
 
 
-def _post_discord(target: NotifyTarget, text: str, settings: Settings) -> None:
+def _post_discord(target: NotifyTarget, text: str, settings: Settings, *, announcement: str) -> None:
     from bots.discord.rest import DiscordRest
 
+    # Discord drops a second message with the same enforced nonce (25 characters at most) for a few minutes.
+    nonce = hashlib.sha256(announcement.encode()).hexdigest()[:25]
     rest = DiscordRest(settings.discord_api_base_url, bot_token=bot_token(settings, "discord"), timeout_s=15)
     try:
-        rest.create_message(target.channel, {"content": text[:2000], "allowed_mentions": {"parse": []}})
+        rest.create_message(
+            target.channel,
+            {"content": text[:2000], "allowed_mentions": {"parse": []}, "nonce": nonce, "enforce_nonce": True},
+        )
     finally:
         rest.close()
 
@@ -136,16 +169,22 @@ def notify_job(
     before: dict[str, float] | None = None,
     after: dict[str, float] | None = None,
     next_step: str = "",
+    repeat: bool = False,
 ) -> list[NotifyResult]:
-    """Post the job's result to every target; returns one result per target, failures included."""
+    """Post the job's result to every target; returns one result per target, failures included.
+
+    `repeat`: an earlier attempt may have posted before it died. Each post carries the
+    announcement's identity (job and outcome): Slack's is looked up in the channel's recent
+    messages first, Discord's is an enforced nonce, so a repeat is not posted twice."""
     text = format_job_message(job, status, before=before, after=after, next_step=next_step)
+    announcement = f"{job.job_id}/{status.state}"
     results = []
     for target in job_targets(job, settings):
         try:
             if target.platform == "slack":
-                _post_slack(target, text, settings)
+                _post_slack(target, text, settings, announcement=announcement, repeat=repeat)
             elif target.platform == "discord":
-                _post_discord(target, text, settings)
+                _post_discord(target, text, settings, announcement=announcement)
             else:  # console: the person is at the terminal, where the worker logs
                 log.info("job %s result for %s:%s\n%s", job.job_id, target.platform, target.channel, text)
             results.append(NotifyResult(target=target, ok=True))

@@ -1,16 +1,19 @@
 """Adapter registry over the blob store: `adapters/<name>/v<N>/` (files + manifest.json) and `CURRENT`.
 
 A version counts as published only once its manifest exists, and the manifest is written after
-every file, so a publish that dies midway leaves an invisible orphan, never a half version.
-`CURRENT` is one small JSON object (version + history of earlier current versions) replaced by a
-single put (atomic on S3; os.replace locally): it only ever names a complete version.
+every file, so a publish that dies midway leaves an invisible orphan, never a half version; its
+`_claim` names the job that started it, and `collect_orphans` deletes it once that job is retried
+or the claim is old. `CURRENT` is one small JSON object (version + history of earlier current
+versions) replaced by a single put (atomic on S3; os.replace locally): it only ever names a
+complete version.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,6 +30,7 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 CLAIM = "_claim"  # reserves a version number before its files are uploaded
 FEEDBACK_CUTOFF_KEY = "feedback_until"  # manifest.dataset[...]: ISO time the snapshot was taken
+ORPHAN_AGE = timedelta(hours=1)  # an unfinished publish older than this is abandoned, whoever began it
 _M = TypeVar("_M", bound=BaseModel)
 
 log = logging.getLogger(__name__)
@@ -132,12 +136,40 @@ class AdapterRegistry:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def _claim_version(self) -> int:
+    def _claim_version(self, job_id: str) -> int:
         taken = self._keys_by_version()
         version = max(taken, default=0) + 1
-        while not self.store.put(self.version_prefix(version) + CLAIM, b"", if_absent=True):
+        claim = json.dumps({"job_id": job_id, "claimed_at": utcnow().isoformat()}).encode()
+        while not self.store.put(self.version_prefix(version) + CLAIM, claim, if_absent=True):
             version += 1  # another publisher took it first
         return version
+
+    def _orphan_claim(self, version: int) -> tuple[str, datetime | None]:
+        """(job id, claimed_at) of an unfinished version; ("", None) when its claim is gone or unreadable."""
+        try:
+            raw = json.loads(self.store.get(self.version_prefix(version) + CLAIM) or b"{}")
+            return str(raw.get("job_id", "")), datetime.fromisoformat(raw["claimed_at"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return "", None
+
+    def collect_orphans(self, *, job_id: str = "", older_than: timedelta = ORPHAN_AGE) -> list[int]:
+        """Delete unfinished versions (files without a manifest): those `job_id` began (its earlier
+        attempt died mid-upload, and it is running again) and any begun over `older_than` ago.
+        Files go first and the claim last, so a collection that dies midway is finished next time.
+        Returns the versions deleted."""
+        collected = []
+        for version, names in sorted(self._keys_by_version().items()):
+            if MANIFEST in names:
+                continue
+            owner, claimed_at = self._orphan_claim(version)
+            if not ((job_id and owner == job_id) or claimed_at is None or utcnow() - claimed_at > older_than):
+                continue  # someone may be uploading it right now
+            prefix = self.version_prefix(version)
+            for name in sorted(names, key=lambda n: n == CLAIM):
+                self.store.delete(prefix + name)
+            log.warning("adapter %s: deleted unfinished v%s (begun by job %s)", self.name, version, owner or "?")
+            collected.append(version)
+        return collected
 
     def publish(self, files_dir: Path, manifest: AdapterManifest, *, promote: bool = False) -> int:
         """Upload every file under `files_dir`, then the manifest; returns the new version number.
@@ -153,7 +185,7 @@ class AdapterRegistry:
         )
         if not files:
             raise UserError(f"adapter files directory {files_dir} is empty")
-        version = self._claim_version()
+        version = self._claim_version(manifest.job_id)
         prefix = self.version_prefix(version)
         for rel in files:
             self.store.put(prefix + rel, (files_dir / rel).read_bytes())

@@ -15,11 +15,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.support_training import FakeServer
 
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -104,3 +107,28 @@ def backend_settings(request: pytest.FixtureRequest) -> Settings:
     """Each contract test runs twice: on the local twins and on S3 + SQS over HTTP (moto)."""
     settings: Settings = request.getfixturevalue(f"{request.param}_settings")
     return settings
+
+
+# --- the training loop (tests/support_training.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random base model every training test trains on (built once per session)."""
+    import torch
+
+    from tests.support_training import build_tiny_base
+
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from more; shared CI cores stay free
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture
+def fakes() -> Iterator[dict[str, FakeServer]]:
+    """Slack, Discord and vLLM stand-ins that record what the training worker sends them."""
+    from tests.support_training import FakeServer
+
+    servers = {kind: FakeServer(kind) for kind in ("slack", "discord", "vllm")}
+    yield servers
+    for server in servers.values():
+        server.close()

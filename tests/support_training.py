@@ -1,6 +1,7 @@
 """Test helpers for the training loop: a tiny random base model with a tokenizer trained here, and
-small local HTTP servers standing in for the Slack Web API, the Discord REST API and vLLM, and
-`start_worker` to run `echorag worker` as its own process (for real SIGTERM / SIGKILL).
+small local HTTP servers standing in for the Slack Web API, the Discord REST API and vLLM,
+`start_worker` to run `echorag worker` as its own process (for real SIGTERM / SIGKILL), and the
+settings, feedback and job a training test starts from.
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained on the test corpus, the model a
 2-layer Llama with hidden size 64 and random weights, saved like any hub model.
@@ -19,6 +20,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from core import records
+from core.contracts import AnswerRecord, ContextRef, Language, NotifyTarget, make_answer_id
+from core.feedback import record_reaction
+from core.queue import open_queue
+from core.retrain import request_retrain
+from core.settings import Settings
+from core.store import open_store
+from tests.conftest import make_settings
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -112,12 +122,22 @@ class FakeServer:
                     from urllib.parse import parse_qs
 
                     body = {k: v[0] for k, v in parse_qs(raw).items()}
-                rec.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                nonce = body.get("nonce") if isinstance(body, dict) and body.get("enforce_nonce") else None
+                repeated = nonce is not None and any(c["body"].get("nonce") == nonce for c in rec.calls)
+                rec.calls.append({"path": self.path, "headers": dict(self.headers), "body": body, "repeated": repeated})
                 if rec.fail_with:
                     self._send(rec.fail_with, {"error": "injected failure", "message": "adapter load failed"})
+                elif kind_ == "slack" and "/conversations." in self.path:  # .history, .replies: what was posted
+                    thread = body.get("ts") if self.path.endswith("conversations.replies") else None
+                    self._send(200, {"ok": True, "messages": [
+                        {"ts": "1700000000.000100", "text": c["body"].get("text"), "metadata": c["body"].get("metadata")}
+                        for c in rec.calls
+                        if c["path"].endswith("chat.postMessage") and c["body"].get("channel") == body.get("channel")
+                        and c["body"].get("thread_ts") == thread
+                    ]})
                 elif kind_ == "slack":
                     self._send(200, {"ok": True, "channel": body.get("channel"), "ts": "1700000000.000100"})
-                elif kind_ == "discord":
+                elif kind_ == "discord":  # a repeated enforced nonce returns the first message, creates none
                     self._send(200, {"id": "1", "channel_id": self.path.split("/")[-2], "content": body.get("content")})
                 else:  # vLLM answers plain text on success
                     self._send(200, f"Success: LoRA adapter '{body.get('lora_name')}' added successfully.")
@@ -178,12 +198,9 @@ class WorkerProcess:
             time.sleep(0.1)
 
 
-def start_worker(data_dir: Path, values: dict[str, Any], *args: str) -> WorkerProcess:
-    """`python -m handlers.cli worker --no-progress ARGS` in its own process, configured only by
-    `values` (setting names → env vars; lists comma-joined) on the local twins under `data_dir`.
-    This process's settings variables are not passed on, and it runs in `data_dir` (no .env)."""
-    from core.settings import Settings
-
+def worker_env(data_dir: Path, values: dict[str, Any]) -> dict[str, str]:
+    """The environment of a worker process configured only by `values` (setting names → env vars;
+    lists comma-joined) on the local twins under `data_dir`: this process's settings are not passed on."""
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     env["DATA_DIR"] = str(data_dir)
@@ -192,6 +209,13 @@ def start_worker(data_dir: Path, values: dict[str, Any], *args: str) -> WorkerPr
             env[key.upper()] = ",".join(value) if isinstance(value, list) else str(value)
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def start_worker(data_dir: Path, values: dict[str, Any], *args: str) -> WorkerProcess:
+    """`python -m handlers.cli worker --no-progress ARGS` in its own process (see `worker_env`),
+    run in `data_dir` (no .env)."""
+    env = worker_env(data_dir, values)
     log = data_dir / f"worker-{time.monotonic_ns()}.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -199,3 +223,70 @@ def start_worker(data_dir: Path, values: dict[str, Any], *args: str) -> WorkerPr
             cwd=data_dir, env=env, stdout=sink, stderr=subprocess.STDOUT,
         )
     return WorkerProcess(proc, log)
+
+
+# --- a job on the local twins ------------------------------------------------------------------
+
+
+def training_values(base: Path, fakes: dict[str, FakeServer], **overrides: object) -> dict[str, object]:
+    """Settings (by field name) for a fast CPU run on the tiny base, talking to the fakes."""
+    values: dict[str, object] = {
+        "base_model": str(base),
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_modules_to_save": ["lm_head"],  # a random lm_head keeps logits flat: train it too
+        "train_epochs": 4,
+        "train_lr": 8e-3,
+        "train_batch_size": 4,
+        "train_max_length": 256,
+        "train_min_examples": 4,
+        "retrain_threshold": 0,
+        "queue_visibility_s": 60,
+        "train_retry_delay_s": 0,
+        "adapter_poll_s": 0,
+        "slack_bot_token": "xoxb-test",
+        "slack_api_base_url": fakes["slack"].url + "/api/",
+        "discord_bot_token": "discord-test-token",
+        "discord_api_base_url": fakes["discord"].url + "/api/v10",
+        "announce_discord_channel": "998877",
+        "vllm_url": fakes["vllm"].url,
+    }
+    values.update(overrides)
+    return values
+
+
+def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], **overrides: object) -> Settings:
+    return make_settings(data_dir, **training_values(base, fakes, **overrides))
+
+
+def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool = True) -> None:
+    """Answers as the agent records them, then 👍 (and one 👎) through the reaction path."""
+    store, queue = open_store(settings), open_queue(settings)
+    posts: list[tuple[str, str, str, str, str, str]] = []
+    for i, (question, title, text, answer) in enumerate(QA[:approved]):
+        posts.append((f"m{i}", question, title, text, answer, "+1"))
+    if with_bad:
+        question, title, text, _ = QA[0]
+        posts.append(("bad0", question, title, text, "모르겠습니다.", "-1"))
+    for message_id, question, title, text, answer, reaction in posts:
+        language: Language = "ko" if any("가" <= ch <= "힣" for ch in question) else "en"
+        records.save_answer(store, AnswerRecord(
+            answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
+            message_id=message_id, question=question, language=language, answer=answer,
+            contexts=[ContextRef(doc_id=f"doc-{title}", chunk_id=f"chunk-{title}", title=title, text=text, score=1.0)],
+        ))
+        event = record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U1",
+                                reaction=reaction, action="added", event_ts="1700000000.1", settings=settings,
+                                store=store, queue=queue)
+        assert event is not None
+
+
+def queue_job(settings: Settings) -> str:
+    outcome = request_retrain(
+        requested_by="slack:UADMIN", is_admin=True, reason="test",
+        notify_targets=[NotifyTarget(platform="slack", channel="C1", thread_ts="1700000000.000001")],
+        settings=settings, store=open_store(settings), queue=open_queue(settings),
+    )
+    assert outcome.status == "queued", outcome.message
+    assert outcome.job_id is not None
+    return outcome.job_id

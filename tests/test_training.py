@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from core import jobs, records
-from core.contracts import AnswerRecord, ContextRef, Language, NotifyTarget, make_answer_id
+from core.contracts import AnswerRecord, ContextRef, make_answer_id
 from core.feedback import record_reaction
 from core.queue import open_queue
 from core.registry import AdapterRegistry
@@ -29,7 +28,14 @@ from core.retrain import request_retrain
 from core.settings import Settings
 from core.store import open_store
 from tests.conftest import make_settings
-from tests.support_training import QA, FakeServer, build_tiny_base, start_worker
+from tests.support_training import (
+    QA,
+    queue_job,
+    seed_feedback,
+    start_worker,
+    training_settings,
+    training_values,
+)
 from training.dataset import EVAL_PERCENT, NotEnoughFeedback, build_snapshot, split, split_bucket
 from training.worker import Worker
 
@@ -38,86 +44,6 @@ pytestmark = [
     # peft 0.21 calls a transformers 5 property that warns about its own rename; not ours to fix.
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)  # a 64-wide model gains nothing from more; shared CI cores stay free
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture
-def fakes() -> Iterator[dict[str, FakeServer]]:
-    servers = {kind: FakeServer(kind) for kind in ("slack", "discord", "vllm")}
-    yield servers
-    for server in servers.values():
-        server.close()
-
-
-def training_values(base: Path, fakes: dict[str, FakeServer], **overrides: object) -> dict[str, object]:
-    """Settings (by field name) for a fast CPU run on the tiny base, talking to the fakes."""
-    values: dict[str, object] = {
-        "base_model": str(base),
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "lora_modules_to_save": ["lm_head"],  # a random lm_head keeps logits flat: train it too
-        "train_epochs": 4,
-        "train_lr": 8e-3,
-        "train_batch_size": 4,
-        "train_max_length": 256,
-        "train_min_examples": 4,
-        "retrain_threshold": 0,
-        "queue_visibility_s": 60,
-        "train_retry_delay_s": 0,
-        "adapter_poll_s": 0,
-        "slack_bot_token": "xoxb-test",
-        "slack_api_base_url": fakes["slack"].url + "/api/",
-        "discord_bot_token": "discord-test-token",
-        "discord_api_base_url": fakes["discord"].url + "/api/v10",
-        "announce_discord_channel": "998877",
-        "vllm_url": fakes["vllm"].url,
-    }
-    values.update(overrides)
-    return values
-
-
-def training_settings(base: Path, data_dir: Path, fakes: dict[str, FakeServer], **overrides: object) -> Settings:
-    return make_settings(data_dir, **training_values(base, fakes, **overrides))
-
-
-def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool = True) -> None:
-    """Answers as the agent records them, then 👍 (and one 👎) through the reaction path."""
-    store, queue = open_store(settings), open_queue(settings)
-    posts: list[tuple[str, str, str, str, str, str]] = []
-    for i, (question, title, text, answer) in enumerate(QA[:approved]):
-        posts.append((f"m{i}", question, title, text, answer, "+1"))
-    if with_bad:
-        question, title, text, _ = QA[0]
-        posts.append(("bad0", question, title, text, "모르겠습니다.", "-1"))
-    for message_id, question, title, text, answer, reaction in posts:
-        language: Language = "ko" if any("가" <= ch <= "힣" for ch in question) else "en"
-        records.save_answer(store, AnswerRecord(
-            answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
-            message_id=message_id, question=question, language=language, answer=answer,
-            contexts=[ContextRef(doc_id=f"doc-{title}", chunk_id=f"chunk-{title}", title=title, text=text, score=1.0)],
-        ))
-        event = record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U1",
-                                reaction=reaction, action="added", event_ts="1700000000.1", settings=settings,
-                                store=store, queue=queue)
-        assert event is not None
-
-
-def queue_job(settings: Settings) -> str:
-    outcome = request_retrain(
-        requested_by="slack:UADMIN", is_admin=True, reason="test",
-        notify_targets=[NotifyTarget(platform="slack", channel="C1", thread_ts="1700000000.000001")],
-        settings=settings, store=open_store(settings), queue=open_queue(settings),
-    )
-    assert outcome.status == "queued", outcome.message
-    assert outcome.job_id is not None
-    return outcome.job_id
 
 
 def read_jsonl(settings: Settings, key: str) -> list[dict]:
@@ -203,14 +129,6 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
     assert outcome.outcome == "duplicate" and queue.depth() == 0
     assert registry.list_versions() == [1]
-    # A worker that died after publishing but before recording it: the manifest names the job.
-    jobs.update_job_status(store, job_id, state="running", progress=0.9, message="evaluating")
-    queue.send(first_body, dedup_id=job_id + "-after-crash")
-    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
-    assert (outcome.outcome, outcome.detail, outcome.version) == ("duplicate", "already published", 1)
-    status = jobs.load_job_status(store, job_id)
-    assert status is not None and status.state == "published" and status.adapter_version == 1
-    assert registry.list_versions() == [1] and queue.depth() == 0
 
     # A restarted worker makes vLLM serve CURRENT (in case a hot-load was missed).
     assert "now serves v1" in Worker(settings, show_progress=False).sync_serving()

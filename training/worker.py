@@ -31,8 +31,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from core import jobs, records
-from core.contracts import SCHEMA_VERSION, AdapterManifest, JobStatus, TrainingJob, utcnow
+from core.contracts import SCHEMA_VERSION, TERMINAL_STATES, AdapterManifest, JobStatus, TrainingJob, utcnow
 from core.errors import QueueError
+from core.idempotency import once
 from core.queue import JobQueue, QueueMessage, open_queue
 from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
 from core.settings import Settings
@@ -127,7 +128,9 @@ class Worker:
             if message is not None and self.stop_event.is_set():
                 self.queue.release(message.receipt_handle)  # arrived as we were stopping: give it back
                 break
-            if message is not None:
+            if message is None:
+                outcomes.extend(self.settle_dead_letters())
+            else:
                 try:
                     outcomes.append(self.handle(message))
                 except Exception:  # the store failed outside a job: the message comes back after its timeout
@@ -136,6 +139,42 @@ class Worker:
                         raise
             if once:
                 break
+        return outcomes
+
+    def settle_dead_letters(self) -> list[JobOutcome]:
+        """End the jobs the queue dead-lettered while their status still said queued or running:
+        their worker died on every attempt (a crash loop), so no attempt could record how it ended.
+        One that had published already goes live; any other is marked failed. Either way the slot
+        is freed and the channels are told. Also deletes abandoned half-uploaded versions."""
+        try:
+            letters = self.queue.dead_letters()
+        except QueueError as exc:
+            log.warning("cannot read the dead-letter queue: %s", exc)
+            return []
+        outcomes = []
+        for letter in letters:
+            try:
+                job = TrainingJob.model_validate_json(letter.body)
+            except ValidationError:
+                continue  # a malformed body: logged when it was received, nothing to settle
+            status = jobs.load_job_status(self.store, job.job_id)
+            if status is None or status.state in TERMINAL_STATES:
+                continue
+            manifest = next((m for m in self.registry.manifests() if m.job_id == job.job_id), None)
+            if manifest is not None:
+                outcome = self._go_live(job, manifest, summary=f"adapter v{manifest.version} published "
+                                                               "(finished after its worker stopped)")
+            else:
+                note = (f"its worker stopped on each of its {letter.receive_count} attempts without recording why "
+                        "(a crash, or a kill); the job is in the dead-letter queue and the live adapter is "
+                        "unchanged. Ask for /retrain again.")
+                status = self._set_status(job, state="failed", error="the worker died on every attempt", message=note)
+                outcome = JobOutcome(job.job_id, "failed", note, notified=self._announce(job, status))
+            jobs.release_active_job(self.store, job.job_id)
+            self.registry.collect_orphans(job_id=job.job_id)
+            log.error("dead-lettered job %s settled: %s", job.job_id, outcome.outcome)
+            outcomes.append(outcome)
+        self.registry.collect_orphans()
         return outcomes
 
     # --- one message ------------------------------------------------------------------------
@@ -151,14 +190,17 @@ class Worker:
         status = jobs.load_job_status(self.store, job.job_id)
         if status is not None and status.state in ("published", "rejected"):
             log.info("job %s already %s; acknowledging the redelivered message", job.job_id, status.state)
+            self._announce(job, status)  # the worker may have died before telling anyone
             self._finish(message, job.job_id)
             return JobOutcome(job.job_id, "duplicate", f"already {status.state}", version=status.adapter_version)
-        published = next((m.version for m in self.registry.manifests() if m.job_id == job.job_id), None)
-        if published is not None:  # published, but the worker died before recording it
-            self._set_status(job, state="published", progress=1.0, adapter_version=published,
-                             message=f"adapter v{published} published")
+        manifest = next((m for m in self.registry.manifests() if m.job_id == job.job_id), None)
+        if manifest is not None:  # published, but the worker died before it went live or was recorded
+            log.warning("job %s published v%s before its worker stopped; finishing it", job.job_id, manifest.version)
+            outcome = self._go_live(job, manifest, summary=f"adapter v{manifest.version} published "
+                                                           "(finished after a worker restart)")
             self._finish(message, job.job_id)
-            return JobOutcome(job.job_id, "duplicate", "already published", version=published)
+            return outcome
+        self.registry.collect_orphans(job_id=job.job_id)  # an earlier attempt of this job died mid-upload
 
         workdir = self.settings.data_dir / "work" / job.job_id
         try:
@@ -196,7 +238,7 @@ class Worker:
         self.queue.release(message.receipt_handle)
         jobs.release_active_job(self.store, job.job_id)
         log.error("job %s %s", job.job_id, note)
-        self._notify(job, status)
+        self._announce(job, status)
         return JobOutcome(job.job_id, "interrupted", note)
 
     def _poison(self, message: QueueMessage, reason: str) -> JobOutcome:
@@ -224,7 +266,10 @@ class Worker:
             self.queue.extend(message.receipt_handle, self.settings.train_retry_delay_s)
         except Exception as queue_exc:
             log.warning("could not set the retry delay for job %s: %s", job.job_id, queue_exc)
-        notified = self._notify(job, status.model_copy(update={"state": "failed"}))
+        if final:
+            notified = self._announce(job, status)
+        else:  # each retry is news of its own
+            notified = self._notify(job, status.model_copy(update={"state": "failed"}))
         return JobOutcome(job.job_id, "failed" if final else "retrying", error, notified=notified)
 
     # --- the job ----------------------------------------------------------------------------
@@ -264,7 +309,7 @@ class Worker:
                                       min_examples=settings.train_min_examples)
         except NotEnoughFeedback as exc:
             status = self._set_status(job, state="rejected", progress=1.0, message=str(exc))
-            notified = self._notify(job, status, next_step="Collect more 👍 on good answers, then /retrain again.")
+            notified = self._announce(job, status, next_step="Collect more 👍 on good answers, then /retrain again.")
             return JobOutcome(job.job_id, "not_enough_feedback", str(exc), notified=notified)
         write_snapshot(self.store, snapshot, tokenizer=load_tokenizer(config.base_model))
         self._set_status(job, progress=0.05, examples=len(snapshot.train),
@@ -288,7 +333,7 @@ class Worker:
         if not report.passed:
             status = self._set_status(job, state="rejected", progress=1.0, message=f"rejected by the gate: {report.reason}",
                                       metrics={**_flat(metrics), **train_metrics})
-            notified = self._notify(job, status, before=report.current, after=report.candidate)
+            notified = self._announce(job, status, before=report.current, after=report.candidate)
             return JobOutcome(job.job_id, "rejected", report.reason, metrics=metrics, notified=notified)
         if self.stop_event.is_set():  # last safe point: after this the adapter is published
             raise JobInterrupted
@@ -299,18 +344,37 @@ class Worker:
                      FEEDBACK_CUTOFF_KEY: taken_at.isoformat()},
             metrics={**metrics, "training": train_metrics},
         )
-        version = registry.publish(candidate_dir, manifest, promote=True)  # CURRENT moves atomically
+        version = registry.publish(candidate_dir, manifest)  # complete and visible, not yet live
+        published = registry.manifest(version)
+        assert published is not None  # publish wrote it last
+        summary = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
+                   f"{len(snapshot.eval)} held out ({report.reason})")
+        return self._go_live(job, published, summary=summary)
+
+    def _go_live(self, job: TrainingJob, manifest: AdapterManifest, *, summary: str) -> JobOutcome:
+        """Promote a version the gate passed, hot-load it, record and announce it. Each step may
+        be repeated: a worker that died anywhere in here is finished by the next one (`handle`)."""
+        version, registry = manifest.version, self.registry
+        metrics = {side: manifest.metrics[side] for side in ("candidate", "current") if side in manifest.metrics}
+        flat = {**_flat(metrics), **manifest.metrics.get("training", {})}
+        current = registry.current()
+        if current not in (version, manifest.parent_version):  # the gate compared against another version
+            error = (f"v{version} was published but not made live: CURRENT moved to v{current} while it trained "
+                     f"(`echorag adapters promote {version}` makes it live)")
+            status = self._set_status(job, state="failed", progress=1.0, adapter_version=version, error=error,
+                                      message=summary, metrics=flat)
+            self._announce(job, status)
+            return JobOutcome(job.job_id, "failed", error, version=version, metrics=metrics)
+        if current != version:
+            registry.promote(version)  # CURRENT moves atomically
         hot = self._hot_load(version)
         # Keep the new and the previous copy (vLLM serves the previous one until the hot-load lands).
-        prune_local_adapters(settings.resolved_adapter_cache_dir, name, {version, *([current] if current else [])})
-        message_text = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
-                        f"{len(snapshot.eval)} held out ({report.reason})")
-        if hot:
-            message_text += f"; {hot}"
-        status = self._set_status(job, state="published", progress=1.0, adapter_version=version, message=message_text,
-                                  metrics={**_flat(metrics), **train_metrics})
-        notified = self._notify(job, status, before=report.current, after=report.candidate)
-        return JobOutcome(job.job_id, "published", report.reason, version=version, metrics=metrics, hot_load=hot,
+        keep = {version, *([manifest.parent_version] if manifest.parent_version else [])}
+        prune_local_adapters(self.settings.resolved_adapter_cache_dir, registry.name, keep)
+        status = self._set_status(job, state="published", progress=1.0, adapter_version=version,
+                                  message=f"{summary}; {hot}" if hot else summary, metrics=flat)
+        notified = self._announce(job, status, before=metrics.get("current"), after=metrics.get("candidate"))
+        return JobOutcome(job.job_id, "published", summary, version=version, metrics=metrics, hot_load=hot,
                           notified=notified)
 
     def _hot_load(self, version: int) -> str:
@@ -320,12 +384,24 @@ class Worker:
         result = serve_version(self.settings, self.registry, version)
         return result.detail if result else ""
 
+    def _announce(self, job: TrainingJob, status: JobStatus, **details: Any) -> int:
+        """Tell the channels how the job ended, once: a worker that finishes a dead one's job, or
+        acknowledges a redelivery, repeats nothing already said (a claim on `announce/<job>/<state>`)."""
+        # A dead announcer's claim has lapsed by the time its message is redelivered.
+        lease_s = self.settings.queue_visibility_s
+        with once(self.store, f"announce/{job.job_id}/{status.state}", lease_s=lease_s) as claim:
+            if claim.state != "run":
+                log.info("job %s was announced already", job.job_id)
+                return 0
+            return self._notify(job, status, repeat=claim.attempt > 0, **details)
+
     def _notify(self, job: TrainingJob, status: JobStatus, *, before: dict[str, float] | None = None,
-                after: dict[str, float] | None = None, next_step: str = "") -> int:
+                after: dict[str, float] | None = None, next_step: str = "", repeat: bool = False) -> int:
         from bots.notify import notify_job
 
         try:
-            results = notify_job(job, status, self.settings, before=before, after=after, next_step=next_step)
+            results = notify_job(job, status, self.settings, before=before, after=after, next_step=next_step,
+                                 repeat=repeat)
         except Exception as exc:  # announcing is best effort
             log.warning("could not announce job %s: %s", job.job_id, exc)
             return 0
