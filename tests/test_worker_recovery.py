@@ -108,6 +108,19 @@ def _die_announcing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Worker, "_notify", notify)
 
 
+def _die_after_posting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The posts went out; the worker dies before it can note that it announced."""
+    import bots.notify
+
+    original = bots.notify.notify_job
+
+    def notify_job(*args: Any, **kwargs: Any) -> Any:
+        original(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(bots.notify, "notify_job", notify_job)
+
+
 def _die_mid_upload(monkeypatch: pytest.MonkeyPatch) -> None:
     original = LocalBlobStore.put
 
@@ -121,8 +134,9 @@ def _die_mid_upload(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "die",
-    [_die_mid_upload, _die_at_promote, _die_recording_published, _die_announcing],
-    ids=["mid-upload", "after-manifest-before-current", "after-current-before-status", "after-status-before-announce"],
+    [_die_mid_upload, _die_at_promote, _die_recording_published, _die_announcing, _die_after_posting],
+    ids=["mid-upload", "after-manifest-before-current", "after-current-before-status", "after-status-before-announce",
+         "after-posting-before-noting-it"],
 )
 def test_a_worker_dying_inside_publish_is_finished_by_the_next_one(
     die: Callable[[pytest.MonkeyPatch], None], tiny_base: Path, fakes: dict[str, FakeServer], tmp_path: Path,
@@ -136,10 +150,11 @@ def test_a_worker_dying_inside_publish_is_finished_by_the_next_one(
         with pytest.raises(Killed):
             Worker(settings, show_progress=False).run(once=True, wait_s=0)
     status = jobs.load_job_status(open_store(settings), job_id)
-    assert status is not None and (status.state == "published") == (die is _die_announcing)
-    assert announcements(fakes, job_id) == []
+    announcing = die in (_die_announcing, _die_after_posting)
+    assert status is not None and (status.state == "published") == announcing
+    assert len(announcements(fakes, job_id)) == (die is _die_after_posting)
 
-    assert redeliver(settings) == ["duplicate" if die is _die_announcing else "published"]
+    assert redeliver(settings) == ["duplicate" if announcing else "published"]
     assert_live(settings, fakes, job_id, 1)
     assert redeliver(settings) == []  # nothing left to do, nothing said twice
     assert len(announcements(fakes, job_id)) == 1
