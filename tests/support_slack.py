@@ -205,6 +205,8 @@ class FakeSlack:
                 return {"ok": True, "message_ts": self.next_ts()}
             if method == "conversations.replies":
                 return self._replies(args)
+            if method == "conversations.history":
+                return self._history(args)
             return {"ok": False, "error": "unknown_method"}
 
     def _check_blocks(self, args: dict[str, Any]) -> str | None:
@@ -246,6 +248,13 @@ class FakeSlack:
                 message.update(text=args.get("text", ""), blocks=args.get("blocks", []), edited=True)
                 return {"ok": True, "channel": args["channel"], "ts": message["ts"], "text": message["text"]}
         return {"ok": False, "error": "message_not_found"}
+
+    def _history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The channel's top-level messages, newest first (thread replies are not in the history)."""
+        channel = args.get("channel", "")
+        top = [m for m in self.messages.get(channel, []) if m.get("thread_ts") in (None, m["ts"])]
+        newest = sorted(top, key=lambda m: m["ts"], reverse=True)[: int(args.get("limit") or 100)]
+        return {"ok": True, "messages": copy.deepcopy(newest), "has_more": False}
 
     def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts = args.get("channel", ""), args.get("ts", "")

@@ -441,6 +441,17 @@ def test_a_placeholder_whose_response_was_lost_is_reused_not_orphaned(rig: Rig) 
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
 
 
+def test_an_ask_command_placeholder_whose_response_was_lost_is_reused_not_orphaned(rig: Rig) -> None:
+    """The same for `/ask`, which answers at the channel's top: found in the channel's history."""
+    rig.fake.lose_next_response("chat.postMessage")
+    response = rig.command("/ask", "연차 휴가는 며칠인가요?", user="U0000004", channel=HR, trigger="t-lost-1")
+    assert response["statusCode"] == 200 and len(rig.lam.errors) == 1
+    posted = rig.fake.bot_messages(HR)
+    assert len(posted) == 1 and "15일" in posted[0]["text"] and posted[0].get("edited")
+    assert len(rig.fake.calls_of("chat.postMessage")) == 1
+    assert rig.answer_record(HR, posted[0]["ts"]) is not None
+
+
 def _dead_first_attempt(rig: Rig) -> dict[str, Any]:
     """Ask a question whose first lazy invocation is killed (a Lambda timeout) while it waits on
     Slack: after its placeholder and its claim, before the answer, with no chance to release."""
@@ -835,6 +846,7 @@ METHOD_SCOPES = {
     "chat_update": {"chat:write"},
     "chat_postEphemeral": {"chat:write"},
     "conversations_replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
+    "conversations_history": {"channels:history", "groups:history", "im:history", "mpim:history"},
 }
 EVENT_SCOPES = {  # bot event -> scope Slack requires for the subscription
     "app_mention": "app_mentions:read", "message.channels": "channels:history", "message.groups": "groups:history",
@@ -856,7 +868,8 @@ def test_manifest_covers_every_event_command_and_web_api_call() -> None:
     manifest = _manifest()
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
-    source = "\n".join((root / f).read_text(encoding="utf-8") for f in ("bots/slack/app.py", "bots/notify.py"))
+    files = [*sorted((root / "bots/slack").glob("*.py")), root / "bots/notify.py"]
+    source = "\n".join(f.read_text(encoding="utf-8") for f in files)
 
     called = set(re.findall(r"client\.((?:chat|conversations|reactions|users|views|files|im)_\w+)\(", source))
     assert called and called <= set(METHOD_SCOPES), f"add scopes for {called - set(METHOD_SCOPES)}"

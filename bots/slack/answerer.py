@@ -186,17 +186,16 @@ class Answerer:
     def _placeholder(self, q: Question, language: str, *, retry: bool) -> str:
         """The placeholder's ts: the one an earlier attempt posted, or a fresh one (saved at once).
 
-        On a retry whose store has none, the thread is searched for the earlier attempt's
-        placeholder by its metadata first (its post went through but the answer to it was lost),
-        so no orphan "Looking…" stays behind. `/ask` posts at the channel's top, not in a thread,
-        and is not searched."""
+        On a retry whose store has none, the thread (or for `/ask`, the channel's latest messages)
+        is searched for the earlier attempt's placeholder by its metadata first (its post went
+        through but the answer to it was lost), so no orphan "Looking…" stays behind."""
         key = _placeholder_key(q.dedup_key)
         saved = self.services.store.get(key)
         if saved:
             return str(json.loads(saved)["ts"])
         found = (
             find_placeholder(self.client, channel=q.channel, thread_ts=q.thread_ts, dedup_key=q.dedup_key)
-            if retry and q.thread_ts
+            if retry
             else None
         )
         if found is not None:

@@ -59,15 +59,19 @@ def placeholder_metadata(dedup_key: str) -> dict[str, object]:
     return {"event_type": PLACEHOLDER_EVENT, "event_payload": {"question": dedup_key}}
 
 
-def find_placeholder(client: WebClient, *, channel: str, thread_ts: str, dedup_key: str) -> str | None:
-    """The ts of a placeholder an earlier attempt posted in this thread but could not save (its
-    response was lost, or saving failed); None when there is none or the thread cannot be read."""
+def find_placeholder(client: WebClient, *, channel: str, thread_ts: str | None, dedup_key: str) -> str | None:
+    """The ts of a placeholder an earlier attempt posted but could not save (its response was lost,
+    or saving failed): searched in the thread, or among the channel's latest messages for `/ask`,
+    which answers at the top. None when there is none or the channel cannot be read."""
     try:
-        response = client.conversations_replies(
-            channel=channel, ts=thread_ts, limit=_PAGE, include_all_metadata=True
-        )
+        if thread_ts:
+            response = client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=_PAGE, include_all_metadata=True
+            )
+        else:
+            response = client.conversations_history(channel=channel, limit=_PAGE, include_all_metadata=True)
     except SlackApiError as exc:
-        log.warning("conversations.replies failed for %s/%s: %s", channel, thread_ts, exc.response.get("error"))
+        log.warning("could not read %s/%s for a placeholder: %s", channel, thread_ts or "-", exc.response.get("error"))
         return None
     messages: list[dict[str, Any]] = response.get("messages") or []
     for message in messages:
