@@ -50,6 +50,10 @@ class InvalidKey(PermanentError):
     """A key that no store may hold (a bug or an unvalidated id upstream): retrying cannot help."""
 
 
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+
+
 def check_key(key: str) -> str:
     """Reject keys that would escape the local root or differ between S3 and a filesystem."""
     parts = key.split("/")
@@ -57,6 +61,12 @@ def check_key(key: str) -> str:
         raise InvalidKey(f"invalid store key {key!r}")
     if any(part in ("", ".", "..") or part.startswith(_TMP_PREFIX) for part in parts):
         raise InvalidKey(f"invalid store key {key!r}: empty, '.', '..' or reserved path segment")
+    try:  # S3 keys are UTF-8 (a lone surrogate has none), ≤ 1,024 bytes; file names ≤ 255 bytes
+        encoded = [part.encode("utf-8") for part in parts]
+    except UnicodeEncodeError:
+        raise InvalidKey(f"invalid store key {key[:200]!r}: not valid UTF-8") from None
+    if sum(map(len, encoded)) + len(parts) - 1 > MAX_KEY_BYTES or max(map(len, encoded)) > MAX_SEGMENT_BYTES:
+        raise InvalidKey(f"invalid store key {key[:200]!r}…: longer than S3 or a file system allows")
     return key
 
 

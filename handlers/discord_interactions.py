@@ -102,8 +102,32 @@ def _metric_name(action: str) -> str:
     return "Interaction" + "".join(part.capitalize() for part in action.split("_"))
 
 
+def _malformed(event: Any) -> str | None:
+    """What no API Gateway event looks like and the resolver would crash on (a 5xx), or None."""
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    http = context.get("http") if isinstance(context, dict) else None
+    if not isinstance(context, dict) or not isinstance(http, dict) or not all(
+        isinstance(value, str) for value in (http.get("method"), http.get("path"), context.get("stage"))
+    ):
+        return "not an API Gateway HTTP API event"
+    headers, body = event.get("headers"), event.get("body")
+    if headers is not None and not (
+        isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        return "headers are not strings"
+    if body is not None and not (isinstance(body, str) and body.encode("utf-8", "replace").decode() == body):
+        return "body is not text"  # not a string, or one with lone surrogates that no request can carry
+    return None
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    problem = _malformed(event)
+    if problem is not None:  # refused here: the resolver would raise on it and API Gateway answer 500
+        logger.warning("rejected event: %s", problem)
+        metrics.add_metric(name="InteractionMalformed", unit=MetricUnit.Count, value=1)
+        return {"statusCode": 400, "headers": {"Content-Type": "application/json"},
+                "body": json.dumps({"error": problem})}
     return app.resolve(event, context)

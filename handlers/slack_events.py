@@ -139,7 +139,11 @@ def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
     if not isinstance(headers, dict) or not isinstance(body, str):
         logger.warning("rejected: headers or body of the wrong type")
         return _reply(400, "malformed request")
-    headers = {str(k).lower(): v for k, v in headers.items()}
+    if body.encode("utf-8", "replace").decode() != body:  # lone surrogates: the verifier's encode() would raise
+        logger.warning("rejected: body is not text")
+        return _reply(400, "malformed request")
+    # A null header is an absent one (Bolt would verify the string "None" and raise on int("None"))
+    headers = {str(k).lower(): v for k, v in headers.items() if v is not None}
     timestamp, signature = headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature")
     # What the verifier would crash on (int() of junk, float() of 400 digits, compare_digest of
     # non-ASCII): refused before any of it is parsed, since no signature is needed to send it.
@@ -172,6 +176,34 @@ def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
     return _reply(400, "malformed body")
 
 
+_SLACK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SLACK_TS = re.compile(r"\d{1,12}(\.\d{1,9})?")
+_URL = re.compile(r"https?://[\x21-\x7e]{1,2000}")
+# Fields that become store keys or API arguments: Slack ids, message timestamps, reply URLs.
+_ID_FIELDS = ("channel", "user", "team", "channel_id", "user_id", "team_id", "api_app_id")
+_TS_FIELDS = ("ts", "thread_ts", "event_ts")
+
+
+def _id_problem(payload: dict[str, Any]) -> str | None:
+    """An id, ts or response_url (top level, in `event` or in `event.item`) not shaped as Slack's."""
+    raw_inner = payload.get("event")
+    inner: dict[str, Any] = {}
+    item: dict[str, Any] = {}
+    if isinstance(raw_inner, dict):
+        inner = raw_inner
+        item = raw_inner["item"] if isinstance(raw_inner.get("item"), dict) else {}
+    for where, fields in ((payload, ("response_url",)), (payload, _ID_FIELDS), (inner, _ID_FIELDS),
+                          (inner, _TS_FIELDS), (item, ("channel", "ts"))):
+        for key in fields:
+            value = where.get(key)
+            if value is None or isinstance(value, dict):  # absent, or an object checked elsewhere
+                continue
+            pattern = _URL if key == "response_url" else _SLACK_TS if key.endswith("ts") else _SLACK_ID
+            if not (isinstance(value, str) and pattern.fullmatch(value)):
+                return f"{key} is not a Slack {'URL' if key == 'response_url' else 'ts' if key.endswith('ts') else 'id'}"
+    return None
+
+
 def _shape_problem(payload: Any) -> str | None:
     """What Bolt would trip over in a parsed body (it assumes Slack's shapes), or None."""
     if not isinstance(payload, dict):
@@ -191,6 +223,12 @@ def _shape_problem(payload: Any) -> str | None:
         actions = payload.get("actions")
         if not (isinstance(actions, list) and actions and all(isinstance(a, dict) for a in actions)):
             return "actions is not a list of objects"
+    for key in ("action_id", "callback_id", "block_id"):  # Bolt concatenates these into its log lines
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            return f"{key} is not a string"
+    problem = _id_problem(payload)
+    if problem:
+        return problem
     authorizations = payload.get("authorizations")
     if authorizations is not None and not (
         isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)

@@ -91,7 +91,9 @@ def test_conditional_write_has_one_winner_under_concurrency(store: BlobStore) ->
     assert store.get("locks/race") == str(winners[0]).encode()
 
 
-@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/./b", "a\\b", "a/.tmp-x"])
+@pytest.mark.parametrize(
+    "key", ["", "/abs", "a/../b", "a//b", "a/./b", "a\\b", "a/.tmp-x", "a/\udd36", "a/" + "x" * 256, "a/" * 600 + "b"]
+)
 def test_invalid_keys_are_rejected(store: BlobStore, key: str) -> None:
     with pytest.raises(InvalidKey, match="invalid store key"):
         store.put(key, b"x")
