@@ -4,11 +4,16 @@ One console session is one thread: earlier turns are passed to the agent, so fol
 answer is recorded (platform "console") so a reaction typed after it — `+1`, `-1`, 👍, `:thumbsup:`
 — becomes a feedback event exactly as a Slack reaction would, and `/retrain` asks for a training
 job as the local admin. Lines may come from a pipe, so a conversation can be scripted.
+
+The worker cannot post into a terminal (`bots.notify` only logs a console target), so the session
+keeps its own promise "I'll post the result when it finishes": it remembers the jobs it queued and
+prints each one's outcome once, before the next prompt after the job ended (an empty line checks).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
@@ -18,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from core.contracts import Platform
+from core.contracts import TERMINAL_STATES, JobStatus, Platform
 from core.errors import EchoRagError
 from core.records import hash_user
 from core.settings import Settings
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
     from core.store import BlobStore
     from rag.agent import Agent
 
+log = logging.getLogger(__name__)
+
 PLATFORM: Platform = "console"
 CHANNEL = "console"
 _SHORTCODE = re.compile(r"^:[a-z0-9_+\-]+:(:skin-tone-\d:)?$")
@@ -37,9 +44,14 @@ _EMOJI_CATEGORIES = frozenset({"So", "Sk", "Mn", "Cf"})
 MAX_TURNS = 10  # earlier turns handed to the agent (5 exchanges)
 
 HELP = (
-    "Ask a question, or: +1 / -1 / 👍 / 👎 / :emoji: react to the last answer · /retrain [reason] "
-    "· /new start a new thread · /help · /quit"
+    "Ask a question, or: +1 / -1 / 👍 / 👎 / :emoji: react to the last answer · /retrain [force] [reason] "
+    "· /new start a new thread · /help · /quit · an empty line checks on a queued retrain"
 )
+_JOB_HEADS = {
+    "published": "✅ Retraining done (job {job}): adapter v{version} is now live.",
+    "rejected": "⛔ Retraining finished (job {job}), but the new adapter was not published.",
+    "failed": "❌ Retraining failed (job {job}).",
+}
 
 
 def reaction_name(line: str) -> str | None:
@@ -53,6 +65,17 @@ def reaction_name(line: str) -> str | None:
     if "So" in categories and categories <= _EMOJI_CATEGORIES:
         return text
     return None
+
+
+def render_job_result(status: JobStatus) -> str:
+    """A finished job in plain words: the outcome, then the worker's summary and error."""
+    head = _JOB_HEADS.get(status.state, "⏳ Retraining is {state} (job {job}).")
+    lines = [head.format(job=status.job_id[:8], version=status.adapter_version, state=status.state)]
+    if status.message:
+        lines.append(status.message)
+    if status.error:
+        lines.append(f"Error: {status.error}")
+    return "\n".join(lines)
 
 
 def render_answer(answer: AgentAnswer) -> str:
@@ -81,6 +104,7 @@ class ConsoleChat:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     history: list[Turn] = field(default_factory=list)
     last_message_id: str | None = None
+    watched_jobs: list[str] = field(default_factory=list)  # queued here, result not printed yet
     _answers: int = 0
 
     def _print(self, text: str = "") -> None:
@@ -130,9 +154,11 @@ class ConsoleChat:
             return f"'{normalize_emoji(reaction)}' is not a feedback reaction (use one of: {known})."
         return f"Feedback recorded ({'+' if event.label > 0 else '-'}1 for the last answer)."
 
-    def retrain(self, reason: str) -> str:
-        from core.retrain import default_notify_targets, request_retrain
+    def retrain(self, text: str) -> str:
+        """`/retrain [force] [reason]` as the local admin; a queued job is watched for its result."""
+        from core.retrain import default_notify_targets, request_retrain, split_force
 
+        force, reason = split_force(text)
         outcome = request_retrain(
             requested_by=f"{PLATFORM}:{self.user}",
             is_admin=True,  # whoever runs the local console owns this machine's data
@@ -141,8 +167,36 @@ class ConsoleChat:
             settings=self.settings,
             store=self.store,
             queue=self._queue(),
+            force=force,
+            force_hint="/retrain force",
         )
+        if outcome.status == "queued" and outcome.job_id is not None:
+            self.watched_jobs.append(outcome.job_id)
         return outcome.message
+
+    def finished_jobs(self) -> list[str]:
+        """The results of watched jobs that have ended since the last call, each reported once.
+
+        One small read per watched job; a store that cannot be read now is tried again next time
+        rather than ending the chat."""
+        from core import jobs
+
+        results = []
+        for job_id in list(self.watched_jobs):
+            try:
+                status = jobs.load_job_status(self.store, job_id)
+            except EchoRagError as exc:
+                log.warning("could not check retrain job %s: %s", job_id, exc)
+                continue
+            if status is not None and status.state in TERMINAL_STATES:
+                self.watched_jobs.remove(job_id)
+                results.append(render_job_result(status))
+        return results
+
+    def report_finished_jobs(self) -> None:
+        for text in self.finished_jobs():
+            self._print(text)
+            self._print()
 
     def handle(self, line: str) -> bool:
         """Process one input line; False when the session should end."""
@@ -176,9 +230,11 @@ class ConsoleChat:
     def run(self, lines: Iterable[str], *, interactive: bool = False) -> int:
         if interactive:
             self._print(HELP)
+        self.report_finished_jobs()
         for line in lines:
             if not self.handle(line):
                 break
+            self.report_finished_jobs()  # before the next prompt: the iterator prompts on its next step
         return 0
 
 

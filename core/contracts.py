@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,7 +134,20 @@ class JobStatus(Contract):
     examples: int = 0
     error: str | None = None
     requested_by: str = ""
+    loss_curve: list[float] = Field(default_factory=list)  # training loss per step (at most LOSS_CURVE_POINTS)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+LOSS_CURVE_POINTS = 200
+
+
+def downsample(values: list[float], points: int = LOSS_CURVE_POINTS) -> list[float]:
+    """At most `points` values, each the mean of an equal run of steps (the curve's shape kept)."""
+    if len(values) <= points:
+        return [round(v, 5) for v in values]
+    size = len(values) / points
+    runs = [values[int(i * size) : int((i + 1) * size)] for i in range(points)]
+    return [round(sum(run) / len(run), 5) for run in runs if run]
 
 
 class AdapterManifest(Contract):
@@ -147,6 +160,8 @@ class AdapterManifest(Contract):
     job_id: str = ""
     dataset: dict[str, int | str] = Field(default_factory=dict)  # snapshot keys and counts
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # {"candidate": …, "current": …}
+    gate: dict[str, Any] = Field(default_factory=dict)  # the gate's verdict: item counts, gain and its interval, regressions
+    loss_curve: list[float] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -3,7 +3,9 @@
 At most one training job is queued or running: `request_retrain` takes the `jobs/ACTIVE` slot
 with a conditional write before it enqueues, and the worker frees it (`release_active_job`) when
 the job ends. Feedback that arrives meanwhile stays counted (the retrain counter restarts at the
-time the job was queued) and triggers the next job when it reaches RETRAIN_THRESHOLD.
+time the job was queued) and triggers the next job when it reaches RETRAIN_THRESHOLD. An admin's
+request with no new effective votes since then is refused unless forced: it would only train on
+the same feedback again.
 """
 
 from __future__ import annotations
@@ -31,9 +33,22 @@ ORPHAN_LOCK_AGE = timedelta(minutes=15)  # grace before a slot may be judged aba
 class RetrainOutcome:
     """What to tell the person who asked: `message` is user-facing, in plain words."""
 
-    status: Literal["queued", "already_queued", "refused"]
+    status: Literal["queued", "already_queued", "nothing_new", "refused"]
     job_id: str | None
     message: str
+
+
+FORCE_WORDS = frozenset({"force", "--force"})
+
+
+def split_force(text: str) -> tuple[bool, str]:
+    """`force docs changed` → (True, "docs changed"): how Slack's and the console's free-text
+    `/retrain [force] [reason]` say "queue even without new ratings" (first word only, so a reason
+    that merely mentions the word is not taken for it)."""
+    first, _, rest = text.strip().partition(" ")
+    if first.lower() in FORCE_WORDS:
+        return True, rest.strip()
+    return False, text.strip()
 
 
 def is_admin_user(requested_by: str, settings: Settings) -> bool:
@@ -99,6 +114,23 @@ def _active_message(store: BlobStore, job_id: str) -> str:
     )
 
 
+def _nothing_new_message(settings: Settings, store: BlobStore, parent: int | None, force_hint: str) -> str:
+    """Why nothing was queued, since when, and how to queue anyway."""
+    adapter = f"adapter v{parent}" if parent is not None else "the base model"
+    _, adapter_until = adapter_cutoff(settings, store)
+    last = jobs.last_job(store)
+    if last is not None and (adapter_until is None or last[1] > adapter_until):
+        status = jobs.load_job_status(store, last[0])
+        ended = f", {status.state}" if status is not None else ""
+        since = f"the last retraining job (job {last[0][:8]}{ended}; {adapter} is live)"
+    else:
+        since = adapter
+    return (
+        f"No new ratings since {since}, so retraining would only learn the same feedback again. "
+        f"React with 👍/👎 on answers first, or use `{force_hint}` to retrain anyway."
+    )
+
+
 def _clear_abandoned_slot(store: BlobStore, queue: JobQueue) -> bool:
     """Free the slot when its job can no longer end by itself: True if freed (or already free).
 
@@ -138,8 +170,13 @@ def _enqueue(
     store: BlobStore,
     queue: JobQueue,
     min_new: int | None = None,
+    refuse_if_nothing_new: bool = False,
+    forced: bool = False,
+    force_hint: str = "",
 ) -> RetrainOutcome | None:
-    """Take the slot and enqueue. With `min_new` (threshold), re-count under the slot: None if short."""
+    """Take the slot and enqueue. The votes are re-counted under the slot, so two racing requests
+    judge the same count and only one queues: with `min_new` (threshold) None when short; with
+    `refuse_if_nothing_new` (an admin who did not force) a "nothing_new" outcome when none."""
     job_id = uuid.uuid4().hex
     if not jobs.acquire_active_job(store, job_id):
         holder = jobs.active_job_id(store)
@@ -154,6 +191,10 @@ def _enqueue(
             jobs.release_active_job(store, job_id)
             return None
         parent = AdapterRegistry(store, settings.adapter_name).current()
+        if refuse_if_nothing_new and new == 0:
+            jobs.release_active_job(store, job_id)
+            log.info("retrain request by %s refused: no new ratings since %s", requested_by, since)
+            return RetrainOutcome("nothing_new", None, _nothing_new_message(settings, store, parent, force_hint))
         now = utcnow()
         job = TrainingJob(
             job_id=job_id,
@@ -184,9 +225,11 @@ def _enqueue(
         raise
     adapter = f"adapter v{parent}" if parent is not None else "the base model"
     where = " I'll post the result when it finishes." if notify_targets else ""
-    ratings = "1 new rating" if new == 1 else f"{new} new ratings"
-    message = f"Retraining queued (job {job_id[:8]}): {ratings} since {adapter}.{where}"
-    log.info("queued training job %s for %s (%s)", job_id, requested_by, reason)
+    ratings = "no new ratings" if new == 0 else "1 new rating" if new == 1 else f"{new} new ratings"
+    note = ", forced" if forced else ""
+    again = " (it retrains on the same feedback)" if new == 0 else ""
+    message = f"Retraining queued (job {job_id[:8]}{note}): {ratings} since {adapter}{again}.{where}"
+    log.info("queued training job %s for %s (%s%s)", job_id, requested_by, reason, note)
     return RetrainOutcome("queued", job_id, message)
 
 
@@ -199,8 +242,14 @@ def request_retrain(
     settings: Settings,
     store: BlobStore,
     queue: JobQueue,
+    force: bool = False,
+    force_hint: str = "/retrain force",
 ) -> RetrainOutcome:
-    """An admin's retrain request (Slack/Discord `/retrain`, console, CLI). Non-admins are refused."""
+    """An admin's retrain request (Slack/Discord `/retrain`, console, CLI). Non-admins are refused.
+
+    Without new effective votes since the last job (or the adapter's snapshot) nothing is queued
+    ("nothing_new") unless `force`: a job over the same feedback mostly wastes GPU time. The
+    refusal tells the admin how to force it on their platform (`force_hint`)."""
     if not (is_admin or is_admin_user(requested_by, settings)):
         log.info("refused retrain request from %s", requested_by)
         return RetrainOutcome("refused", None, who_may_retrain(settings))
@@ -211,6 +260,9 @@ def request_retrain(
         settings=settings,
         store=store,
         queue=queue,
+        refuse_if_nothing_new=not force,
+        forced=force,
+        force_hint=force_hint,
     )
     assert outcome is not None  # only threshold requests (min_new) can come back empty
     return outcome

@@ -101,9 +101,11 @@ class Settings(BaseSettings):
     train_epochs: int = 2  # passes over the snapshot
     train_lr: float = 2e-4  # learning rate
     train_max_length: int = 1024  # tokens per example (longer are truncated)
-    train_min_examples: int = 4  # fewer approved answers -> "not enough feedback"
+    train_min_examples: int = 4  # fewer rated answers -> "not enough feedback"
     train_seed: int = 42  # deterministic runs
     train_batch_size: int = Field(default=4, ge=1)  # examples per optimiser step
+    train_objective: Literal["kto", "sft"] = "kto"  # kto: every 👍 and 👎 (unpaired); sft: 👍 answers only
+    train_beta: float = Field(default=0.1, gt=0)  # KTO's beta: how far one step may move from the reference
     lora_modules_to_save: CsvList = Field(default_factory=list)  # trained in full beside LoRA (e.g. lm_head)
     adapter_cache_dir: Path | None = None  # local adapter copies (vLLM's lora_path); default DATA_DIR/adapters
     adapter_poll_s: float = 30.0  # transformers backend: check CURRENT at most this often

@@ -281,11 +281,11 @@ def seed_feedback(settings: Settings, *, approved: int = len(QA), with_bad: bool
         assert event is not None
 
 
-def queue_job(settings: Settings) -> str:
+def queue_job(settings: Settings, force: bool = True) -> str:
     outcome = request_retrain(
         requested_by="slack:UADMIN", is_admin=True, reason="test",
         notify_targets=[NotifyTarget(platform="slack", channel="C1", thread_ts="1700000000.000001")],
-        settings=settings, store=open_store(settings), queue=open_queue(settings),
+        settings=settings, store=open_store(settings), queue=open_queue(settings), force=force,
     )
     assert outcome.status == "queued", outcome.message
     assert outcome.job_id is not None

@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from core import jobs
 from core.queue import open_queue
 from core.settings import Settings
 from core.store import open_store
@@ -33,21 +36,73 @@ EVAL_KEYS = {
 }
 
 
-def echorag(*args: str, data_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a clean env (DATA_DIR only) from a dir without a .env."""
+def _clean_env(data_dir: Path) -> dict[str, str]:
+    """The environment with DATA_DIR only (none of the developer's LLM/Qdrant settings)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "QDRANT_", "DATA_DIR", "ECHORAG_"))
     }
-    env.update({"DATA_DIR": str(data_dir), "PYTHONIOENCODING": "utf-8"})
+    return {**env, "DATA_DIR": str(data_dir), "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT)}
+
+
+def echorag(*args: str, data_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a clean env (DATA_DIR only) from a dir without a .env."""
     return subprocess.run(
         [sys.executable, "-m", "handlers.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env=_clean_env(data_dir),
         cwd=data_dir,
         timeout=300,
     )
+
+
+class ChatSession:
+    """`echorag chat` fed one line at a time, its output collected as it comes: a person at the
+    console, so the test can change things (a job's status) between two lines."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.stderr = (data_dir / "chat.stderr").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "handlers.cli", "chat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.stderr, text=True, encoding="utf-8", env=_clean_env(data_dir), cwd=data_dir,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, text: str, *, count: int = 1, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.output.count(text) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"no {text!r} (x{count}) in the chat output:\n{self.output}")
+            time.sleep(0.05)
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.say("/quit")
+        try:
+            rc = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.reader.join(timeout=10)
+            self.stderr.close()
+        return rc
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +170,55 @@ def test_chat_script_with_follow_up_reaction_and_retrain(data_dir: Path) -> None
     assert len([k for k in feedback if k.endswith(".json")]) >= 1
     assert len(list(store.list("answers/"))) >= 2
     assert open_queue(settings).depth() == 1  # the /retrain job
+
+
+def test_chat_prints_the_result_of_the_job_it_queued(tmp_path: Path) -> None:
+    """The console's "I'll post the result when it finishes" is kept: the session watches the job it
+    queued and prints its outcome once, before the next prompt after the worker ended it."""
+    store = open_store(make_settings(tmp_path))
+    help_line = "Ask a question, or:"
+    chat = ChatSession(tmp_path)
+    try:
+        chat.say("연차는 며칠인가요?")
+        chat.say("/retrain")
+        chat.wait_for("No new ratings since the base model")  # nothing rated yet: nothing queued
+        assert "`/retrain force`" in chat.output and jobs.active_job_id(store) is None
+        chat.say("+1")
+        chat.say("/retrain 새 규정")
+        chat.wait_for("Retraining queued (job ")
+        job_id = jobs.active_job_id(store)
+        assert job_id is not None and f"Retraining queued (job {job_id[:8]})" in chat.output
+
+        jobs.update_job_status(store, job_id, state="running", progress=0.5, message="training: loss 1.2")
+        chat.say("")  # an empty line is a poll
+        chat.say("/help")
+        chat.wait_for(help_line)
+        assert "Retraining done" not in chat.output  # still running: nothing to say yet
+
+        jobs.update_job_status(store, job_id, state="published", progress=1.0, adapter_version=1,
+                               message="adapter v1 published: trained on 1 example")
+        chat.say("")
+        chat.say("/help")
+        chat.wait_for(help_line, count=2)
+        done = f"✅ Retraining done (job {job_id[:8]}): adapter v1 is now live."
+        assert done in chat.output and "adapter v1 published: trained on 1 example" in chat.output
+        assert chat.output.index(done) < chat.output.rindex(help_line)  # printed before the next prompt's reply
+
+        chat.say("/retrain force")  # the same rating again, on purpose
+        chat.wait_for("forced): no new ratings since")
+        forced = jobs.active_job_id(store)
+        assert forced not in (None, job_id)
+        jobs.update_job_status(store, str(forced), state="failed", error="CUDA out of memory")
+        chat.say("")
+        chat.say("/help")
+        chat.wait_for(help_line, count=3)
+        assert f"❌ Retraining failed (job {str(forced)[:8]})." in chat.output
+        assert "Error: CUDA out of memory" in chat.output
+        chat.say("")
+        assert chat.close() == 0
+    finally:
+        chat.close()
+    assert chat.output.count("Retraining done") == 1 and chat.output.count("Retraining failed") == 1  # once each
 
 
 def test_eval_json_on_a_tiny_fixture(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from bots.discord.render import (
     split_text,
 )
 from bots.discord.runtime import close_runtime, open_ask_queue, runtime_for
+from core import jobs
 from core.contracts import AskJob, make_answer_id
 from core.idempotency import once
 from core.queue import open_queue
@@ -619,6 +620,9 @@ def test_retrain_refused_for_members_and_queued_once_for_admins(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
     training = open_queue(settings)
+    answer = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    send(key, fake_discord, button_interaction(answer["components"][0]["components"][0]["custom_id"], answer,
+                                               user_id="2000000000000000002"))  # one new rating
     status, body = send(key, fake_discord, command_interaction("retrain", permissions="0"))
     assert status == 200 and body["type"] == 4
     assert body["data"]["flags"] == 64 and "Manage Server" in body["data"]["content"]
@@ -637,6 +641,30 @@ def test_retrain_refused_for_members_and_queued_once_for_admins(
     status, body = send(key, fake_discord, command_interaction("retrain", user_id=ADMIN_BY_LIST))
     assert status == 200 and "flags" not in body["data"]
     assert training.depth() == 1
+
+
+def _force(value: Any) -> list[dict[str, Any]]:
+    return [{"name": "force", "type": 5, "value": value}]
+
+
+def test_retrain_without_new_ratings_is_refused_unless_forced(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    training, admin = open_queue(settings), str(0x20)
+    for options in (None, _force(False)):
+        status, body = send(key, fake_discord, command_interaction("retrain", permissions=admin, options=options))
+        assert status == 200 and body["data"]["flags"] == 64  # only the asker hears
+        content = body["data"]["content"]
+        assert content.startswith("No new ratings since the base model") and "`/retrain force:True`" in content
+    assert training.depth() == 0
+    status, _ = send(key, fake_discord, command_interaction("retrain", permissions=admin, options=_force("yes")))
+    assert status == 400 and training.depth() == 0  # not what Discord sends for a BOOLEAN option
+
+    status, body = send(key, fake_discord, command_interaction("retrain", permissions=admin, options=_force(True)))
+    assert status == 200 and "flags" not in body["data"]  # announced in the channel
+    assert "forced): no new ratings since the base model" in body["data"]["content"]
+    message = training.receive(wait_s=0, visibility_s=60)
+    assert message is not None and json.loads(message.body)["reason"].endswith("(forced)")
 
 
 # --- feedback: buttons and gateway reactions ---------------------------------------------------------
@@ -828,6 +856,19 @@ def test_gateway_serves_ask_buttons_and_retrain_without_an_endpoint(
                 data = fake_discord.responses[retrain["token"]]["data"]
                 assert bool(data.get("flags", 0) & 64) is ephemeral
             assert open_queue(settings).depth() == 1
+
+            # That job ends; the same vote is not worth another unless forced (`force` over the gateway).
+            queued = open_queue(settings).receive(wait_s=0, visibility_s=60)
+            assert queued is not None
+            job_id = json.loads(queued.body)["job_id"]
+            jobs.update_job_status(runtime.store, job_id, state="rejected", progress=1.0)
+            jobs.release_active_job(runtime.store, job_id)
+            for options, content in ((None, "No new ratings since"), (_force(True), "forced): no new ratings")):
+                retrain = command_interaction("retrain", permissions=str(0x20), options=options)
+                fake_discord.expect(retrain)
+                dispatch(retrain)
+                await _until(lambda r=retrain: r["token"] in fake_discord.responses, "answered /retrain")
+                assert content in fake_discord.responses[retrain["token"]]["data"]["content"]
         finally:
             await bot.close()
 
@@ -842,6 +883,8 @@ def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> No
     assert served["ask"]["options"][0]["required"] is True
     assert str(served["retrain"]["default_member_permissions"]) == "32"
     assert served["retrain"]["contexts"] == COMMANDS[1]["contexts"]
+    shape = [(o["name"], o["type"], o.get("required", False)) for o in COMMANDS[1]["options"]]
+    assert [(o["name"], o["type"], o.get("required", False)) for o in served["retrain"]["options"]] == shape
 
 
 # --- command registration ----------------------------------------------------------------------------

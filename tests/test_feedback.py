@@ -222,6 +222,8 @@ def test_feedback_during_a_run_is_picked_up_by_the_next_job(settings: Settings, 
 
 def test_retrain_is_for_admins_only(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
     target = [NotifyTarget(platform="slack", channel=CHANNEL)]
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="+1")  # one new rating: an admin's request is worth a job
     refused = request_retrain(requested_by="slack:U123", notify_targets=target, reason="", settings=settings,
                               store=store, queue=queue)
     assert refused.status == "refused" and refused.job_id is None
@@ -240,6 +242,108 @@ def test_retrain_is_for_admins_only(settings: Settings, store: BlobStore, queue:
         queued.job_id, "slack:UADMIN", "docs changed", target)
 
 
+def test_an_admin_retrain_without_new_votes_is_refused_unless_forced(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    ask = partial(request_retrain, requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                  store=store, queue=queue)
+    refused = ask()
+    assert (refused.status, refused.job_id) == ("nothing_new", None)
+    assert refused.message.startswith("No new ratings since the base model")
+    assert "`/retrain force`" in refused.message
+    assert queue.depth() == 0 and jobs.active_job_id(store) is None and jobs.last_job(store) is None
+    assert list(jobs.iter_job_statuses(store)) == []  # no trace of a job that was never queued
+    hinted = ask(force_hint="echorag retrain --force")
+    assert hinted.status == "nothing_new" and "`echorag retrain --force`" in hinted.message
+
+    forced = ask(force=True)
+    assert forced.status == "queued" and forced.job_id is not None
+    assert f"(job {forced.job_id[:8]}, forced): no new ratings since the base model" in forced.message
+    [job] = _queued_jobs(queue)
+    assert job.job_id == forced.job_id and jobs.active_job_id(store) == forced.job_id
+
+
+def test_new_votes_after_a_job_make_the_next_request_queue_again(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    ask = partial(request_retrain, requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                  store=store, queue=queue)
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="+1")
+    first = ask()
+    assert first.status == "queued" and first.job_id is not None and "1 new rating since" in first.message
+    [_] = _queued_jobs(queue)
+    jobs.update_job_status(store, first.job_id, state="rejected", progress=1.0)  # the worker ends it
+    jobs.release_active_job(store, first.job_id)
+
+    again = ask()  # the same feedback: the counter restarted when the first job was queued
+    assert again.status == "nothing_new" and queue.depth() == 0 and jobs.active_job_id(store) is None
+    assert f"since the last retraining job (job {first.job_id[:8]}, rejected" in again.message
+
+    react(settings, store, queue, user="U2", emoji="-1", event_ts="1700000002.000001")
+    second = ask()
+    assert second.status == "queued" and second.job_id not in (None, first.job_id)
+    assert "1 new rating since the base model" in second.message and "forced" not in second.message
+    [job] = _queued_jobs(queue)
+    assert job.job_id == second.job_id
+
+
+def test_nothing_new_names_the_live_adapter(settings: Settings, store: BlobStore, queue: JobQueue,
+                                            tmp_path: Path) -> None:
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="+1")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
+    snapshot = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()  # v1 was trained on that vote
+    AdapterRegistry(store, settings.adapter_name).publish(
+        tmp_path / "adapter", AdapterManifest(name="x", version=0, dataset={FEEDBACK_CUTOFF_KEY: snapshot}),
+        promote=True,
+    )
+    outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
+                              store=store, queue=queue)
+    assert outcome.status == "nothing_new" and outcome.message.startswith("No new ratings since adapter v1")
+
+
+def test_racing_admin_requests_queue_one_job_and_refusals_free_the_slot(
+    settings: Settings, store: BlobStore, queue: JobQueue
+) -> None:
+    """The count is taken under the slot: of simultaneous requests over one new vote exactly one
+    queues; once that job ended, simultaneous requests over the same vote queue nothing (each is
+    refused, or meets another one counting under the slot) and none of them keeps the slot."""
+    post_answer(store, "1700000000.000100")
+    react(settings, store, queue, user="U1", emoji="+1")
+
+    def race() -> list[str]:
+        barrier = threading.Barrier(8)
+        statuses: list[str] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                barrier.wait()
+                statuses.append(request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="",
+                                                settings=settings, store=store, queue=queue).status)
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        return sorted(statuses)
+
+    assert race() == ["already_queued"] * 7 + ["queued"]
+    [job] = _queued_jobs(queue)
+    jobs.update_job_status(store, job.job_id, state="published", progress=1.0)
+    jobs.release_active_job(store, job.job_id)
+    statuses = race()
+    assert "nothing_new" in statuses and set(statuses) <= {"nothing_new", "already_queued"}
+    assert queue.depth() == 0 and jobs.active_job_id(store) is None
+    assert [s.job_id for s in jobs.iter_job_statuses(store)] == [job.job_id]
+
+
 def test_slot_of_an_ended_job_is_reclaimed(settings: Settings, store: BlobStore, queue: JobQueue) -> None:
     assert jobs.acquire_active_job(store, "crashed-job")
     jobs.save_job_status(store, JobStatus(job_id="crashed-job", state="running"))
@@ -248,7 +352,7 @@ def test_slot_of_an_ended_job_is_reclaimed(settings: Settings, store: BlobStore,
     assert busy.status == "already_queued" and busy.job_id == "crashed-job"
     jobs.update_job_status(store, "crashed-job", state="failed", error="worker died")  # never released
     outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
-                              store=store, queue=queue)
+                              store=store, queue=queue, force=True)
     assert outcome.status == "queued" and jobs.active_job_id(store) == outcome.job_id
 
 
@@ -256,7 +360,7 @@ def test_a_failed_enqueue_frees_the_slot_and_loses_nothing(settings: Settings, s
     broken = SqsQueue(f"{moto_server}/123456789012/gone.fifo", max_attempts=1)
     with pytest.raises(QueueError, match=r"gone\.fifo"):
         request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
-                        store=store, queue=broken)
+                        store=store, queue=broken, force=True)
     assert jobs.active_job_id(store) is None
     assert jobs.last_job(store) is None
     failed = [s for s in jobs.iter_job_statuses(store) if s.state == "failed"]
@@ -272,7 +376,7 @@ def test_slot_of_a_job_whose_message_is_gone_is_reclaimed(settings: Settings, st
     jobs.save_job_status(store, JobStatus(job_id="lost-job", state="running"))
     _hold_slot(store, "lost-job", minutes_ago=5)  # young: the worker may still be on it
     ask = partial(request_retrain, requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
-                  store=store)
+                  store=store, force=True)
     assert ask(queue=queue).status == "already_queued"
     queue.send("message of the running job", dedup_id="lost-job")
     _hold_slot(store, "lost-job", minutes_ago=30)  # old, but its message is still in the queue
@@ -291,7 +395,7 @@ def test_slot_of_a_request_that_died_before_sending_is_reclaimed(
 ) -> None:
     _hold_slot(store, "never-sent", minutes_ago=30)
     outcome = request_retrain(requested_by="slack:UADMIN", notify_targets=[], reason="", settings=settings,
-                              store=store, queue=queue)
+                              store=store, queue=queue, force=True)
     assert outcome.status == "queued"
 
 

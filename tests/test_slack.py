@@ -23,9 +23,9 @@ import pytest
 
 from bots.slack.answerer import answer_key
 from bots.slack.app import services_of
-from core.contracts import make_answer_id
+from core.contracts import AnswerRecord, make_answer_id
 from core.queue import open_queue
-from core.records import iter_feedback, load_answer
+from core.records import iter_feedback, load_answer, save_answer
 from core.settings import Settings, get_settings
 from core.store import open_store
 from rag.types import AgentAnswer, Citation
@@ -577,8 +577,17 @@ def test_optional_ephemeral_thanks_for_a_vote(monkeypatch: pytest.MonkeyPatch, t
 # --- /retrain ---------------------------------------------------------------------------------------
 
 
+def _rated_answer(rig: Rig, ts: str = "1700000000.000100") -> None:
+    """An answer in HR that someone rated 👍 (the reaction through the handler): one new rating."""
+    save_answer(rig.store, AnswerRecord(answer_id=make_answer_id("slack", HR, ts), platform="slack", channel=HR,
+                                        message_id=ts, question="연차는 며칠인가요?", answer="15일입니다."))
+    rig.reaction("reaction_added", user="U0000009", channel=HR, ts=ts)
+    assert len(list(iter_feedback(rig.store))) == 1
+
+
 def test_retrain_refused_for_non_admins_and_queued_once_for_admins(rig: Rig) -> None:
     queue = open_queue(rig.settings)
+    _rated_answer(rig)
     assert rig.command("/retrain", "", user="U0000005", channel=HR, trigger="t-r1")["statusCode"] == 200
     refusal = rig.fake.responses[-1]
     assert refusal["response_type"] == "ephemeral" and "ADMIN_USER_IDS" in refusal["text"]
@@ -595,6 +604,23 @@ def test_retrain_refused_for_non_admins_and_queued_once_for_admins(rig: Rig) -> 
 
     rig.command("/retrain", "", user=ADMIN, channel=HR, trigger="t-r3")
     assert rig.fake.responses[-1]["response_type"] == "ephemeral"  # already queued: only the asker hears
+
+
+def test_retrain_without_new_ratings_is_refused_unless_forced(rig: Rig) -> None:
+    queue = open_queue(rig.settings)
+    assert rig.command("/retrain", "new docs", user=ADMIN, channel=HR, trigger="t-f1")["statusCode"] == 200
+    refusal = rig.fake.responses[-1]
+    assert refusal["response_type"] == "ephemeral"  # only the asker hears
+    assert refusal["text"].startswith("No new ratings since the base model") and "`/retrain force`" in refusal["text"]
+    assert queue.depth() == 0
+
+    assert rig.command("/retrain", "force new docs", user=ADMIN, channel=HR, trigger="t-f2")["statusCode"] == 200
+    queued = rig.fake.responses[-1]
+    assert queued["response_type"] == "in_channel"
+    assert "forced): no new ratings since the base model" in queued["text"]
+    message = queue.receive(wait_s=0)
+    assert message is not None
+    assert json.loads(message.body)["reason"] == "new docs"  # the word "force" is not part of the reason
 
 
 # --- bad requests -----------------------------------------------------------------------------------

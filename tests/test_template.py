@@ -679,8 +679,9 @@ def test_gpu_host_policy_file_matches_the_stack_policy(resources: dict[str, Any]
 def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
     function: str, resources: dict[str, Any], aws_settings: Settings
 ) -> None:
-    """`/retrain` (and the threshold reaction) through the real code on moto, the second one while
-    a job has held the slot for an hour: every S3/SQS call it makes is granted to the function."""
+    """`/retrain` (and the threshold reaction) through the real code on moto: refused for want of new
+    ratings, forced, then again while a job has held the slot for an hour: every S3/SQS call it
+    makes is granted to the function."""
     from datetime import timedelta
     from functools import partial
 
@@ -701,7 +702,8 @@ def test_retrain_requests_make_only_calls_the_chat_functions_may_make(
         client.meta.events.register("before-parameter-build.*.*", record)
     ask = partial(request_retrain, requested_by="slack:U1", is_admin=True, notify_targets=[], reason="test",
                   settings=aws_settings, store=store, queue=queue)
-    first = ask()
+    assert ask().status == "nothing_new"  # counted under the slot, then gave it back
+    first = ask(force=True)
     assert first.status == "queued" and first.job_id is not None
     jobs.update_job_status(store, first.job_id, state="running")  # the worker took it …
     an_hour_ago = (utcnow() - timedelta(hours=1)).isoformat()  # … an hour ago, and is still training

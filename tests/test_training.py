@@ -36,7 +36,7 @@ from tests.support_training import (
     training_settings,
     training_values,
 )
-from training.dataset import EVAL_PERCENT, NotEnoughFeedback, build_snapshot, split, split_bucket
+from training.dataset import MIN_HELDOUT, NotEnoughFeedback, build_snapshot, report_line, split
 from training.worker import Worker
 
 pytestmark = [
@@ -67,7 +67,8 @@ def test_feedback_to_published_adapter_then_gate_rejects_a_worse_one(tiny_base, 
     train = read_jsonl(settings, f"datasets/{job_id}/train.jsonl")
     held = read_jsonl(settings, f"datasets/{job_id}/eval.jsonl")
     pairs = read_jsonl(settings, f"datasets/{job_id}/pairs.jsonl")
-    assert len(train) + len(held) == len(QA) and held and train
+    assert len(train) + len(held) == len(QA) + 1 and held and train  # every 👍 and the one 👎
+    assert {row["group"] for row in train}.isdisjoint(row["group"] for row in held)
     assert all(row["prompt"].startswith("<|system|>") and row["prompt"].endswith("<|assistant|>\n") for row in train)
     assert train[0]["messages"][0]["role"] == "system" and "[1]" in train[0]["messages"][0]["content"]
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [(QA[0][3], "모르겠습니다.")]
@@ -364,32 +365,51 @@ def test_loop_over_s3_and_sqs_with_a_gold_set(tiny_base, fakes, aws_settings) ->
 # --- dataset rules ------------------------------------------------------------------------------
 
 
-def test_dataset_dedups_retracts_and_splits_deterministically(tmp_path, fakes) -> None:
+def test_dataset_counts_every_vote_splits_by_group_and_reports_what_it_holds(tmp_path, fakes) -> None:
     settings = make_settings(tmp_path, retrain_threshold=0)
     seed_feedback(settings, with_bad=True)
     store, queue = open_store(settings), open_queue(settings)
-    # The same approved answer posted twice is one example; a removed 👍 no longer counts.
     question, title, text, answer = QA[1]
-    for message_id in ("dup", "retracted"):
+    other_question = "What is the VPN guide's location?"
+
+    def post(message_id: str, answer_text: str, *, ask: str = question, abstained: bool = False,
+             reaction: str = "+1", user: str = "U2") -> None:
         records.save_answer(store, AnswerRecord(
             answer_id=make_answer_id("slack", "C1", message_id), platform="slack", channel="C1",
-            message_id=message_id, question=question, language="ko",
-            answer=answer if message_id == "dup" else "다른 답",
+            message_id=message_id, question=ask, language="ko", answer=answer_text, abstained=abstained,
             contexts=[ContextRef(doc_id="d", chunk_id="c", title=title, text=text)],
         ))
-        record_reaction(platform="slack", channel="C1", message_id=message_id, user_id="U2", reaction="+1",
+        record_reaction(platform="slack", channel="C1", message_id=message_id, user_id=user, reaction=reaction,
                         action="added", event_ts="1700000001.0", settings=settings, store=store, queue=queue)
+
+    post("dup", answer)  # the same approved answer posted twice: one example, its votes summed
+    post("retracted", "다른 답")
     record_reaction(platform="slack", channel="C1", message_id="retracted", user_id="U2", reaction="+1",
                     action="removed", event_ts="1700000002.0", settings=settings, store=store, queue=queue)
+    post("abstained", "문서에서 찾을 수 없습니다.", abstained=True)  # an abstention teaches nothing
+    post("same-answer", QA[5][3], ask=other_question)  # QA[5]'s answer under another question: one group
+    post("conflict-up", "반반 답", ask="갈리는 질문")
+    post("conflict-down", "반반 답", ask="갈리는 질문", reaction="-1")  # the same text 👍 and 👎: dropped
+    post("tie", "무승부 답", ask="동점 질문")
+    record_reaction(platform="slack", channel="C1", message_id="tie", user_id="U3", reaction="-1",
+                    action="added", event_ts="1700000003.0", settings=settings, store=store, queue=queue)
+
     snapshot = build_snapshot("job", records.labelled_answers(store), min_examples=4)
     examples = snapshot.train + snapshot.eval
-    assert len(examples) == len(QA) and snapshot.stats["duplicates"] == 1
-    assert not any(ex.answer == "다른 답" for ex in examples)
-    expected = {ex.id for ex in examples if split_bucket(ex.id) < EVAL_PERCENT} or {
-        min(examples, key=lambda ex: (split_bucket(ex.id), ex.id)).id  # none hashed low: the lowest is held out
-    }
-    assert {ex.id for ex in snapshot.eval} == expected
-    assert not expected & {ex.id for ex in snapshot.train}
+    assert len(examples) == len(QA) + 2  # every 👍, the 👎, and the answer under a second question
+    assert [ex.answer for ex in examples if ex.label < 0] == ["모르겠습니다."]  # an unpaired-able 👎 trains too
+    assert next(ex for ex in examples if ex.answer == answer).score == 2
+    assert not any(ex.answer in ("다른 답", "반반 답", "무승부 답") for ex in examples)
+    groups = {ex.group for ex in examples if ex.answer == QA[5][3]}
+    assert len(groups) == 1  # the shared answer ties both questions into one group
+    assert {ex.group for ex in snapshot.train}.isdisjoint(ex.group for ex in snapshot.eval)
+    assert sum(ex.label > 0 for ex in snapshot.eval) >= MIN_HELDOUT  # the gate's floor
+    assert snapshot.stats["duplicates"] == 2 and snapshot.stats["abstentions"] == 1
+    assert snapshot.stats["conflicting"] == 1 and snapshot.stats["tied"] == 1  # one 👍 and one 👎 on one answer
+    report = snapshot.report
+    assert report["skipped"] == {"tied": 1, "conflicting": 1, "abstentions": 1, "empty": 0}
+    assert report["held_out"]["examples"] == len(snapshot.eval) and report["train"]["by_language"]["en"]
+    assert "skipped: 1 tied, 1 conflicting, 1 abstentions" in report_line(report)
     again = build_snapshot("job2", records.labelled_answers(store), min_examples=4)
     assert [ex.id for ex in again.eval] == [ex.id for ex in snapshot.eval]
     assert split(examples[:2])[0] and split(examples[:2])[1]
@@ -491,7 +511,7 @@ def test_worker_without_base_model_refuses_to_start_and_leaves_the_job_queued(tm
 
     settings = make_settings(tmp_path, admin_user_ids=["console:local"])
     outcome = request_retrain(requested_by="console:local", notify_targets=[], reason="test", settings=settings,
-                              store=open_store(settings), queue=open_queue(settings))
+                              store=open_store(settings), queue=open_queue(settings), force=True)
     assert outcome.status == "queued"
     unset = {"BASE_MODEL", "FEEDBACK_BUCKET", "TRAINING_QUEUE_URL"}
     env = {k: v for k, v in os.environ.items() if k not in unset} | {"DATA_DIR": str(tmp_path)}

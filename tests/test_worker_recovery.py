@@ -210,7 +210,7 @@ def test_a_job_that_kills_its_worker_on_every_receive_ends_failed_and_announced(
     assert "Retraining failed" in text and "/retrain again" in text
     assert Worker(settings, show_progress=False).run(once=True, wait_s=0) == []  # settled once
     again = request_retrain(requested_by="slack:UADMIN", is_admin=True, reason="again", notify_targets=[],
-                            settings=settings, store=store, queue=queue)
+                            settings=settings, store=store, queue=queue, force=True)
     assert again.status == "queued"
 
 

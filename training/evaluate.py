@@ -1,16 +1,29 @@
-"""The publish gate: a new adapter goes live only when it is not worse than the live one.
+"""The publish gate: a new adapter goes live only when it is a real improvement on the live one.
 
-Both adapters (or the candidate and the bare base model when nothing is live yet) are scored on the
-snapshot's held-out split — mean NLL of the approved answer tokens given the serving prompt — and,
-when GOLD_QUESTIONS is set, on a gold QA set (answer NLL and the share of greedy answers that
-contain a gold answer). The candidate passes when its held-out NLL is not higher and its gold hit
-rate not lower. Both sides' numbers go into the adapter manifest and the job's announcement.
+Both adapters (or the candidate and the bare base model when nothing is live yet) are scored item
+by item on the snapshot's held-out split (per-token NLL of each answer given its serving prompt)
+and, when GOLD_QUESTIONS is set, on a gold QA set (gold answer NLL, and whether the greedy answer
+contains a gold answer). The comparison is paired, item by item, and every rule must hold:
+
+1. enough to judge: at least MIN_ITEMS approved (👍) answers held out;
+2. no approved answer regresses: none gets more than REGRESSION nats/token less likely;
+3. approved answers likelier beyond noise: the mean per-item gain is at least MIN_GAIN nats/token
+   and the lower end of its paired-bootstrap 95% interval is above zero (a no-op or a tie fails);
+4. rejected (👎) answers do not gain on approved ones: their mean gain in likelihood is not above
+   the approved answers' (the preference margin does not shrink);
+5. gold containment not lower beyond noise: items lost minus items gained is not significant by
+   an exact sign test at 5% (lost items are listed either way).
+
+Per-item regressions and lost gold items go into the report's details, the manifest and the
+announcement.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +35,8 @@ from rag.prompts import build_messages
 from rag.types import Passage
 from training.dataset import Example
 from training.train import (
-    IGNORE,
     TrainConfig,
+    answer_logps,
     collate,
     encode_example,
     load_base,
@@ -34,6 +47,11 @@ from training.train import (
 log = logging.getLogger(__name__)
 
 GOLD_NEW_TOKENS = 96
+MIN_ITEMS = 2  # approved held-out answers needed to judge at all
+MIN_GAIN = 0.01  # nats/token: a smaller mean gain is a tie, not an improvement
+REGRESSION = 0.1  # nats/token: an approved answer this much less likely is a regression
+BOOTSTRAP_RESAMPLES = 2000
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -95,36 +113,55 @@ def load_gold(path: Path, settings: Settings | None = None) -> list[GoldItem]:
     return items
 
 
-def answer_nll(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_length: int, batch_size: int = 8) -> float:
-    """Mean negative log-likelihood per answer token (prompt tokens excluded), over all examples."""
+@dataclass(frozen=True)
+class Scores:
+    """One adapter's per-item numbers: held-out answers (in snapshot order), gold answers, gold hits."""
+
+    nll: list[float]
+    gold_nll: list[float] = field(default_factory=list)
+    gold_hits: list[bool] = field(default_factory=list)
+
+    def summary(self, examples: Sequence[Example]) -> dict[str, float]:
+        """The headline metrics (means): approved held-out NLL, rejected held-out NLL, gold."""
+        good = [v for v, ex in zip(self.nll, examples, strict=True) if ex.label > 0]
+        bad = [v for v, ex in zip(self.nll, examples, strict=True) if ex.label < 0]
+        metrics = {"eval_nll": _mean(good)} if good else {}
+        if bad:
+            metrics["rejected_nll"] = _mean(bad)
+        if self.gold_nll:
+            metrics["gold_nll"] = _mean(self.gold_nll)
+            metrics["gold_contains"] = _mean([float(h) for h in self.gold_hits])
+        return metrics
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def item_nlls(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_length: int, batch_size: int = 8) -> list[float]:
+    """Each example's mean negative log-likelihood per answer token (prompt tokens excluded)."""
     import torch
 
     device = next(model.parameters()).device
     rows = [encode_example(tokenizer, ex.messages, ex.answer, max_length) for ex in examples]
-    total, count = 0.0, 0
+    out: list[float] = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            batch = collate(rows[start : start + batch_size], tokenizer.pad_token_id, device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            mask = labels != IGNORE
-            picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            total += float(-(picked * mask).sum())
-            count += int(mask.sum())
-    return total / max(count, 1)
+            logps, counts = answer_logps(model, collate(rows[start : start + batch_size], tokenizer.pad_token_id, device))
+            out.extend(float(-lp / max(int(n), 1)) for lp, n in zip(logps, counts, strict=True))
+    return out
 
 
-def gold_hit_rate(model: Any, tokenizer: Any, items: Sequence[GoldItem]) -> float:
-    """Share of gold questions whose greedy answer contains a gold answer (KorQuAD normalisation)."""
+def gold_hits(model: Any, tokenizer: Any, items: Sequence[GoldItem]) -> list[bool]:
+    """Per gold question: does the greedy answer contain a gold answer (KorQuAD normalisation)?"""
     import torch
 
     from rag.llm_transformers import render_prompt
     from rag.metrics import contains_answer
 
     device = next(model.parameters()).device
-    hits = 0
+    hits: list[bool] = []
     model.eval()
     with torch.no_grad():
         for item in items:
@@ -133,33 +170,80 @@ def gold_hit_rate(model: Any, tokenizer: Any, items: Sequence[GoldItem]) -> floa
             out = model.generate(**ids, max_new_tokens=GOLD_NEW_TOKENS, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            hits += contains_answer(text, item.answers)
-    return hits / max(len(items), 1)
+            hits.append(bool(contains_answer(text, item.answers)))
+    return hits
 
 
-def score(model: Any, tokenizer: Any, examples: Sequence[Example], gold: Sequence[GoldItem], max_length: int) -> dict[str, float]:
-    metrics = {"eval_nll": answer_nll(model, tokenizer, examples, max_length=max_length)}
-    if gold:
-        gold_examples = [Example(id=f"gold{i}", question=g.question, answer=g.answers[0], language="", messages=g.messages)
-                         for i, g in enumerate(gold)]
-        metrics["gold_nll"] = answer_nll(model, tokenizer, gold_examples, max_length=max_length)
-        metrics["gold_contains"] = gold_hit_rate(model, tokenizer, gold)
-    return metrics
+def score(model: Any, tokenizer: Any, examples: Sequence[Example], gold: Sequence[GoldItem], max_length: int) -> Scores:
+    nll = item_nlls(model, tokenizer, examples, max_length=max_length)
+    if not gold:
+        return Scores(nll)
+    gold_examples = [Example(id=f"gold{i}", question=g.question, answer=g.answers[0], language="", messages=g.messages)
+                     for i, g in enumerate(gold)]
+    return Scores(nll, item_nlls(model, tokenizer, gold_examples, max_length=max_length), gold_hits(model, tokenizer, gold))
 
 
-def decide(candidate: dict[str, float], current: dict[str, float], compared_with: str) -> tuple[bool, str]:
-    """Not worse on every gated metric → publish; the reason names the metric that blocked it."""
-    if candidate["eval_nll"] > current["eval_nll"]:
-        return False, (
-            f"held-out answer NLL got worse ({current['eval_nll']:.3f} with {compared_with} → "
-            f"{candidate['eval_nll']:.3f}); {compared_with} stays live"
-        )
-    if "gold_contains" in candidate and candidate["gold_contains"] < current.get("gold_contains", 0.0):
-        return False, (
-            f"fewer gold answers found ({current['gold_contains']:.0%} with {compared_with} → "
-            f"{candidate['gold_contains']:.0%}); {compared_with} stays live"
-        )
-    return True, f"not worse than {compared_with} on the held-out set" + (" and the gold set" if "gold_contains" in candidate else "")
+def bootstrap_lower(values: Sequence[float], *, seed: int = 0) -> float:
+    """The lower end of the paired-bootstrap (1 − ALPHA) interval of the mean of `values`."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(BOOTSTRAP_RESAMPLES))
+    return means[int(BOOTSTRAP_RESAMPLES * ALPHA / 2)]
+
+
+def sign_test_p(lost: int, gained: int) -> float:
+    """One-sided exact sign test: the chance of losing at least `lost` of the changed items by luck."""
+    n = lost + gained
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n if n else 1.0
+
+
+def decide(examples: Sequence[Example], candidate: Scores, current: Scores, compared_with: str,
+           gold: Sequence[GoldItem] = ()) -> tuple[bool, str, dict[str, Any]]:
+    """Apply the module's rules; (passed, reason in plain words, details for the manifest)."""
+    good = [i for i, ex in enumerate(examples) if ex.label > 0]
+    bad = [i for i, ex in enumerate(examples) if ex.label < 0]
+    gains = [current.nll[i] - candidate.nll[i] for i in good]  # > 0: the approved answer got likelier
+    details: dict[str, Any] = {"approved_items": len(good), "rejected_items": len(bad)}
+    stays = f"{compared_with} stays live"
+    if len(good) < MIN_ITEMS:
+        return False, f"too few approved answers held out to judge ({len(good)}, need {MIN_ITEMS}); {stays}", details
+    mean_gain, lower = _mean(gains), bootstrap_lower(gains)
+    details.update(mean_gain=round(mean_gain, 4), gain_ci_low=round(lower, 4))
+    regressions = [
+        {"question": examples[i].question[:80], "current_nll": round(current.nll[i], 3), "candidate_nll": round(candidate.nll[i], 3)}
+        for i, gain in zip(good, gains, strict=True) if gain < -REGRESSION
+    ]
+    details["regressions"] = regressions
+    bad_gain = _mean([current.nll[i] - candidate.nll[i] for i in bad]) if bad else None
+    if bad_gain is not None:
+        details["rejected_mean_gain"] = round(bad_gain, 4)
+    lost = [g.question[:80] for g, before, after in zip(gold, current.gold_hits, candidate.gold_hits, strict=False) if before and not after]
+    gained = sum(1 for before, after in zip(current.gold_hits, candidate.gold_hits, strict=False) if after and not before)
+    details.update(gold_lost=lost, gold_gained=gained)
+
+    if mean_gain < -MIN_GAIN:
+        return False, f"held-out answer NLL got worse (mean {-mean_gain:.3f} nats/token per answer); {stays}", details
+    if regressions:
+        return False, (f"{len(regressions)} held-out answer(s) got much less likely "
+                       f"(first: {regressions[0]['question']!r}); {stays}"), details
+    if mean_gain < MIN_GAIN or lower <= 0:
+        return False, (f"no improvement beyond noise on {len(good)} held-out answers (mean gain {mean_gain:.3f} "
+                       f"nats/token, 95% interval from {lower:.3f}); {stays}"), details
+    if bad_gain is not None and bad_gain > mean_gain:
+        return False, (f"👎 answers became likelier than the 👍 ones (by {bad_gain:.3f} vs {mean_gain:.3f} "
+                       f"nats/token); {stays}"), details
+    if len(lost) > gained and sign_test_p(len(lost), gained) < ALPHA:
+        return False, f"fewer gold answers found ({len(lost)} lost, {gained} gained); {stays}", details
+    return True, (f"better than {compared_with}: held-out 👍 answers {mean_gain:.3f} nats/token likelier "
+                  f"(95% interval from {lower:.3f})" + (", gold not worse" if gold else "")), details
+
+
+def notes(details: dict[str, Any]) -> str:
+    """The per-item findings a person should see in the announcement ('' when there are none)."""
+    lines = [f"Held-out answer worse: {r['question']!r} {r['current_nll']:.3f} → {r['candidate_nll']:.3f}"
+             for r in details.get("regressions", [])[:5]]
+    lines += [f"Gold answer lost: {question!r}" for question in details.get("gold_lost", [])[:5]]
+    return "\n".join(lines)
 
 
 def evaluate(
@@ -188,7 +272,8 @@ def evaluate(
             current = score(model, tokenizer, examples, gold, config.max_length)
     del model, base
     release_memory()
-    passed, reason = decide(candidate, current, current_label)
-    log.info("gate: %s (candidate %s, %s %s)", "pass" if passed else "reject", candidate, current_label, current)
-    return GateReport(candidate=candidate, current=current, passed=passed, reason=reason, compared_with=current_label,
-                      details={"eval_examples": len(examples), "gold_items": len(gold)})
+    passed, reason, details = decide(examples, candidate, current, current_label, gold)
+    log.info("gate: %s: %s", "pass" if passed else "reject", reason)
+    return GateReport(candidate=candidate.summary(examples), current=current.summary(examples), passed=passed,
+                      reason=reason, compared_with=current_label,
+                      details={"eval_examples": len(examples), "gold_items": len(gold), **details})

@@ -1,11 +1,22 @@
-"""LoRA fine-tuning on the approved answers (transformers + peft, a plain torch loop).
+"""LoRA fine-tuning on every effective vote (transformers + peft, a plain torch loop).
 
-Continual: when an adapter is live, training resumes from it (`PeftModel.from_pretrained(…,
-is_trainable=True)`) so each run adds the new feedback on top of what the bot already learned.
-The loss covers the answer tokens only (the prompt is masked to -100), the prompt is rendered
-exactly as the serving backend renders it, and the seed fixes data order and LoRA init.
-bf16 on a GPU, fp32 on CPU. Progress goes to a tqdm bar (with the loss) and to a callback the
-worker uses for job status and for stopping early (the callback may raise to abort).
+Objective (TRAIN_OBJECTIVE): `kto` (default) learns from unpaired 👍 and 👎 alike, as KTO does
+(Ethayarajh et al., 2024): with r = log π(answer | prompt) − log π_ref(answer | prompt) over the
+answer tokens, a desirable example's loss is 1 − σ(β·r) and an undesirable one's 1 − σ(−β·r),
+weighted so both classes count equally. The reference is the adapter training starts from (the
+live one, or the base), its log-probabilities computed once before the first step. KTO's reference
+point z₀ (a batch KL estimate on mismatched pairs) is fixed at 0, TRL's `apo_zero_unpaired`: the
+estimate needs a second, frozen copy of the live adapter run on every step, and z₀ is clamped at 0
+and stays near it in these short runs. `sft` trains on the 👍 answers' tokens alone (NLL).
+
+Why a hand loop, not TRL's KTOTrainer: TRL's trainer would bring `datasets`, pyarrow and pandas to
+the GPU host, take the reference from the adapter-disabled base (continual training needs the live
+adapter), and replace the worker's per-step progress, stop and seeding hooks; the loss is a few
+lines. Continual: when an adapter is live, training resumes from it (`PeftModel.from_pretrained(…,
+is_trainable=True)`). The loss covers the answer tokens only (the prompt is masked to -100), the
+prompt is rendered as the serving backend renders it, the learning rate warms up for the first 10%
+of steps and decays on a cosine, and the seed fixes data order and LoRA init. bf16 on a GPU, fp32
+on CPU. Progress goes to a tqdm bar and to a callback (job status, stopping early).
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +58,8 @@ class TrainConfig:
     max_length: int = 1024
     batch_size: int = 4
     seed: int = 42
+    objective: str = "kto"  # "kto": every 👍 and 👎; "sft": the 👍 answers only
+    beta: float = 0.1  # KTO's β: how far the adapter may move from the reference per unit of loss
     dtype: str | None = None  # "float32" / "bfloat16"; None: bf16 on GPU, fp32 on CPU (benchmarks override)
 
     @classmethod
@@ -63,6 +77,8 @@ class TrainConfig:
             max_length=settings.train_max_length,
             batch_size=settings.train_batch_size,
             seed=settings.train_seed,
+            objective=settings.train_objective,
+            beta=settings.train_beta,
         )
 
 
@@ -165,6 +181,48 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: An
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def answer_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """(sum of log-probabilities of each row's answer tokens, their count): labels mark the answer."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1), mask.sum(-1)
+
+
+def kto_loss(logps: Any, ref_logps: Any, labels: Any, weights: Any, beta: float) -> Any:
+    """KTO with z₀ = 0: 1 − σ(β·r) for desirable rows (label +1), 1 − σ(−β·r) for undesirable ones."""
+    import torch
+
+    rewards = beta * (logps - ref_logps)
+    return (weights * (1 - torch.sigmoid(labels * rewards))).sum() / weights.sum()
+
+
+def reference_logps(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: Any,
+                    batch_size: int) -> list[float]:
+    """Each row's answer log-probability under the model as it is now (the KTO reference)."""
+    import torch
+
+    model.eval()
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            logps, _ = answer_logps(model, collate(rows[start : start + batch_size], pad_id, device))
+            out.extend(float(v) for v in logps)
+    model.train()
+    return out
+
+
+def class_weights(labels: Sequence[int]) -> list[float]:
+    """Per-row weights so 👍 and 👎 count equally however many of each there are (KTO's λ_D, λ_U)."""
+    n_pos, n_neg = sum(1 for v in labels if v > 0), sum(1 for v in labels if v < 0)
+    if not n_pos or not n_neg:
+        return [1.0] * len(labels)
+    return [1.0 if v > 0 else n_pos / n_neg for v in labels]
+
+
 def attach_lora(model: Any, config: TrainConfig, init_adapter: Path | None) -> Any:
     """Resume the live adapter (trainable) or start a fresh LoRA from the configured shape."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -199,15 +257,20 @@ def train_lora(
     progress: ProgressFn | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train on `examples` (messages + approved answer) and save the adapter to `out_dir`.
+    """Train on `examples` (messages + answer + label) and save the adapter to `out_dir`.
 
-    One function on purpose (~70 lines): model, optimiser, autocast and the progress bar are set up
+    One function on purpose (~85 lines): model, optimiser, autocast and the progress bar are set up
     and torn down around one short step loop, and split up they would only be passed around."""
     import torch
     from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
 
+    if config.objective not in ("kto", "sft"):
+        raise ConfigError(f"TRAIN_OBJECTIVE must be 'kto' or 'sft', not {config.objective!r}")
+    if config.objective == "sft":
+        examples = [ex for ex in examples if ex.label > 0]
     if not examples:
-        raise ConfigError("no training examples")
+        raise ConfigError("no training examples" + (" (sft trains on 👍 answers only)" if config.objective == "sft" else ""))
     started = time.perf_counter()
     seed_everything(config.seed)
     device, dtype = pick_device()
@@ -217,28 +280,44 @@ def train_lora(
     model = attach_lora(base, config, init_adapter)
     model.train()
     rows = [encode_example(tokenizer, ex.messages, ex.answer, config.max_length) for ex in examples]
+    labels = [ex.label for ex in examples]
+    weights = class_weights(labels)
+    kto = config.objective == "kto"
+    refs = reference_logps(model, rows, tokenizer.pad_token_id, device, config.batch_size) if kto else []
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     batches_per_epoch = math.ceil(len(rows) / config.batch_size)
     total = max(1, config.epochs * batches_per_epoch)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=total // 10, num_training_steps=total)
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     autocast = torch.autocast(device_type="cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else None
     loop_started = time.perf_counter()
     bar = tqdm(total=total, desc="training", unit="step", disable=not show_progress, leave=False)
+
+    def step_loss(model: Any, picked: list[int]) -> Any:
+        batch = collate([rows[i] for i in picked], tokenizer.pad_token_id, device)
+        if not kto:
+            return model(**batch).loss
+        logps, _ = answer_logps(model, batch)
+        as_tensor = partial(torch.tensor, device=device, dtype=torch.float32)
+        return kto_loss(logps, as_tensor([refs[i] for i in picked]), as_tensor([labels[i] for i in picked]),
+                        as_tensor([weights[i] for i in picked]), config.beta)
+
     try:
         for _ in range(config.epochs):
             order = torch.randperm(len(rows), generator=generator).tolist()
             for start in range(0, len(order), config.batch_size):
-                batch = collate([rows[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id, device)
+                picked = order[start : start + config.batch_size]
                 if autocast is not None:
                     with autocast:
-                        loss = model(**batch).loss
+                        loss = step_loss(model, picked)
                 else:
-                    loss = model(**batch).loss
+                    loss = step_loss(model, picked)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
+                schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 bar.update(1)

@@ -31,7 +31,15 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from core import jobs, records
-from core.contracts import SCHEMA_VERSION, TERMINAL_STATES, AdapterManifest, JobStatus, TrainingJob, utcnow
+from core.contracts import (
+    SCHEMA_VERSION,
+    TERMINAL_STATES,
+    AdapterManifest,
+    JobStatus,
+    TrainingJob,
+    downsample,
+    utcnow,
+)
 from core.errors import QueueError
 from core.idempotency import once
 from core.queue import JobQueue, QueueMessage, open_queue
@@ -39,7 +47,7 @@ from core.registry import FEEDBACK_CUTOFF_KEY, AdapterRegistry
 from core.settings import Settings
 from core.store import BlobStore, open_store
 from rag.llm_transformers import local_adapter, prune_local_adapters
-from training.dataset import NotEnoughFeedback, build_snapshot, write_snapshot
+from training.dataset import NotEnoughFeedback, build_snapshot, report_line, write_snapshot
 from training.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -296,7 +304,7 @@ class Worker:
         return report
 
     def _run_job(self, job: TrainingJob, message: QueueMessage, workdir: Path) -> JobOutcome:
-        from training.evaluate import evaluate, load_gold
+        from training.evaluate import evaluate, load_gold, notes
         from training.train import TrainConfig, load_tokenizer, train_lora
 
         settings, name, registry = self.settings, self.settings.adapter_name, self.registry
@@ -309,7 +317,7 @@ class Worker:
                                       min_examples=settings.train_min_examples)
         except NotEnoughFeedback as exc:
             status = self._set_status(job, state="rejected", progress=1.0, message=str(exc))
-            notified = self._announce(job, status, next_step="Collect more 👍 on good answers, then /retrain again.")
+            notified = self._announce(job, status, next_step="Collect more 👍/👎 on answers, then /retrain again.")
             return JobOutcome(job.job_id, "not_enough_feedback", str(exc), notified=notified)
         write_snapshot(self.store, snapshot, tokenizer=load_tokenizer(config.base_model))
         self._set_status(job, progress=0.05, examples=len(snapshot.train),
@@ -322,7 +330,8 @@ class Worker:
         candidate_dir = workdir / "candidate"
         result = train_lora(config, snapshot.train, candidate_dir, init_adapter=current_dir,
                             progress=self._progress(job, 0.05, 0.85), show_progress=self.show_progress)
-        self._set_status(job, progress=0.85, message="evaluating against the live adapter")
+        self._set_status(job, progress=0.85, message="evaluating against the live adapter",
+                         loss_curve=downsample(result.losses))
         if self.stop_event.is_set():
             raise JobInterrupted
         gold = load_gold(settings.gold_questions, settings) if settings.gold_questions else []
@@ -330,10 +339,12 @@ class Worker:
         report = evaluate(config, candidate_dir, current_dir, snapshot.eval, gold=gold, current_label=label)
         metrics = {"candidate": report.candidate, "current": report.current}
         train_metrics = {"train_loss": result.final_loss, "train_steps": float(result.steps)}
+        data = report_line(snapshot.report)
         if not report.passed:
             status = self._set_status(job, state="rejected", progress=1.0, message=f"rejected by the gate: {report.reason}",
                                       metrics={**_flat(metrics), **train_metrics})
-            notified = self._announce(job, status, before=report.current, after=report.candidate)
+            next_step = "\n".join(filter(None, [notes(report.details), data]))
+            notified = self._announce(job, status, before=report.current, after=report.candidate, next_step=next_step)
             return JobOutcome(job.job_id, "rejected", report.reason, metrics=metrics, notified=notified)
         if self.stop_event.is_set():  # last safe point: after this the adapter is published
             raise JobInterrupted
@@ -342,13 +353,13 @@ class Worker:
             name=name, version=0, parent_version=current, base_model=config.base_model, job_id=job.job_id,
             dataset={"snapshot": f"datasets/{job.job_id}/", **{k: int(v) for k, v in snapshot.stats.items()},
                      FEEDBACK_CUTOFF_KEY: taken_at.isoformat()},
-            metrics={**metrics, "training": train_metrics},
+            metrics={**metrics, "training": train_metrics}, gate=report.details, loss_curve=downsample(result.losses),
         )
         version = registry.publish(candidate_dir, manifest)  # complete and visible, not yet live
         published = registry.manifest(version)
         assert published is not None  # publish wrote it last
         summary = (f"adapter v{version} published: trained on {len(snapshot.train)} examples, scored on "
-                   f"{len(snapshot.eval)} held out ({report.reason})")
+                   f"{len(snapshot.eval)} held out ({report.reason}). {data}")
         return self._go_live(job, published, summary=summary)
 
     def _go_live(self, job: TrainingJob, manifest: AdapterManifest, *, summary: str) -> JobOutcome:

@@ -39,6 +39,15 @@ COMMANDS: list[dict[str, Any]] = [
         "description_localizations": {"ko": "피드백으로 답변 모델을 다시 학습합니다 (관리자 전용)"},
         "default_member_permissions": str(MANAGE_GUILD),
         "contexts": [0],
+        "options": [
+            {
+                "type": 5,  # BOOLEAN
+                "name": "force",
+                "description": "Retrain even if there are no new ratings since the last run",
+                "description_localizations": {"ko": "지난 학습 이후 새 평가가 없어도 다시 학습합니다"},
+                "required": False,
+            }
+        ],
     },
 ]
 

@@ -123,10 +123,11 @@ class GatewayBot(discord.Client):
             await self.ask(interaction, question)
 
         @self.tree.command(name="retrain", description=retrain_spec["description"])
+        @app_commands.describe(force=retrain_spec["options"][0]["description"])
         @app_commands.default_permissions(manage_guild=True)
         @app_commands.guild_only()
-        async def retrain_command(interaction: discord.Interaction) -> None:
-            await self.retrain(interaction)
+        async def retrain_command(interaction: discord.Interaction, force: bool = False) -> None:
+            await self.retrain(interaction, force=force)
 
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
         """Defer at once (the 3-second rule), then the same code as the Lambda worker edits the reply."""
@@ -148,7 +149,7 @@ class GatewayBot(discord.Client):
         except Exception:  # answer_ask already replaced "thinking…" with an apology
             log.exception("/ask interaction %s failed", interaction.id)
 
-    async def retrain(self, interaction: discord.Interaction) -> None:
+    async def retrain(self, interaction: discord.Interaction, *, force: bool = False) -> None:
         try:
             handled = await asyncio.to_thread(
                 retrain,
@@ -156,6 +157,7 @@ class GatewayBot(discord.Client):
                 channel_id=str(interaction.channel_id),
                 permissions=interaction.permissions.value,
                 runtime=self.runtime,
+                force=force,
             )
         except EchoRagError:
             log.exception("/retrain interaction %s failed", interaction.id)

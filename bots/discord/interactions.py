@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_SIGNATURE_AGE_S = 300  # reject replays of old signed requests
 _SNOWFLAKE = re.compile(r"[0-9]{1,20}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,500}", re.ASCII)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
 class SignatureError(UserError):
@@ -58,6 +59,7 @@ Action = Literal[
     "unknown_command",
     "retrain_queued",
     "retrain_already_queued",
+    "retrain_nothing_new",
     "retrain_refused",
     "retrain_failed",
     "feedback",
@@ -93,10 +95,10 @@ def verify_signature(
         raise SignatureError("DISCORD_PUBLIC_KEY is not set; cannot verify interactions")
     if not signature_hex or not timestamp:
         raise SignatureError("missing X-Signature-Ed25519 or X-Signature-Timestamp header")
-    try:
-        sent_at = int(timestamp)
-    except ValueError as exc:
-        raise SignatureError(f"X-Signature-Timestamp is not a unix time: {timestamp[:32]!r}") from exc
+    # ASCII digits only: int() also takes "١٢٣" or " 1", and 400 digits overflow the float comparison below
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError(f"X-Signature-Timestamp is not a unix time: {timestamp[:32]!r}")
+    sent_at = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - sent_at) > MAX_SIGNATURE_AGE_S:
         raise SignatureError(f"stale X-Signature-Timestamp ({int(current - sent_at)} s old)")
@@ -184,7 +186,8 @@ def _space_channel_id(payload: dict[str, Any]) -> str:
     """The channel whose knowledge spaces apply: a thread's parent, else the channel itself. A thread
     has its own id, and would otherwise count as unmapped."""
     channel = _object(payload, "channel")
-    if channel.get("type") in THREAD_TYPES and channel.get("parent_id"):
+    kind = channel.get("type")
+    if isinstance(kind, int) and kind in THREAD_TYPES and channel.get("parent_id"):  # `in` raises on a list
         return snowflake(channel["parent_id"], "channel.parent_id")
     return _channel_id(payload)
 
@@ -245,34 +248,53 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
     return Handled({"type": DEFERRED_CHANNEL_MESSAGE}, "ask_queued")
 
 
+def _force_option(payload: dict[str, Any]) -> bool:
+    """`/retrain force:True`: the BOOLEAN option, False when absent (Discord omits unset options)."""
+    options = _require(payload, "data").get("options") or []
+    if not isinstance(options, list):
+        raise BadInteraction("data.options is not a list")
+    value = next((o.get("value") for o in options if isinstance(o, dict) and o.get("name") == "force"), False)
+    if not isinstance(value, bool):
+        raise BadInteraction("the force option is not a boolean")
+    return value
+
+
 def _retrain(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
-    permissions = (payload.get("member") or {}).get("permissions")
+    permissions = _object(payload, "member").get("permissions")  # BadInteraction, not AttributeError, for a non-object
     return retrain(
-        user_id=_user_id(payload), channel_id=_channel_id(payload), permissions=permissions, runtime=runtime
+        user_id=_user_id(payload),
+        channel_id=_channel_id(payload),
+        permissions=permissions,
+        runtime=runtime,
+        force=_force_option(payload),
     )
 
 
 def retrain(
-    *, user_id: str, channel_id: str, permissions: str | int | None, runtime: DiscordRuntime
+    *, user_id: str, channel_id: str, permissions: str | int | None, runtime: DiscordRuntime, force: bool = False
 ) -> Handled:
-    """`/retrain` from a member with these permission bits (shared with the gateway process)."""
+    """`/retrain [force]` from a member with these permission bits (shared with the gateway process)."""
     outcome = request_retrain(
         requested_by=f"discord:{user_id}",
         is_admin=has_manage_server(permissions),
         notify_targets=[NotifyTarget(platform="discord", channel=channel_id)],
-        reason=f"/retrain in Discord channel {channel_id}",
+        reason=f"/retrain in Discord channel {channel_id}" + (" (forced)" if force else ""),
         settings=runtime.settings,
         store=runtime.store,
         queue=runtime.training_queue,
+        force=force,
+        force_hint="/retrain force:True",
     )
     log.info("/retrain by discord:%s -> %s (%s)", user_id, outcome.status, outcome.job_id)
-    # A refusal is only for the asker; a queued job is announced to the channel.
+    # Refusals (not allowed, nothing new) are only for the asker; a queued job is announced to the channel.
     actions: dict[str, Action] = {
         "queued": "retrain_queued",
         "already_queued": "retrain_already_queued",
+        "nothing_new": "retrain_nothing_new",
         "refused": "retrain_refused",
     }
-    return Handled(message_response(outcome.message, ephemeral=outcome.status == "refused"), actions[outcome.status])
+    ephemeral = outcome.status in ("refused", "nothing_new")
+    return Handled(message_response(outcome.message, ephemeral=ephemeral), actions[outcome.status])
 
 
 def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:

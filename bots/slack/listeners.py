@@ -22,7 +22,7 @@ from bots.slack.threads import ACCEPTED_SUBTYPES, is_answered_thread
 from core.contracts import NotifyTarget, ReactionAction, stable_id
 from core.errors import TransientError
 from core.feedback import record_reaction
-from core.retrain import request_retrain
+from core.retrain import request_retrain, split_force
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +148,22 @@ def record_feedback(event: dict[str, Any], client: WebClient, services: SlackSer
 
 
 def retrain_command(command: dict[str, Any], respond: Respond, services: SlackServices) -> None:
-    """An admin's `/retrain [reason]`: queued jobs are announced in the channel, refusals only to the asker.
+    """An admin's `/retrain [force] [reason]`: queued jobs are announced in the channel, refusals
+    (including "no new ratings" without `force`) only to the asker.
 
     A store or queue outage is told plainly and not retried behind the admin's back: they press again."""
     user, channel = str(command.get("user_id", "")), str(command.get("channel_id", ""))
+    force, reason = split_force(str(command.get("text", "")))
     try:
         outcome = request_retrain(
             requested_by=f"slack:{user}",
             notify_targets=[NotifyTarget(platform="slack", channel=channel)],
-            reason=str(command.get("text", "")).strip() or "requested with /retrain in Slack",
+            reason=reason or "requested with /retrain in Slack",
             settings=services.settings,
             store=services.store,
             queue=services.queue,
+            force=force,
+            force_hint="/retrain force",
         )
     except TransientError as exc:
         log.error("/retrain by %s failed: %s", user, exc)

@@ -70,6 +70,8 @@ def _retrain(args: argparse.Namespace) -> int:
         settings=settings,
         store=open_store(settings),
         queue=open_queue(settings),
+        force=args.force,
+        force_hint="echorag retrain --force",
     )
     print(outcome.message)
     return 0 if outcome.status == "queued" else 1
@@ -167,6 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     retrain = sub.add_parser("retrain", help="queue a training job now (as the local admin)")
     retrain.add_argument("--reason", default="requested from the command line")
+    retrain.add_argument(
+        "--force", action="store_true", help="queue even when there are no new ratings since the last job"
+    )
     retrain.set_defaults(func=_retrain)
 
     feedback = sub.add_parser("feedback", help="feedback data")
