@@ -90,6 +90,20 @@ def test_status_retrain_and_status_again(settings: Settings, capsys: pytest.Capt
     assert rc == 0 and "answers            2" in out and "queued" in out
 
 
+def test_status_draws_the_last_jobs_loss_curve(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from core import jobs
+
+    seed(settings)
+    assert run(capsys, "retrain")[0] == 0
+    store = open_store(settings)
+    job_id = jobs.active_job_id(store)
+    assert job_id is not None
+    assert "training loss      no curve yet" in run(capsys, "status")[1]
+    jobs.update_job_status(store, job_id, state="published", loss_curve=[2.0, 1.5, 1.0, 0.5])
+    out = run(capsys, "status")[1]
+    assert f"training loss      █▆▃▁  2.000 → 0.500 ({job_id[:8]}, 4 points)" in out  # the job just ended
+
+
 def test_feedback_export_writes_the_joined_training_rows(
     settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -28,6 +28,19 @@ def _fmt_job(job: dict[str, Any] | None) -> str:
     return f"{str(job['job_id'])[:8]} {state}{pct}{message}"
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _fmt_loss(job: dict[str, Any] | None) -> str | None:
+    """A job's per-step training loss as a sparkline with its first and last values, or None."""
+    if not job or not job.get("loss_curve"):
+        return None
+    curve = [float(v) for v in job["loss_curve"]]
+    low, span = min(curve), (max(curve) - min(curve)) or 1.0
+    spark = "".join(SPARK[round((v - low) / span * (len(SPARK) - 1))] for v in curve)
+    return f"{spark}  {curve[0]:.3f} → {curve[-1]:.3f} ({str(job['job_id'])[:8]}, {len(curve)} points)"
+
+
 def _status(args: argparse.Namespace) -> int:
     from core.status import system_status
 
@@ -44,6 +57,7 @@ def _status(args: argparse.Namespace) -> int:
         ("queue", f"{status['queue_depth']} job(s) waiting or running, {status['dead_letters']} dead letter(s)"),
         ("job", _fmt_job(status["job"])),
         ("last job", _fmt_job(status["last_job"])),
+        ("training loss", _fmt_loss(status["job"]) or _fmt_loss(status["last_job"]) or "no curve yet"),
         (
             "current adapter",
             f"{adapter['name']} v{adapter['version']} ({adapter['created_at'][:16]} UTC)" if adapter else "none (base model)",
