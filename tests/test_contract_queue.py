@@ -187,3 +187,29 @@ def test_sqlite_queue_delivers_each_message_once_across_processes(local_settings
             seen = [int(b[1:]) for b in out if int(b[1:]) % 10 == group]
             assert seen == sorted(seen)
     assert queue.depth() == 0
+
+
+_OPENER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from core.queue import SqliteQueue
+start = float(sys.argv[2])
+for n in range(20):  # a new file each 0.1 s, opened by every process at the same moment
+    time.sleep(max(0.0, start + n / 10 - time.time()))
+    SqliteQueue(Path(sys.argv[1]) / f"queue-{n}.sqlite").depth()
+"""
+
+
+def test_sqlite_queue_opens_while_other_processes_create_it(tmp_path: Path) -> None:
+    """Lambda-like processes open the file on first use, often at once: creating it and switching
+    it to WAL never fails on the other's lock."""
+    start = str(time.time() + 2.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER_SCRIPT, str(tmp_path), start],
+            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+        )
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)

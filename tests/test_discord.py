@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -700,19 +700,29 @@ def test_button_feedback_is_recorded_once_per_click(
 def test_close_clicks_resolve_to_the_later_one_whatever_order_they_land_in(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
-    """👍 then 👎 clicked close together reach two Lambdas at once: the vote is 👎 every time."""
+    """👍 then 👎 clicked close together reach two Lambdas at once: the vote is 👎 every time.
+
+    Two processes, as Lambda runs them: one invocation per process at a time (Powertools' resolver
+    keeps the current event on the module's app, so two threads would share one event)."""
     store = open_store(settings)
+    lambdas = multiprocessing.get_context("fork").Pool(2)
     for trial in range(12):
         message = ask_and_answer(key, fake_discord, settings, f"Who answers pages? ({trial})")
         up, down = (b["custom_id"] for b in message["components"][0]["components"])
         first, second = button_interaction(up, message), button_interaction(down, message)
         clicks = [second, first] if trial % 2 else [first, second]  # the later click may land first
-        with ThreadPoolExecutor(2) as pool:
-            statuses = list(pool.map(lambda click: send(key, fake_discord, click)[0], clicks))
+        statuses = lambdas.map(_invoke_status, [signed_event(key, click) for click in clicks], chunksize=1)
         assert statuses == [200, 200]
         answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
         votes = effective_votes(iter_feedback(store))[answer_id]
         assert [v.label for v in votes.values()] == [-1], f"trial {trial}"
+    lambdas.close()
+    lambdas.join()
+
+
+def _invoke_status(event: dict[str, Any]) -> int:
+    """One interactions Lambda invocation in a pool process: its HTTP status."""
+    return int(discord_interactions.handler(event, LambdaContext())["statusCode"])
 
 
 def test_button_naming_another_message_is_ignored(

@@ -43,6 +43,21 @@ CREATE TABLE IF NOT EXISTS dedup (
 """
 
 
+def _use_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Put the file in WAL mode once. Switching answers "database is locked" at once, without
+    SQLite's busy handler, while another process opens the file, so it is tried until `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(_POLL_S / 10)
+
+
 class SqliteQueue:
     """The embedded twin of an SQS FIFO queue + DLQ in one SQLite file.
 
@@ -57,7 +72,7 @@ class SqliteQueue:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(self._connect()) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
                 conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"local queue {self.path}: cannot open: {exc}") from exc
