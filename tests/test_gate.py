@@ -75,6 +75,20 @@ def test_gold_containment_lost_beyond_noise_blocks_it_and_lists_what_was_lost() 
     assert sign_test_p(5, 0) == pytest.approx(1 / 32) and sign_test_p(1, 1) == pytest.approx(0.75)
 
 
+def test_gold_answers_made_less_likely_block_votes_that_approve_wrong_answers() -> None:
+    """Users who 👍 wrong answers make them likelier (rule 3 passes); the gold set shows the harm."""
+    gold = [GoldItem(question=f"gold {i}", answers=["x"], messages=[]) for i in range(8)]
+    before = Scores(BEFORE, gold_nll=[1.0, 1.2, 0.9, 1.1, 1.0, 1.3, 0.8, 1.0], gold_hits=[False] * 8)
+    worse = Scores([v - 0.3 for v in BEFORE], gold_nll=[v + d for v, d in zip(before.gold_nll, [0.3, 0.2, 0.4, 0.25,
+                   0.3, 0.35, 0.2, 0.3], strict=True)], gold_hits=[False] * 8)
+    passed, reason, details = decide(GOOD6, worse, before, "base", gold)
+    assert not passed and "gold answers became less likely" in reason and "base stays live" in reason
+    assert details["gold_mean_gain"] == pytest.approx(-0.2875) and details["gold_gain_ci"][1] < 0
+    mixed = Scores(worse.nll, gold_nll=[v + d for v, d in zip(before.gold_nll, [0.3, -0.2, 0.1, -0.25, 0.3, -0.1,
+                   0.05, -0.2], strict=True)], gold_hits=[False] * 8)
+    assert decide(GOOD6, mixed, before, "base", gold)[0]  # within noise either way: votes decide
+
+
 def test_too_few_approved_answers_held_out_is_not_judged() -> None:
     passed, reason, _ = decide(examples([1, -1]), Scores([1.0, 3.0]), Scores([2.0, 2.0]), "base")
     assert not passed and "too few approved answers held out" in reason

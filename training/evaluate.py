@@ -11,7 +11,10 @@ contains a gold answer). The comparison is paired, item by item, and every rule 
    and the lower end of its paired-bootstrap 95% interval is above zero (a no-op or a tie fails);
 4. rejected (👎) answers do not gain on approved ones: their mean gain in likelihood is not above
    the approved answers' (the preference margin does not shrink);
-5. gold containment not lower beyond noise: items lost minus items gained is not significant by
+5. gold answers not less likely beyond noise: the paired-bootstrap 95% interval of the mean
+   per-item gold NLL gain does not lie wholly below zero. Votes cannot catch votes that are wrong
+   (users who approve wrong answers make them "likelier" by rule 3); the gold set can;
+6. gold containment not lower beyond noise: items lost minus items gained is not significant by
    an exact sign test at 5% (lost items are listed either way).
 
 Per-item regressions and lost gold items go into the report's details, the manifest and the
@@ -153,7 +156,7 @@ def item_nlls(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_le
     return out
 
 
-def gold_hits(model: Any, tokenizer: Any, items: Sequence[GoldItem]) -> list[bool]:
+def gold_hits(model: Any, tokenizer: Any, items: Sequence[GoldItem], max_new_tokens: int = GOLD_NEW_TOKENS) -> list[bool]:
     """Per gold question: does the greedy answer contain a gold answer (KorQuAD normalisation)?"""
     import torch
 
@@ -167,28 +170,30 @@ def gold_hits(model: Any, tokenizer: Any, items: Sequence[GoldItem]) -> list[boo
         for item in items:
             ids = tokenizer(render_prompt(tokenizer, item.messages), add_special_tokens=False, return_tensors="pt")
             ids = {k: v.to(device) for k, v in ids.items()}
-            out = model.generate(**ids, max_new_tokens=GOLD_NEW_TOKENS, do_sample=False,
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
             hits.append(bool(contains_answer(text, item.answers)))
     return hits
 
 
-def score(model: Any, tokenizer: Any, examples: Sequence[Example], gold: Sequence[GoldItem], max_length: int) -> Scores:
+def score(model: Any, tokenizer: Any, examples: Sequence[Example], gold: Sequence[GoldItem], max_length: int,
+          gold_new_tokens: int = GOLD_NEW_TOKENS) -> Scores:
     nll = item_nlls(model, tokenizer, examples, max_length=max_length)
     if not gold:
         return Scores(nll)
     gold_examples = [Example(id=f"gold{i}", question=g.question, answer=g.answers[0], language="", messages=g.messages)
                      for i, g in enumerate(gold)]
-    return Scores(nll, item_nlls(model, tokenizer, gold_examples, max_length=max_length), gold_hits(model, tokenizer, gold))
+    return Scores(nll, item_nlls(model, tokenizer, gold_examples, max_length=max_length),
+                  gold_hits(model, tokenizer, gold, gold_new_tokens))
 
 
-def bootstrap_lower(values: Sequence[float], *, seed: int = 0) -> float:
-    """The lower end of the paired-bootstrap (1 − ALPHA) interval of the mean of `values`."""
+def bootstrap_interval(values: Sequence[float], *, seed: int = 0) -> tuple[float, float]:
+    """The paired-bootstrap (1 − ALPHA) interval of the mean of `values`."""
     rng = random.Random(seed)
     n = len(values)
     means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(BOOTSTRAP_RESAMPLES))
-    return means[int(BOOTSTRAP_RESAMPLES * ALPHA / 2)]
+    return means[int(BOOTSTRAP_RESAMPLES * ALPHA / 2)], means[int(BOOTSTRAP_RESAMPLES * (1 - ALPHA / 2)) - 1]
 
 
 def sign_test_p(lost: int, gained: int) -> float:
@@ -207,7 +212,7 @@ def decide(examples: Sequence[Example], candidate: Scores, current: Scores, comp
     stays = f"{compared_with} stays live"
     if len(good) < MIN_ITEMS:
         return False, f"too few approved answers held out to judge ({len(good)}, need {MIN_ITEMS}); {stays}", details
-    mean_gain, lower = _mean(gains), bootstrap_lower(gains)
+    mean_gain, (lower, _) = _mean(gains), bootstrap_interval(gains)
     details.update(mean_gain=round(mean_gain, 4), gain_ci_low=round(lower, 4))
     regressions = [
         {"question": examples[i].question[:80], "current_nll": round(current.nll[i], 3), "candidate_nll": round(candidate.nll[i], 3)}
@@ -220,6 +225,10 @@ def decide(examples: Sequence[Example], candidate: Scores, current: Scores, comp
     lost = [g.question[:80] for g, before, after in zip(gold, current.gold_hits, candidate.gold_hits, strict=False) if before and not after]
     gained = sum(1 for before, after in zip(current.gold_hits, candidate.gold_hits, strict=False) if after and not before)
     details.update(gold_lost=lost, gold_gained=gained)
+    gold_gains = [before - after for before, after in zip(current.gold_nll, candidate.gold_nll, strict=False)]
+    gold_low, gold_high = bootstrap_interval(gold_gains) if gold_gains else (0.0, 0.0)
+    if gold_gains:
+        details.update(gold_mean_gain=round(_mean(gold_gains), 4), gold_gain_ci=[round(gold_low, 4), round(gold_high, 4)])
 
     if mean_gain < -MIN_GAIN:
         return False, f"held-out answer NLL got worse (mean {-mean_gain:.3f} nats/token per answer); {stays}", details
@@ -232,6 +241,10 @@ def decide(examples: Sequence[Example], candidate: Scores, current: Scores, comp
     if bad_gain is not None and bad_gain > mean_gain:
         return False, (f"👎 answers became likelier than the 👍 ones (by {bad_gain:.3f} vs {mean_gain:.3f} "
                        f"nats/token); {stays}"), details
+    if gold_high < 0:
+        return False, (f"gold answers became less likely (mean {-_mean(gold_gains):.3f} nats/token, 95% interval "
+                       f"{-gold_high:.3f} to {-gold_low:.3f}): the votes approve what the gold set says is wrong; "
+                       f"{stays}"), details
     if len(lost) > gained and sign_test_p(len(lost), gained) < ALPHA:
         return False, f"fewer gold answers found ({len(lost)} lost, {gained} gained); {stays}", details
     return True, (f"better than {compared_with}: held-out 👍 answers {mean_gain:.3f} nats/token likelier "
@@ -254,22 +267,26 @@ def evaluate(
     *,
     gold: Sequence[GoldItem] = (),
     current_label: str = "base",
+    gold_new_tokens: int = GOLD_NEW_TOKENS,
 ) -> GateReport:
-    """Score the candidate and the live adapter (or the base) on the same data, then decide."""
+    """Score the candidate and the live adapter (or the base) on the same data, then decide.
+
+    `gold_new_tokens`: the greedy gold answers' length cap (the bot's own LLM_MAX_TOKENS when lower:
+    a gold answer past what the bot would say is not one it would give)."""
     from peft import PeftModel
 
     device, dtype = pick_device()
     base, tokenizer = load_base(config.base_model, device=device, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(candidate_dir), adapter_name="candidate").to(device)
-    candidate = score(model, tokenizer, examples, gold, config.max_length)
+    candidate = score(model, tokenizer, examples, gold, config.max_length, gold_new_tokens)
     if current_dir is not None:
         model.load_adapter(str(current_dir), adapter_name="current")
         model.set_adapter("current")
         model.to(device)
-        current = score(model, tokenizer, examples, gold, config.max_length)
+        current = score(model, tokenizer, examples, gold, config.max_length, gold_new_tokens)
     else:
         with model.disable_adapter():
-            current = score(model, tokenizer, examples, gold, config.max_length)
+            current = score(model, tokenizer, examples, gold, config.max_length, gold_new_tokens)
     del model, base
     release_memory()
     passed, reason, details = decide(examples, candidate, current, current_label, gold)

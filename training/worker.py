@@ -304,7 +304,7 @@ class Worker:
         return report
 
     def _run_job(self, job: TrainingJob, message: QueueMessage, workdir: Path) -> JobOutcome:
-        from training.evaluate import evaluate, load_gold, notes
+        from training.evaluate import GOLD_NEW_TOKENS, evaluate, load_gold, notes
         from training.train import TrainConfig, load_tokenizer, train_lora
 
         settings, name, registry = self.settings, self.settings.adapter_name, self.registry
@@ -336,7 +336,8 @@ class Worker:
             raise JobInterrupted
         gold = load_gold(settings.gold_questions, settings) if settings.gold_questions else []
         label = f"v{current}" if current else "base"
-        report = evaluate(config, candidate_dir, current_dir, snapshot.eval, gold=gold, current_label=label)
+        report = evaluate(config, candidate_dir, current_dir, snapshot.eval, gold=gold, current_label=label,
+                          gold_new_tokens=min(GOLD_NEW_TOKENS, settings.llm_max_tokens))
         metrics = {"candidate": report.candidate, "current": report.current}
         train_metrics = {"train_loss": result.final_loss, "train_steps": float(result.steps)}
         data = report_line(snapshot.report)
