@@ -51,6 +51,29 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return "".join(parts) + "### Assistant:\n"
 
 
+PLAIN_TURN = "\n### "  # where the plain layout's next turn starts: a base model writes one on its own
+
+
+def generate_greedy(model: Any, tokenizer: Any, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
+    """The greedy answer as served (the bot and the gate's gold check alike).
+
+    A model without a chat template continues the plain layout past its answer with made-up
+    `### User:` turns; generation stops at the next turn marker and the text is cut there."""
+    import torch
+
+    plain = not getattr(tokenizer, "chat_template", None)
+    inputs = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+    inputs = inputs.to(next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, **({"stop_strings": [PLAIN_TURN], "tokenizer": tokenizer} if plain else {}),
+        )
+    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    text = text if isinstance(text, str) else "".join(text)  # one sequence decodes to a str
+    return (text.split(PLAIN_TURN, 1)[0] if plain else text).strip()
+
+
 def local_adapter(registry: AdapterRegistry, version: int, cache_root: Path) -> Path:
     """A local directory holding `version` (downloaded once; a finished copy has its manifest).
 
@@ -157,25 +180,12 @@ class TransformersLLM:
         log.info("serving adapter %s v%s", self._registry.name, version)
 
     def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
-        import torch
-
         with self._lock:
             self._refresh()
-            prompt = render_prompt(self._tokenizer, messages)
-            inputs = self._tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self._device)
             try:
-                with torch.no_grad():
-                    out = self._model.generate(
-                        **inputs,
-                        max_new_tokens=max_tokens,
-                        do_sample=False,
-                        pad_token_id=self._tokenizer.pad_token_id,
-                        eos_token_id=self._tokenizer.eos_token_id,
-                    )
+                return generate_greedy(self._model, self._tokenizer, messages, max_tokens=max_tokens)
             except RuntimeError as exc:
                 raise LLMUnavailable(f"the in-process model failed to generate: {exc}") from exc
-        text = self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return (text if isinstance(text, str) else "".join(text)).strip()  # one sequence decodes to a str
 
 
 def llm_from_settings(settings: Settings) -> TransformersLLM:

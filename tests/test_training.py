@@ -16,6 +16,7 @@ import os
 import signal
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -524,3 +525,31 @@ def test_worker_without_base_model_refuses_to_start_and_leaves_the_job_queued(tm
     queue = open_queue(settings)
     message = queue.receive(wait_s=0)
     assert message is not None and message.receive_count == 1  # untouched by the refused worker
+
+
+def test_a_model_without_a_chat_template_stops_at_the_turn_it_starts_after_its_answer(tiny_base: Path) -> None:
+    """A base model continues the plain layout with a made-up `### User:` turn; that never reaches users."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag.llm_transformers import generate_greedy
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer.chat_template = None  # as Gemma 3 base ships: the plain layout
+    model: Any = AutoModelForCausalLM.from_pretrained(tiny_base)
+    forced = tokenizer("42 [1]\n### User:\nand another question", add_special_tokens=False)["input_ids"]
+    generated: list[int] = []
+
+    class ForcedModel:  # the tiny model, made to write that continuation token by token
+        def parameters(self) -> object:
+            return model.parameters()
+
+        def generate(self, **kwargs: Any) -> Any:
+            start = kwargs["input_ids"].shape[1]
+            out = model.generate(**kwargs, prefix_allowed_tokens_fn=lambda _, ids: [forced[min(len(ids) - start,
+                                                                                             len(forced) - 1)]])
+            generated.append(out.shape[1] - start)
+            return out
+
+    text = generate_greedy(ForcedModel(), tokenizer, [{"role": "user", "content": "q"}], max_tokens=40)
+    assert text == "42 [1]"
+    assert generated[0] < len(forced) < 40  # generation stopped at the marker, not at the cap

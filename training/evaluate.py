@@ -158,22 +158,14 @@ def item_nlls(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_le
 
 def gold_hits(model: Any, tokenizer: Any, items: Sequence[GoldItem], max_new_tokens: int = GOLD_NEW_TOKENS) -> list[bool]:
     """Per gold question: does the greedy answer contain a gold answer (KorQuAD normalisation)?"""
-    import torch
-
-    from rag.llm_transformers import render_prompt
+    from rag.llm_transformers import generate_greedy
     from rag.metrics import contains_answer
 
-    device = next(model.parameters()).device
-    hits: list[bool] = []
     model.eval()
-    with torch.no_grad():
-        for item in items:
-            ids = tokenizer(render_prompt(tokenizer, item.messages), add_special_tokens=False, return_tensors="pt")
-            ids = {k: v.to(device) for k, v in ids.items()}
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            hits.append(bool(contains_answer(text, item.answers)))
+    hits: list[bool] = []
+    for item in items:
+        text = generate_greedy(model, tokenizer, item.messages, max_tokens=max_new_tokens)
+        hits.append(bool(contains_answer(text, item.answers)))
     return hits
 
 
