@@ -1,8 +1,9 @@
 """Turn a follow-up in a thread into a standalone question, so retrieval sees what it is about.
 
 With an LLM the model rewrites it (the usual "condense question" step). Without one, a deterministic
-rule: a follow-up that is elliptical (few content words) or leans on the earlier turn (그거/그럼/
-거기/it/that/what about…) gets the earlier question's salient terms (names, nouns, foreign words,
+rule: a follow-up that leans on the earlier turn (그거/그럼/거기/it/that/what about…) or is
+elliptical (few content words, and no sign of a new topic: a language switch, a complete English
+sentence, a name the thread has not used) gets the earlier question's salient terms (names, nouns, foreign words,
 numbers) put in front. "그럼 입사 첫해에는?" after "연차 휴가는 며칠이야?" becomes
 "연차 휴가 그럼 입사 첫해에는?" — enough for BM25 and the extractive scorer to find the right passage.
 """
@@ -13,6 +14,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+from rag.language import detect_language
 from rag.llm import LLM, LLMError
 from rag.prompts import condense_messages
 from rag.text import analyse
@@ -35,11 +37,32 @@ _ELLIPTICAL_TERMS = 2
 _MAX_CARRIED_TERMS = 5
 
 
-def is_follow_up(question: str) -> bool:
-    """Whether a question leans on the conversation (pronouns, "what about", or too few words)."""
+# A finite verb makes an English question complete ("What is SEV1?"), where "Days for contractors?" is not.
+_EN_FINITE = re.compile(
+    r"\b(is|are|was|were|am|do|does|did|can|could|should|would|will|shall|may|might|must|has|have|had)\b", re.I
+)
+_ENTITY_TAGS = frozenset({"NNP", "SL", "SH"})
+
+
+def is_follow_up(question: str, earlier: Sequence[str] = ()) -> bool:
+    """Whether a question leans on the conversation. `earlier`: the thread's user turns, oldest first.
+
+    A reference (그럼, 그거, it, what about…) makes it a follow-up. A question that stands on its own
+    is never one: it switches language from the last turn, is a complete English sentence, or (in
+    Korean) names something the thread has not ("SEV1이 뭐예요?"). Otherwise few words of its own
+    ("병가는?") mean it is elliptical."""
     if _KO_REFERENCE.search(question) or _EN_REFERENCE.search(question):
         return True
-    forms, _ = analyse([question])[0]
+    language = detect_language(question)
+    if earlier and detect_language(earlier[-1]) != language:
+        return False
+    if language == "en" and _EN_FINITE.search(question):
+        return False
+    forms, tags = analyse([question])[0]
+    if language == "ko" and earlier:
+        seen = " ".join(earlier).lower()
+        if any(tag in _ENTITY_TAGS and len(form) > 1 and form.lower() not in seen for form, tag in zip(forms, tags, strict=True)):
+            return False
     return len(set(forms)) <= _ELLIPTICAL_TERMS
 
 
@@ -59,7 +82,7 @@ def _salient_terms(text: str, exclude: set[str]) -> list[str]:
 def condense_rule(question: str, history: Sequence[Turn]) -> str:
     """Deterministic condensation: carry the earlier question's salient terms into a follow-up."""
     user_turns = [turn.text for turn in history if turn.role == "user" and turn.text.strip()]
-    if not user_turns or not is_follow_up(question):
+    if not user_turns or not is_follow_up(question, user_turns):
         return question
     own = set(analyse([question])[0][0])
     carried: list[str] = []

@@ -224,6 +224,22 @@ def test_follow_up_uses_the_earlier_turn(agent: Agent) -> None:
     assert "3 minutes" not in agent.ask("And how long does it take?").text  # no thread, no topic
 
 
+def test_a_question_that_stands_on_its_own_is_not_treated_as_a_follow_up(agent: Agent) -> None:
+    """In a Korean thread about leave: new topics in English or Korean are answered as if asked alone."""
+    first = agent.ask("연차는 반차로 나눠 쓸 수 있나요?")
+    history = [Turn("user", first.question), Turn("assistant", first.text)]
+    for question in ("When can we deploy to production?", "What is SEV1?", "SEV1이 뭐예요?"):
+        in_thread, alone = agent.ask(question, history=history), agent.ask(question)
+        assert in_thread.condensed_question == question
+        assert (in_thread.text, _source_names(in_thread)) == (alone.text, _source_names(alone))
+        assert "반차" not in in_thread.text
+    assert agent.ask("What is the capital of France?", history=history).abstained
+    assert agent.ask("그럼 입사 첫해에는?", history=history).condensed_question.startswith("연차")  # still a follow-up
+    assert is_follow_up("병가는?", ["연차는 반차로 나눠 쓸 수 있나요?"])
+    assert not is_follow_up("How many days for contractors?", ["연차는 며칠이야?"])  # a language switch
+    assert is_follow_up("How many days for contractors?", ["How many vacation days do I get?"])
+
+
 @pytest.mark.parametrize(
     ("question", "language"),
     [
