@@ -308,6 +308,19 @@ def test_not_enough_feedback_ends_the_job_and_says_so(tiny_base, fakes, tmp_path
     assert open_queue(settings).depth() == 0 and jobs.active_job_id(open_store(settings)) is None
 
 
+def test_too_few_approved_answers_to_judge_by_end_the_job_before_training(tiny_base, fakes, tmp_path) -> None:
+    """One 👍 and one 👎: the gate could only reject, so no GPU time is spent training a candidate."""
+    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=2)
+    seed_feedback(settings, approved=1, with_bad=True)
+    job_id = queue_job(settings)
+    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
+    assert outcome.outcome == "not_enough_feedback"
+    status = jobs.load_job_status(open_store(settings), job_id)
+    assert status is not None and status.state == "rejected" and status.loss_curve == []
+    assert "not enough 👍 to judge a new adapter by: 1 approved" in status.message
+    assert "not enough 👍" in fakes["slack"].calls[-1]["body"]["text"] and fakes["vllm"].calls == []
+
+
 def test_a_notify_outage_does_not_fail_the_job(tiny_base, fakes, tmp_path) -> None:
     settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=9)
     fakes["slack"].rec.fail_with = 500

@@ -253,7 +253,8 @@ def report_line(report: dict[str, Any]) -> str:
 
 
 def build_snapshot(job_id: str, rows: Iterable[LabelledAnswer], *, min_examples: int) -> Snapshot:
-    """The job's dataset; raises NotEnoughFeedback below `min_examples` rated examples."""
+    """The job's dataset; raises NotEnoughFeedback below `min_examples` rated examples, or when
+    fewer than MIN_HELDOUT approved answers can be held out (the gate could only reject)."""
     examples, pairs, stats = build_examples(rows)
     need = max(min_examples, 2)  # one to train on, one to hold out
     if len(examples) < need:
@@ -262,6 +263,12 @@ def build_snapshot(job_id: str, rows: Iterable[LabelledAnswer], *, min_examples:
             f"need at least {need} (TRAIN_MIN_EXAMPLES)"
         )
     train, held = split(examples)
+    approved = sum(ex.label > 0 for ex in held)
+    if approved < MIN_HELDOUT:  # no candidate could pass the gate: spare the GPU
+        raise NotEnoughFeedback(
+            f"not enough 👍 to judge a new adapter by: {approved} approved answer(s) can be held out for the "
+            f"gate, it needs {MIN_HELDOUT} ({len(examples)} rated, {sum(ex.label > 0 for ex in examples)} 👍)"
+        )
     stats.update(train=len(train), eval=len(held))
     return Snapshot(job_id=job_id, train=train, eval=held, pairs=pairs, stats=stats,
                     report=snapshot_report(train, held, stats))

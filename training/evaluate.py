@@ -36,7 +36,7 @@ from core.errors import ConfigError
 from core.settings import Settings
 from rag.prompts import build_messages
 from rag.types import Passage
-from training.dataset import Example
+from training.dataset import MIN_HELDOUT, Example
 from training.train import (
     TrainConfig,
     answer_logps,
@@ -50,7 +50,7 @@ from training.train import (
 log = logging.getLogger(__name__)
 
 GOLD_NEW_TOKENS = 96
-MIN_ITEMS = 2  # approved held-out answers needed to judge at all
+MIN_ITEMS = MIN_HELDOUT  # approved held-out answers needed to judge at all (the snapshot ensures them)
 MIN_GAIN = 0.01  # nats/token: a smaller mean gain is a tie, not an improvement
 REGRESSION = 0.1  # nats/token: an approved answer this much less likely is a regression
 BOOTSTRAP_RESAMPLES = 2000
