@@ -566,3 +566,22 @@ def test_a_model_without_a_chat_template_stops_at_the_turn_it_starts_after_its_a
     text = generate_greedy(ForcedModel(), tokenizer, [{"role": "user", "content": "q"}], max_tokens=40)
     assert text == "42 [1]"
     assert generated[0] < len(forced) < 40  # generation stopped at the marker, not at the cap
+
+
+def test_answer_log_probabilities_from_the_answer_positions_alone_match_the_full_logits(tiny_base: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training.train import IGNORE, answer_logps, collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    rows = [([5, 6, 7, 8, 9, 10], [IGNORE] * 4 + [9, 10]),  # right-padded rows, answers at different columns
+            ([5, 6, 7, 8, 9, 10, 11, 12, 13], [IGNORE] * 5 + [10, 11, 12, 13])]
+    batch = collate(rows, pad_id=0, device="cpu")
+    with torch.no_grad():
+        logps, counts = answer_logps(model, batch)
+        full = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+    expected = [sum(float(full[i, j - 1, labels[j]]) for j in range(len(labels)) if labels[j] != IGNORE)
+                for i, (_, labels) in enumerate(rows)]
+    assert counts.tolist() == [2, 4]
+    assert logps.tolist() == pytest.approx(expected, abs=1e-4)

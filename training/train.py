@@ -182,13 +182,20 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: An
 
 
 def answer_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """(sum of log-probabilities of each row's answer tokens, their count): labels mark the answer."""
+    """(sum of log-probabilities of each row's answer tokens, their count): labels mark the answer.
+
+    Logits are computed only over the positions that predict an answer token (`logits_to_keep`):
+    with a 262k-token vocabulary (Gemma 3) the prompt's logits would be most of the time and memory."""
     import torch
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    labels = batch["labels"][:, 1:]
+    labels = batch["labels"][:, 1:]  # position j predicts token j + 1
     mask = labels != IGNORE
-    picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    columns = mask.any(0).nonzero()
+    lo, hi = (int(columns.min()), int(columns.max()) + 1) if len(columns) else (0, 1)
+    keep = torch.arange(lo, hi, device=labels.device)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    labels, mask = labels[:, lo:hi], mask[:, lo:hi]
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1), mask.sum(-1)
 
 
