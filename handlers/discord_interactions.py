@@ -18,6 +18,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError, TransformParameterError
 
 from bots.discord.interactions import (
     BadInteraction,
@@ -28,7 +29,7 @@ from bots.discord.interactions import (
 )
 from bots.discord.render import message_response
 from bots.discord.runtime import resolve_settings, runtime_for
-from core.errors import EchoRagError
+from core.errors import ConfigError, EchoRagError
 from core.settings import get_settings
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord")
@@ -60,7 +61,13 @@ def _raw_body() -> bytes:
 def interactions() -> Response:
     event = app.current_event
     body = _raw_body()
-    settings = resolve_settings(get_settings())  # a missing/unreadable secret raises: a 5xx + alarm
+    try:
+        settings = resolve_settings(get_settings())
+    except (ConfigError, GetParameterError, TransformParameterError) as exc:
+        return _not_configured(f"cannot read the Discord credentials: {exc}")
+    if not settings.discord_public_key:  # PING needs only the key: the endpoint works once it is set
+        where = f"public_key in the secret {settings.discord_secret_arn}" if settings.discord_secret_arn else "DISCORD_PUBLIC_KEY"
+        return _not_configured(f"not configured yet: set {where} (the application's General Information page)")
     try:
         verify_signature(
             settings.discord_public_key,
@@ -89,6 +96,13 @@ def interactions() -> Response:
     logger.info("interaction handled", extra={"action": handled.action})
     metrics.add_metric(name=_metric_name(handled.action), unit=MetricUnit.Count, value=1)
     return _json(200, handled.response)
+
+
+def _not_configured(reason: str) -> Response:
+    """A 503 that says what the deployer still has to set (Discord shows it when the URL is saved)."""
+    logger.error("EchoRAG Discord endpoint %s", reason)
+    metrics.add_metric(name="InteractionNotConfigured", unit=MetricUnit.Count, value=1)
+    return _json(503, {"error": f"EchoRAG {reason}"})
 
 
 @app.not_found

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError, TransformParameterError
 from slack_bolt.adapter.aws_lambda import SlackRequestHandler
 from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
@@ -87,16 +89,16 @@ def resolve_settings() -> Settings:
     from aws_lambda_powertools.utilities import parameters
 
     secret = parameters.get_secret(settings.slack_secret_arn, transform="json", max_age=300)
-    if not isinstance(secret, dict) or not secret.get("signing_secret") or not secret.get("bot_token"):
+    if not isinstance(secret, dict):
         raise ConfigError(f"secret {settings.slack_secret_arn} must be JSON with signing_secret and bot_token")
-    return settings.model_copy(
-        update={"slack_signing_secret": str(secret["signing_secret"]), "slack_bot_token": str(secret["bot_token"])}
-    )
+    # Either may still be empty while the app is being set up (see `_setup_reply`).
+    return settings.model_copy(update={
+        "slack_signing_secret": str(secret.get("signing_secret") or ""), "slack_bot_token": str(secret.get("bot_token") or "")
+    })
 
 
-def _current() -> _Built:
+def _current(settings: Settings) -> _Built:
     global _built
-    settings = resolve_settings()
     secrets = (settings.slack_signing_secret or "", settings.slack_bot_token or "")
     if _built is None or _built.secrets != secrets:
         if _built is not None:
@@ -110,7 +112,7 @@ def _current() -> _Built:
 
 def request_handler() -> SlackRequestHandler:
     """The container's Bolt handler, built once (rebuilt only when the secrets change)."""
-    return _current().handler
+    return _current(resolve_settings()).handler
 
 
 def reset() -> None:
@@ -126,6 +128,32 @@ _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}", re.ASCII)
 def _reply(status: int, reason: str) -> dict[str, Any]:
     # X-Slack-No-Retry: a request we refuse now will be refused again; do not resend it
     return {"statusCode": status, "body": reason, "headers": {"content-type": "text/plain", "x-slack-no-retry": "1"}}
+
+
+def _setup_reply(event: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
+    """While the app is set up, before both secrets exist: Slack's URL check is answered as soon as
+    the signing secret is there (the bot token comes later, when the app is installed); anything
+    else gets a 503 that says what is missing. None once both are set."""
+    where = f"the secret {settings.slack_secret_arn}" if settings.slack_secret_arn else "the environment"
+    if not settings.slack_signing_secret:
+        logger.error("Slack signing secret is not set", extra={"in": where})
+        return _reply(503, f"EchoRAG is not configured yet: set signing_secret in {where} "
+                           "(the Slack app's Basic Information page), then retry the URL check")
+    if settings.slack_bot_token:
+        return None
+    rejected = check_request(event, settings.slack_signing_secret)
+    if rejected is not None:
+        return rejected
+    body = event["body"] if not event["isBase64Encoded"] else base64.b64decode(event["body"]).decode("utf-8")
+    if not SignatureVerifier(settings.slack_signing_secret).is_valid_request(body, event["headers"]):
+        return _reply(401, "invalid signature")
+    payload = BoltRequest(body=body, headers=event["headers"]).body
+    if payload.get("type") == "url_verification":
+        logger.info("answered Slack's URL check (the bot token is not set yet)")
+        return {"statusCode": 200, "body": json.dumps({"challenge": payload["challenge"]}),
+                "headers": {"content-type": "application/json"}}
+    logger.error("Slack bot token is not set", extra={"in": where})
+    return _reply(503, f"EchoRAG is not configured yet: install the app and set bot_token in {where}")
 
 
 def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
@@ -241,7 +269,18 @@ def _shape_problem(payload: Any) -> str | None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    built = _current()
+    try:
+        settings = resolve_settings()
+    except (ConfigError, GetParameterError, TransformParameterError) as exc:
+        logger.error("cannot read the Slack credentials", extra={"error": str(exc)})
+        metrics.add_metric(name="SlackNotConfigured", unit=MetricUnit.Count, value=1)
+        return _reply(503, f"EchoRAG cannot read its Slack credentials: {exc}")
+    rejected = _setup_reply(event, settings)
+    if rejected is not None:
+        metrics.add_metric(name="SlackNotConfigured" if rejected["statusCode"] == 503 else "SlackRejected",
+                           unit=MetricUnit.Count, value=1)
+        return rejected
+    built = _current(settings)
     rejected = check_request(event, built.secrets[0])
     if rejected is not None:
         metrics.add_metric(name="SlackRejected", unit=MetricUnit.Count, value=1)

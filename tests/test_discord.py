@@ -271,6 +271,36 @@ def test_misconfigured_public_key_is_401_with_a_message_naming_it(
         verify_signature("c0ffee", "00" * 64, str(int(time.time())), b"{}")
 
 
+def test_setup_order_ping_is_answered_as_soon_as_the_public_key_exists(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, settings: Settings, aws_settings: Settings
+) -> None:
+    """The stack's secret starts empty; saving the Interactions Endpoint URL makes Discord send a PING."""
+    import boto3
+    from aws_lambda_powertools.utilities import parameters
+
+    secrets = boto3.client("secretsmanager")
+    arn = secrets.create_secret(Name=f"echorag-discord-setup-{uuid.uuid4().hex[:8]}",
+                                SecretString=json.dumps({"public_key": "", "bot_token": "", "application_id": ""}))["ARN"]
+    apply_settings_env(monkeypatch, settings.model_copy(update={
+        "discord_secret_arn": arn, "discord_public_key": None, "discord_bot_token": None}))
+    ping = {"id": "1", "application_id": APPLICATION_ID, "type": 1, "token": "t"}
+
+    def put(value: str) -> Any:
+        secrets.put_secret_value(SecretId=arn, SecretString=value)
+        parameters.clear_caches()  # the function's 5-minute cache has lapsed
+        return response_json(discord_interactions.handler(signed_event(key, ping), LambdaContext()))
+
+    try:
+        empty = discord_interactions.handler(signed_event(key, ping), LambdaContext())
+        assert empty["statusCode"] == 503
+        assert f"set public_key in the secret {arn}" in response_json(empty)["error"]
+        assert put(json.dumps({"public_key": key.verify_key.encode().hex()})) == {"type": 1}  # no bot token yet
+        broken = put("not json")
+        assert "cannot read the Discord credentials" in broken["error"]
+    finally:
+        parameters.clear_caches()
+
+
 def test_base64_encoded_body_is_verified_over_the_decoded_bytes(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:

@@ -789,6 +789,57 @@ def test_on_s3_sqs_with_secrets_manager(monkeypatch: pytest.MonkeyPatch, tmp_pat
         rig_iter.close()
 
 
+def test_setup_order_url_check_answered_as_soon_as_the_signing_secret_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_slack: FakeSlack, aws_settings: Settings
+) -> None:
+    """As a deployer meets it: the stack's secret starts empty, Slack checks the URL when the app is
+    created, the signing secret comes next, the bot token only after installing the app."""
+    import boto3
+    from aws_lambda_powertools.utilities import parameters
+
+    secrets = boto3.client("secretsmanager")
+    arn = secrets.create_secret(Name=f"echorag-slack-setup-{time.time_ns()}",
+                                SecretString=json.dumps({"signing_secret": "", "bot_token": ""}))["ARN"]
+    for name in ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"SLACK_SECRET_ARN": arn, "DATA_DIR": str(tmp_path), "SLACK_API_BASE_URL": fake_slack.base_url,
+                        "POWERTOOLS_TRACE_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    slack_events = importlib.import_module("handlers.slack_events")
+    get_settings.cache_clear()
+    slack_events.reset()
+    check = json.dumps({"token": "legacy", "challenge": "c-123", "type": "url_verification"})
+    mention = event_callback({"type": "app_mention", "user": "U0000001", "text": "hi", "ts": "1700000000.000100",
+                              "channel": HR, "event_ts": "1700000000.000100"}, event_id="EvSetup1")
+
+    def put(value: dict[str, str]) -> None:
+        secrets.put_secret_value(SecretId=arn, SecretString=json.dumps(value))
+        parameters.clear_caches()  # the function's 5-minute cache has lapsed
+
+    try:
+        nothing = slack_events.handler(signed_event(check, SECRET), LambdaContext())
+        assert nothing["statusCode"] == 503 and "set signing_secret in the secret" in nothing["body"] and arn in nothing["body"]
+        put({"signing_secret": SECRET, "bot_token": ""})
+        answered = slack_events.handler(signed_event(check, SECRET), LambdaContext())
+        assert answered["statusCode"] == 200 and json.loads(answered["body"]) == {"challenge": "c-123"}
+        assert slack_events.handler(signed_event(check, "another-secret"), LambdaContext())["statusCode"] == 401
+        waiting = slack_events.handler(signed_event(mention, SECRET), LambdaContext())
+        assert waiting["statusCode"] == 503 and "install the app and set bot_token" in waiting["body"]
+        put({"signing_secret": SECRET, "bot_token": "xoxb-installed"})
+        bolt = slack_events.handler(signed_event(check, SECRET), LambdaContext())  # now through Bolt's app
+        assert bolt["statusCode"] == 200 and "c-123" in bolt["body"]
+        put({"signing_secret": SECRET})
+        assert slack_events.handler(signed_event(check, SECRET), LambdaContext())["statusCode"] == 200
+        secrets.put_secret_value(SecretId=arn, SecretString="not json")
+        parameters.clear_caches()
+        broken = slack_events.handler(signed_event(check, SECRET), LambdaContext())
+        assert broken["statusCode"] == 503 and "cannot read its Slack credentials" in broken["body"]
+    finally:
+        parameters.clear_caches()
+        slack_events.reset()
+        get_settings.cache_clear()
+
+
 # --- rendering limits -------------------------------------------------------------------------------
 
 
