@@ -134,10 +134,13 @@ def _setup_reply(event: dict[str, Any], settings: Settings) -> dict[str, Any] | 
     """While the app is set up, before both secrets exist: Slack's URL check is answered as soon as
     the signing secret is there (the bot token comes later, when the app is installed); anything
     else gets a 503 that says what is missing. None once both are set."""
-    where = f"the secret {settings.slack_secret_arn}" if settings.slack_secret_arn else "the environment"
+    def where(field: str) -> str:
+        arn = settings.slack_secret_arn
+        return f"{field} in the secret {arn}" if arn else f"SLACK_{field.upper()}"
+
     if not settings.slack_signing_secret:
-        logger.error("Slack signing secret is not set", extra={"in": where})
-        return _reply(503, f"EchoRAG is not configured yet: set signing_secret in {where} "
+        logger.error("Slack signing secret is not set", extra={"missing": where("signing_secret")})
+        return _reply(503, f"EchoRAG is not configured yet: set {where('signing_secret')} "
                            "(the Slack app's Basic Information page), then retry the URL check")
     if settings.slack_bot_token:
         return None
@@ -152,8 +155,8 @@ def _setup_reply(event: dict[str, Any], settings: Settings) -> dict[str, Any] | 
         logger.info("answered Slack's URL check (the bot token is not set yet)")
         return {"statusCode": 200, "body": json.dumps({"challenge": payload["challenge"]}),
                 "headers": {"content-type": "application/json"}}
-    logger.error("Slack bot token is not set", extra={"in": where})
-    return _reply(503, f"EchoRAG is not configured yet: install the app and set bot_token in {where}")
+    logger.error("Slack bot token is not set", extra={"missing": where("bot_token")})
+    return _reply(503, f"EchoRAG is not configured yet: install the app and set {where('bot_token')}")
 
 
 def check_request(event: Any, signing_secret: str) -> dict[str, Any] | None:
