@@ -735,19 +735,17 @@ def test_close_clicks_resolve_to_the_later_one_whatever_order_they_land_in(
     Two processes, as Lambda runs them: one invocation per process at a time (Powertools' resolver
     keeps the current event on the module's app, so two threads would share one event)."""
     store = open_store(settings)
-    lambdas = multiprocessing.get_context("fork").Pool(2)
-    for trial in range(12):
-        message = ask_and_answer(key, fake_discord, settings, f"Who answers pages? ({trial})")
-        up, down = (b["custom_id"] for b in message["components"][0]["components"])
-        first, second = button_interaction(up, message), button_interaction(down, message)
-        clicks = [second, first] if trial % 2 else [first, second]  # the later click may land first
-        statuses = lambdas.map(_invoke_status, [signed_event(key, click) for click in clicks], chunksize=1)
-        assert statuses == [200, 200]
-        answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
-        votes = effective_votes(iter_feedback(store))[answer_id]
-        assert [v.label for v in votes.values()] == [-1], f"trial {trial}"
-    lambdas.close()
-    lambdas.join()
+    with multiprocessing.get_context("fork").Pool(2) as lambdas:  # terminated on the way out, also on failure
+        for trial in range(12):
+            message = ask_and_answer(key, fake_discord, settings, f"Who answers pages? ({trial})")
+            up, down = (b["custom_id"] for b in message["components"][0]["components"])
+            first, second = button_interaction(up, message), button_interaction(down, message)
+            clicks = [second, first] if trial % 2 else [first, second]  # the later click may land first
+            statuses = lambdas.map(_invoke_status, [signed_event(key, click) for click in clicks], chunksize=1)
+            assert statuses == [200, 200]
+            answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
+            votes = effective_votes(iter_feedback(store))[answer_id]
+            assert [v.label for v in votes.values()] == [-1], f"trial {trial}"
 
 
 def _invoke_status(event: dict[str, Any]) -> int:

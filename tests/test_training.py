@@ -296,29 +296,28 @@ def test_a_failing_job_is_retried_reported_and_then_dead_lettered(tiny_base, fak
     assert [json.loads(m.body)["job_id"] for m in queue.dead_letters()] == [job_id]
 
 
-def test_not_enough_feedback_ends_the_job_and_says_so(tiny_base, fakes, tmp_path) -> None:
-    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=5)
-    seed_feedback(settings, approved=3, with_bad=False)
+@pytest.mark.parametrize(
+    ("min_examples", "approved", "with_bad", "reason", "announced"),
+    [
+        pytest.param(5, 3, False, "need at least 5", "not enough feedback", id="fewer-than-TRAIN_MIN_EXAMPLES"),
+        # One 👍 and one 👎: the gate could only reject, so no GPU time is spent training a candidate.
+        pytest.param(2, 1, True, "not enough 👍 to judge a new adapter by: 1 approved", "not enough 👍",
+                     id="too-few-approved-to-judge-by"),
+    ],
+)
+def test_not_enough_feedback_ends_the_job_before_training_and_says_so(
+    tiny_base, fakes, tmp_path, min_examples: int, approved: int, with_bad: bool, reason: str, announced: str
+) -> None:
+    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=min_examples)
+    seed_feedback(settings, approved=approved, with_bad=with_bad)
     job_id = queue_job(settings)
     [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
     assert outcome.outcome == "not_enough_feedback"
     status = jobs.load_job_status(open_store(settings), job_id)
-    assert status is not None and status.state == "rejected" and "need at least 5" in status.message
-    assert "not enough feedback" in fakes["slack"].calls[-1]["body"]["text"]
+    assert status is not None and status.state == "rejected" and reason in status.message
+    assert status.loss_curve == [] and fakes["vllm"].calls == []
+    assert announced in fakes["slack"].calls[-1]["body"]["text"]
     assert open_queue(settings).depth() == 0 and jobs.active_job_id(open_store(settings)) is None
-
-
-def test_too_few_approved_answers_to_judge_by_end_the_job_before_training(tiny_base, fakes, tmp_path) -> None:
-    """One 👍 and one 👎: the gate could only reject, so no GPU time is spent training a candidate."""
-    settings = training_settings(tiny_base, tmp_path, fakes, train_min_examples=2)
-    seed_feedback(settings, approved=1, with_bad=True)
-    job_id = queue_job(settings)
-    [outcome] = Worker(settings, show_progress=False).run(once=True, wait_s=0)
-    assert outcome.outcome == "not_enough_feedback"
-    status = jobs.load_job_status(open_store(settings), job_id)
-    assert status is not None and status.state == "rejected" and status.loss_curve == []
-    assert "not enough 👍 to judge a new adapter by: 1 approved" in status.message
-    assert "not enough 👍" in fakes["slack"].calls[-1]["body"]["text"] and fakes["vllm"].calls == []
 
 
 def test_a_notify_outage_does_not_fail_the_job(tiny_base, fakes, tmp_path) -> None:
