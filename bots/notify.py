@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from core.contracts import JobStatus, NotifyTarget, TrainingJob
 from core.retrain import announce_targets
+from core.secrets import read_json_secret
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -108,12 +109,10 @@ def bot_token(settings: Settings, platform: str) -> str:
     arn = settings.slack_secret_arn if platform == "slack" else settings.discord_secret_arn
     if not arn:
         raise RuntimeError(f"{platform.upper()}_BOT_TOKEN (or {platform.upper()}_SECRET_ARN) is not set")
-    from aws_lambda_powertools.utilities import parameters
-
-    secret = parameters.get_secret(arn, transform="json", max_age=300)
-    if not isinstance(secret, dict) or not secret.get("bot_token"):
+    token = read_json_secret(arn, expect="bot_token").get("bot_token")
+    if not token:
         raise RuntimeError(f"secret {arn} has no bot_token")
-    return str(secret["bot_token"])
+    return token
 
 
 ANNOUNCEMENT_EVENT = "echorag_job_result"

@@ -34,6 +34,7 @@ from bots.slack.app import create_app, services_of
 from bots.slack.lazy import RetryingLazyListenerRunner, lazy_failures
 from core.contracts import FeedbackEvent
 from core.errors import ConfigError, TransientError
+from core.secrets import read_json_secret
 from core.settings import Settings, get_settings
 from rag.types import AgentAnswer
 
@@ -86,14 +87,10 @@ def resolve_settings() -> Settings:
     settings = get_settings()
     if not settings.slack_secret_arn:
         return settings
-    from aws_lambda_powertools.utilities import parameters
-
-    secret = parameters.get_secret(settings.slack_secret_arn, transform="json", max_age=300)
-    if not isinstance(secret, dict):
-        raise ConfigError(f"secret {settings.slack_secret_arn} must be JSON with signing_secret and bot_token")
+    secret = read_json_secret(settings.slack_secret_arn, expect="signing_secret and bot_token")
     # Either may still be empty while the app is being set up (see `_setup_reply`).
     return settings.model_copy(update={
-        "slack_signing_secret": str(secret.get("signing_secret") or ""), "slack_bot_token": str(secret.get("bot_token") or "")
+        "slack_signing_secret": secret.get("signing_secret", ""), "slack_bot_token": secret.get("bot_token", "")
     })
 
 

@@ -28,18 +28,26 @@ TEMPLATE = ROOT / "template.yaml"
 FAKE_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/echorag:test"
 # Lambda code must never load these (they live in requirements-train.txt for the GPU host).
 TRAINING_MODULES = ("torch", "transformers", "peft", "sentence_transformers", "accelerate")
-# AWS-managed policies SAM attaches: logs, X-Ray (its actions support no resource scoping) and the
-# SQS poller policy for SQS event sources.
+# AWS-managed policies SAM attaches: logs, X-Ray (its actions support no resource scoping), the
+# SQS poller policy for SQS event sources, and the ENI policy for VpcConfig (attached even while
+# NetworkMode is public, because SAM cannot see through the !If).
 ALLOWED_MANAGED_POLICIES = {
     "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
     "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
     "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole",
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+}
+# The roles ECS and Batch need for the gateway task and the GPU instances (AWS's own, by service).
+SERVICE_MANAGED_POLICIES = {
+    "GatewayExecutionRole": "service-role/AmazonECSTaskExecutionRolePolicy",
+    "TrainingInstanceRole": "service-role/AmazonEC2ContainerServiceforEC2Role",
 }
 EXPECTED_FUNCTIONS = {
     "SlackEventsFunction": "handlers.slack_events.handler",
     "DiscordInteractionsFunction": "handlers.discord_interactions.handler",
     "DiscordWorkerFunction": "handlers.discord_worker.handler",
     "IngestFunction": "handlers.ingest_s3.handler",
+    "TrainingTriggerFunction": "handlers.training_trigger.handler",
 }
 
 
@@ -252,7 +260,7 @@ def test_lambda_requirements_exclude_training_deps() -> None:
     assert "pip install -r /tmp/requirements.txt" in dockerfile
     assert "requirements-train" not in dockerfile and "requirements-dev" not in dockerfile
     stages = [line for line in dockerfile.splitlines() if line.startswith("FROM")]
-    assert stages == ["FROM public.ecr.aws/lambda/python:3.11"]
+    assert stages == ["FROM public.ecr.aws/lambda/python:3.12"]  # Amazon Linux 2023
 
 
 def test_environment_variables_are_real_settings(resources: dict[str, Any]) -> None:
@@ -269,16 +277,20 @@ def test_environment_variables_are_real_settings(resources: dict[str, Any]) -> N
 
 def test_parameters_reach_every_function(resources: dict[str, Any]) -> None:
     """Qdrant, the LLM endpoint and model, and the adapter name are stack parameters that every
-    function receives (optional ones only when set, so an empty value never overrides a default)."""
+    function receives (optional ones only when set, so an empty value never overrides a default);
+    the API keys reach them only as the secret's ARN."""
     for name, res in _of_type(resources, "AWS::Lambda::Function").items():
         variables = res["Properties"]["Environment"]["Variables"]
         for env, parameter in (("QDRANT_URL", "QdrantUrl"), ("QDRANT_COLLECTION", "QdrantCollection"),
                                ("ADAPTER_NAME", "AdapterName"), ("LLM_TIMEOUT_S", "LlmTimeoutSeconds")):
             assert variables[env] == {"Ref": parameter}, f"{name}: {env}"
-        for env, parameter in (("QDRANT_API_KEY", "QdrantApiKey"), ("LLM_BASE_URL", "LlmBaseUrl"),
-                               ("LLM_MODEL", "LlmModel"), ("LLM_API_KEY", "LlmApiKey")):
+        for env, parameter in (("LLM_BASE_URL", "LlmBaseUrl"), ("LLM_MODEL", "LlmModel")):
             _, value, otherwise = variables[env]["Fn::If"]
             assert (value, otherwise) == ({"Ref": parameter}, {"Ref": "AWS::NoValue"}), f"{name}: {env}"
+        # the trigger talks to SQS and Batch only: it gets no key, and no right to read them
+        keys = "" if name == "TrainingTriggerFunction" else {"Ref": "ServiceKeysSecret"}
+        assert variables["API_KEYS_SECRET_ARN"] == keys, name
+        assert not [env for env in variables if env.endswith("_API_KEY")], f"{name}: API keys belong in Secrets Manager"
 
 
 # ------------------------------------------------------------------------------ HTTP API ------
@@ -386,6 +398,37 @@ def _evaluate(expression: Any, parameters: dict[str, str]) -> Any:
     return expression
 
 
+def _deployable(source: dict[str, Any], parameters: dict[str, str]) -> bool:
+    """Whether CloudFormation's Rules accept these parameters (the rest at their defaults)."""
+    values = {name: str(spec.get("Default", "")) for name, spec in source["Parameters"].items()} | parameters
+    return all(
+        not _evaluate(rule.get("RuleCondition", True), values)
+        or all(_evaluate(a["Assert"], values) for a in rule["Assertions"])
+        for rule in source["Rules"].values()
+    )
+
+
+@pytest.mark.parametrize(
+    ("parameters", "deployable"),
+    [
+        ({"QdrantApiKey": ""}, False),  # public Qdrant without a key: open to the internet
+        ({"QdrantApiKey": "qk", "LlmBaseUrl": "https://llm.example/v1", "LlmModel": "m"}, False),  # LLM without key
+        ({"QdrantApiKey": "qk", "LlmBaseUrl": "https://llm.example/v1", "LlmModel": "m", "LlmApiKey": "lk"}, True),
+        ({"NetworkMode": "vpc"}, False),  # a VPC needs its id and subnets
+        ({"NetworkMode": "vpc", "VpcId": "vpc-0123abcd", "LlmBaseUrl": "http://10.0.1.5:8000/v1", "LlmModel": "m"}, True),
+        ({"QdrantApiKey": "qk", "DiscordGateway": "fargate", "VpcId": "vpc-0123abcd"}, False),  # no image yet
+        ({"QdrantApiKey": "qk", "DiscordGateway": "fargate", "VpcId": "vpc-0123abcd", "GatewayImageUri": "img"}, True),
+        ({"QdrantApiKey": "qk", "TrainingMode": "batch", "TrainingImageUri": "img"}, False),  # no subnets
+        ({"QdrantApiKey": "qk", "TrainingMode": "batch", "TrainingImageUri": "img", "VpcId": "vpc-0123abcd"}, True),
+    ],
+)
+def test_deploy_refuses_unsafe_or_incomplete_network_choices(
+    source: dict[str, Any], parameters: dict[str, str], deployable: bool
+) -> None:
+    """Over the internet every endpoint needs its key; each optional service needs what it runs on."""
+    assert _deployable(source, parameters) is deployable
+
+
 @pytest.mark.parametrize(
     ("base_url", "model", "deployable"),
     [("", "", True), ("http://vllm:8000/v1", "echorag", True), ("http://vllm:8000/v1", "", False)],
@@ -397,13 +440,8 @@ def test_deploy_refuses_an_llm_endpoint_without_a_model(
     from core.errors import ConfigError
     from rag.llm import llm_from_settings
 
-    parameters = {"LlmBaseUrl": base_url, "LlmModel": model}
-    passes = all(
-        not _evaluate(rule.get("RuleCondition", True), parameters)
-        or all(_evaluate(a["Assert"], parameters) for a in rule["Assertions"])
-        for rule in source["Rules"].values()
-    )
-    assert passes is deployable
+    parameters = {"LlmBaseUrl": base_url, "LlmModel": model, "LlmApiKey": "lk", "QdrantApiKey": "qk"}
+    assert _deployable(source, parameters) is deployable
     settings = Settings(_env_file=None, data_dir=tmp_path, llm_base_url=base_url or None, llm_model=model or None)
     if deployable:
         llm_from_settings(settings)
@@ -489,11 +527,18 @@ def test_no_wildcard_resources_and_only_known_managed_policies(resources: dict[s
         if statement.get("Effect") != "Allow":
             continue
         for target in _as_list(statement["Resource"]):
-            assert target != "*", f"{owner}: {statement.get('Action')} on Resource '*'"
+            # batch:ListJobs has no resource-level permissions (Batch's service authorization table)
+            if statement.get("Action") != "batch:ListJobs":
+                assert target != "*", f"{owner}: {statement.get('Action')} on Resource '*'"
         assert not any(action in ("*", "s3:*", "sqs:*") for action in _as_list(statement["Action"])), owner
     for name, role in _of_type(resources, "AWS::IAM::Role").items():
-        managed = set(role["Properties"].get("ManagedPolicyArns", []))
-        assert managed <= ALLOWED_MANAGED_POLICIES, f"{name}: unexpected managed policies {managed - ALLOWED_MANAGED_POLICIES}"
+        managed = role["Properties"].get("ManagedPolicyArns", [])
+        if name in SERVICE_MANAGED_POLICIES:
+            assert managed == [{"Fn::Sub": f"arn:${{AWS::Partition}}:iam::aws:policy/{SERVICE_MANAGED_POLICIES[name]}"}]
+        elif name == "TrainingJobRole":
+            assert managed == [{"Ref": "GpuHostPolicy"}]  # the Batch job may do what the GPU host may
+        else:
+            assert set(managed) <= ALLOWED_MANAGED_POLICIES, f"{name}: unexpected managed policies {managed}"
 
 
 def test_secrets_are_scoped_to_the_functions_that_need_them(resources: dict[str, Any]) -> None:
@@ -502,6 +547,7 @@ def test_secrets_are_scoped_to_the_functions_that_need_them(resources: dict[str,
         "DiscordInteractionsFunction": ("DISCORD_SECRET_ARN", "DiscordSecret"),
         "DiscordWorkerFunction": ("DISCORD_SECRET_ARN", "DiscordSecret"),
     }
+    reads_api_keys = {"SlackEventsFunction", "DiscordInteractionsFunction", "DiscordWorkerFunction", "IngestFunction"}
     for function in EXPECTED_FUNCTIONS:
         variables = resources[function]["Properties"]["Environment"]["Variables"]
         readable = {
@@ -509,12 +555,13 @@ def test_secrets_are_scoped_to_the_functions_that_need_them(resources: dict[str,
             for action, target in _role_actions(resources, function)
             if action == "secretsmanager:GetSecretValue"
         }
+        keys = {"ServiceKeysSecret"} if function in reads_api_keys else set()
         if function in expected:
             env_name, secret = expected[function]
             assert _ref(variables[env_name]) == secret
-            assert readable == {secret}
+            assert readable == {secret} | keys
         else:
-            assert readable == set()
+            assert readable == keys
         for token in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "DISCORD_BOT_TOKEN", "DISCORD_PUBLIC_KEY"):
             assert token not in variables, f"{function}: {token} belongs in Secrets Manager"
 
@@ -523,7 +570,7 @@ def test_every_secret_the_template_passes_is_read_by_the_code(resources: dict[st
     """A secret ARN that no code reads leaves the function without its credentials (401 on every
     request): each *_SECRET_ARN must be a setting that the chat code resolves."""
     sources = "\n".join(
-        path.read_text(encoding="utf-8") for folder in ("handlers", "bots") for path in (ROOT / folder).glob("*.py")
+        path.read_text(encoding="utf-8") for folder in ("handlers", "bots", "core") for path in (ROOT / folder).glob("*.py")
     )
     for function in EXPECTED_FUNCTIONS:
         for name in resources[function]["Properties"]["Environment"]["Variables"]:
@@ -531,7 +578,7 @@ def test_every_secret_the_template_passes_is_read_by_the_code(resources: dict[st
                 continue
             field = name.lower()
             assert field in Settings.model_fields, f"{function}: {name} is not a setting (core/settings.py)"
-            assert f".{field}" in sources, f"{function}: nothing in handlers/ or bots/ reads settings.{field}"
+            assert f".{field}" in sources, f"{function}: nothing in handlers/, bots/ or core/ reads settings.{field}"
 
 
 def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
@@ -550,7 +597,8 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
     from handlers.slack_events import resolve_settings as resolve_slack
 
     values = {"SlackSigningSecret": "sign-1", "SlackBotToken": "xoxb-1", "DiscordPublicKey": "ab" * 32,
-              "DiscordBotToken": "bot-1", "DiscordApplicationId": "42"}
+              "DiscordBotToken": "bot-1", "DiscordApplicationId": "42", "QdrantApiKey": "qk-1", "LlmApiKey": "lk-1",
+              "EmbeddingApiKey": ""}
 
     def create(logical_id: str) -> str:
         template = source["Resources"][logical_id]["Properties"]["SecretString"]["Fn::Sub"]
@@ -562,12 +610,15 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
     monkeypatch.chdir(tmp_path)  # no developer .env
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     monkeypatch.setenv("SLACK_SECRET_ARN", slack_arn)  # as the Slack function's environment
+    monkeypatch.setenv("API_KEYS_SECRET_ARN", create("ServiceKeysSecret"))
     get_settings.cache_clear()
     try:
         slack = resolve_slack()
     finally:
         get_settings.cache_clear()
     assert (slack.slack_signing_secret, slack.slack_bot_token) == ("sign-1", "xoxb-1")
+    # an empty key (no embedding endpoint) stays unset rather than becoming ""
+    assert (slack.qdrant_api_key, slack.llm_api_key, slack.embedding_api_key) == ("qk-1", "lk-1", None)
     discord = resolve_discord(Settings(_env_file=None, data_dir=tmp_path, discord_secret_arn=discord_arn))
     assert (discord.discord_public_key, discord.discord_bot_token, discord.discord_application_id) == (
         "ab" * 32, "bot-1", "42"
@@ -579,17 +630,18 @@ def test_secrets_the_stack_creates_have_the_shape_the_code_reads(
 def test_queue_senders_are_least_privilege(resources: dict[str, Any]) -> None:
     def queues_sent_to(function: str) -> set[str | None]:
         return {
-            _ref(target["Fn::Sub"][1]["queueName"])
+            _ref(target["Fn::Sub"][1]["queueName"]) if "Fn::Sub" in target else _ref(target)
             for action, target in _role_actions(resources, function)
             if action.startswith("sqs:SendMessage")
         }
 
-    assert queues_sent_to("SlackEventsFunction") == {"TrainingQueue"}
+    # the lazy-failure destination is written by Lambda itself, with the function's role
+    assert queues_sent_to("SlackEventsFunction") == {"TrainingQueue", "LazyFailuresQueue"}
     assert queues_sent_to("DiscordInteractionsFunction") == {"AskQueue", "TrainingQueue"}
     assert queues_sent_to("DiscordWorkerFunction") == set()
     assert queues_sent_to("IngestFunction") == set()
     ingest = _role_actions(resources, "IngestFunction")
-    assert {action for action, _ in ingest} == {"s3:GetObject", "s3:ListBucket"}
+    assert {action for action, _ in ingest} == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}
 
 
 # ------------------------------------------------------------------------------ AWS calls ----
@@ -732,3 +784,155 @@ def test_compose_runs_qdrant_and_vllm_with_lora() -> None:
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"  # the worker's hot-load
     for service in services.values():  # nothing unauthenticated listens beyond this machine
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", []))
+
+
+# ------------------------------------------------------------------------------ network -------
+
+
+def test_functions_join_the_vpc_only_in_vpc_mode(source: dict[str, Any], resources: dict[str, Any]) -> None:
+    """NetworkMode vpc puts every function in SubnetIds; public leaves them out of any VPC."""
+    for name in EXPECTED_FUNCTIONS:
+        condition, inside, outside = resources[name]["Properties"]["VpcConfig"]["Fn::If"]
+        assert condition == "InVpc" and outside == {"Ref": "AWS::NoValue"}
+        assert inside == {"SubnetIds": {"Ref": "SubnetIds"}, "SecurityGroupIds": [{"Ref": "FunctionSecurityGroup"}]}
+    assert source["Conditions"]["InVpc"] == {"Fn::Equals": [{"Ref": "NetworkMode"}, "vpc"]}
+
+
+def test_serving_hosts_admit_only_the_functions(resources: dict[str, Any]) -> None:
+    """vLLM's and Qdrant's ports open to EchoRAG's security group, never to an address range."""
+    ingress = resources["ServingSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert {(rule["FromPort"], rule["ToPort"]) for rule in ingress} == {(8000, 8000), (6333, 6333)}
+    assert all(rule["SourceSecurityGroupId"] == {"Ref": "FunctionSecurityGroup"} and "CidrIp" not in rule for rule in ingress)
+    endpoint_ingress = resources["EndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(rule["FromPort"], _ref(rule["SourceSecurityGroupId"])) for rule in endpoint_ingress] == [(443, "FunctionSecurityGroup")]
+
+
+def test_vpc_endpoints_cover_every_aws_service_the_functions_call(resources: dict[str, Any]) -> None:
+    """S3 (gateway, free), SQS, Secrets Manager and Lambda (Bolt's lazy self-invoke): with them the
+    functions make no AWS call through the NAT."""
+    endpoints = _of_type(resources, "AWS::EC2::VPCEndpoint")
+    services = {
+        res["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]: res["Properties"]["VpcEndpointType"]
+        for res in endpoints.values()
+    }
+    assert services == {"s3": "Gateway", "sqs": "Interface", "secretsmanager": "Interface", "lambda": "Interface"}
+    for name, res in endpoints.items():
+        assert res["Condition"] in ("HasS3GatewayEndpoint", "HasInterfaceEndpoints"), name
+        if res["Properties"]["VpcEndpointType"] == "Interface":
+            assert res["Properties"]["PrivateDnsEnabled"] is True  # the SDKs' default hostnames resolve to it
+
+
+# ------------------------------------------------------------------------------ limits --------
+
+
+def test_slack_function_concurrency_is_capped_and_failed_lazy_work_is_kept(resources: dict[str, Any]) -> None:
+    props = resources["SlackEventsFunction"]["Properties"]
+    condition, value, otherwise = props["ReservedConcurrentExecutions"]["Fn::If"]
+    assert (condition, value, otherwise) == ("HasSlackReservedConcurrency", {"Ref": "SlackReservedConcurrency"},
+                                             {"Ref": "AWS::NoValue"})
+    (config,) = _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
+    assert _ref(config["Properties"]["FunctionName"]) == "SlackEventsFunction"
+    assert _ref(config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]) == "LazyFailuresQueue"
+    assert resources["TrainingTriggerFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def test_retry_state_expires_only_after_every_retry_window(source: dict[str, Any], resources: dict[str, Any]) -> None:
+    """A once-only claim that expired while its event could still be redelivered would let the
+    redelivery run twice. The longest window is a training job's: its queue's retention, then its
+    DLQ's (FIFO dead letters keep their own clock), then a redrive; every other queue and platform
+    retry (Slack's 5 minutes, the ask queue's hour) is shorter."""
+    rules = {rule["Id"]: rule for rule in resources["FeedbackBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    for rule_id, prefix in (("expire-once-only-claims", "idempotency/"), ("expire-answer-placeholders", "slack/placeholders/")):
+        assert rules[rule_id]["Prefix"] == prefix and rules[rule_id]["ExpirationInDays"] == {"Ref": "RetryStateExpiryDays"}
+    assert rules["expire-thread-memory"]["Prefix"] == "slack/threads/"
+    from core.idempotency import PREFIX
+
+    assert PREFIX == "idempotency/"
+    queues = _of_type(resources, "AWS::SQS::Queue")
+    windows_s = [
+        queues[name]["Properties"]["MessageRetentionPeriod"] + queues[dlq]["Properties"]["MessageRetentionPeriod"]
+        for name, dlq in (("TrainingQueue", "TrainingDLQ"), ("AskQueue", "AskDLQ"), ("DocsEventsQueue", "DocsEventsDLQ"))
+    ]
+    shortest_expiry_s = source["Parameters"]["RetryStateExpiryDays"]["MinValue"] * 86400
+    assert shortest_expiry_s > max(windows_s)
+
+
+# ------------------------------------------------------------------------------ services ------
+
+
+def test_discord_gateway_runs_as_one_healthy_fargate_task(resources: dict[str, Any]) -> None:
+    service = resources["GatewayService"]
+    assert service["Condition"] == "RunGateway"
+    props = service["Properties"]
+    assert props["LaunchType"] == "FARGATE" and props["DesiredCount"] == 1
+    assert props["DeploymentConfiguration"]["MaximumPercent"] == 100  # never two sessions at once
+    (container,) = resources["GatewayTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert container["EntryPoint"] + container["Command"] == ["python", "-m", "handlers.cli", "serve", "discord"]
+    assert container["HealthCheck"]["Command"] == ["CMD", "python", "-m", "bots.discord.heartbeat", "--check"]
+    assert container["RestartPolicy"]["Enabled"] is True
+    names = {pair["Name"] for pair in container["Environment"]}
+    assert {"DISCORD_SECRET_ARN", "API_KEYS_SECRET_ARN", "FEEDBACK_BUCKET", "TRAINING_QUEUE_URL", "QDRANT_URL"} <= names
+    assert {name.lower() for name in names} <= set(Settings.model_fields)
+    assert not [name for name in names if name.endswith(("_API_KEY", "_TOKEN"))]
+
+
+def test_batch_training_scales_to_zero_and_runs_the_draining_worker(resources: dict[str, Any]) -> None:
+    compute = resources["TrainingComputeEnvironment"]["Properties"]["ComputeResources"]
+    assert compute["MinvCpus"] == 0
+    container = resources["TrainingJobDefinition"]["Properties"]["ContainerProperties"]
+    dockerfile = (ROOT / "infra/gpu-host/Dockerfile").read_text(encoding="utf-8")
+    assert 'ENTRYPOINT ["echorag", "worker"' in dockerfile and container["Command"][0] == "--drain"
+    assert {"Type": "GPU", "Value": "1"} in container["ResourceRequirements"]
+    # SQS owns the retries (visibility, maxReceiveCount, DLQ): Batch must not run a job twice.
+    assert resources["TrainingJobDefinition"]["Properties"]["RetryStrategy"] == {"Attempts": 1}
+    names = {pair["Name"].lower() for pair in container["Environment"]}
+    assert names <= set(Settings.model_fields)
+    trigger = resources["TrainingTriggerFunction"]["Properties"]["Environment"]["Variables"]
+    assert _ref(trigger["BATCH_JOB_QUEUE"]) == "TrainingJobQueue"
+    assert _ref(trigger["BATCH_JOB_DEFINITION"]) == "TrainingJobDefinition"
+
+
+def test_worker_drain_flags_in_the_job_definition_exist(resources: dict[str, Any]) -> None:
+    """The job's command line parses with the worker's own argument parser."""
+    import argparse
+
+    from handlers.cli import worker
+
+    parser = argparse.ArgumentParser()
+    worker.register(parser.add_subparsers())
+    command = resources["TrainingJobDefinition"]["Properties"]["ContainerProperties"]["Command"]
+    args = parser.parse_args(["worker", "--no-progress", *command])
+    assert args.drain is True
+
+
+# ------------------------------------------------------------------------------ dashboard -----
+
+
+def _emitted_metrics() -> set[str]:
+    """Every EchoRAG metric name the handlers can emit, read from the code that emits them."""
+    from typing import get_args, get_type_hints
+
+    from bots.discord.ask_worker import AskOutcome
+    from bots.discord.interactions import Action
+    from handlers.discord_interactions import _metric_name
+    from handlers.ingest_s3 import METRIC_FOR
+
+    names = set(re.findall(r'add_metric\(\s*name="(\w+)"', "\n".join(
+        path.read_text(encoding="utf-8") for path in (ROOT / "handlers").glob("*.py")
+    )))
+    names |= {"FeedbackPositive", "FeedbackNegative"}  # handlers/slack_events.py picks one by label
+    names |= {_metric_name(action) for action in get_args(Action)}
+    names |= {f"Ask{status.capitalize()}" for status in get_args(get_type_hints(AskOutcome)["status"])}
+    return names | set(METRIC_FOR.values())
+
+
+def test_dashboard_shows_metrics_the_code_emits(resources: dict[str, Any]) -> None:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(body)["widgets"]
+    shown = {metric[1] for widget in widgets for metric in widget["properties"]["metrics"] if metric[0] == "EchoRAG"}
+    emitted = _emitted_metrics()
+    assert shown <= emitted, f"dashboard metrics no code emits: {sorted(shown - emitted)}"
+    for headline in ("Answers", "AnswerLatency", "Abstentions", "FeedbackPositive", "FeedbackNegative", "AskAnswered",
+                     "DocumentsIngested", "InteractionFeedback"):
+        assert headline in shown
+    assert len(shown) >= 20

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from discord import app_commands
 
 from bots.discord.ask_worker import answer_ask
 from bots.discord.commands import COMMANDS
+from bots.discord.heartbeat import BEAT_EVERY_S, beat, heartbeat_path
 from bots.discord.interactions import Handled, button_feedback, retrain
 from bots.discord.render import EPHEMERAL, message_response
 from bots.discord.runtime import DiscordRuntime, resolve_settings
@@ -80,6 +82,24 @@ class GatewayBot(discord.Client):
         self.runtime = runtime or DiscordRuntime(settings)
         self.tree = app_commands.CommandTree(self)
         self._add_commands()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def setup_hook(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat_forever())
+
+    # --- liveness ------------------------------------------------------------------------------
+    def beat_once(self) -> bool:
+        """Touch the liveness file when connected and ready (a finite websocket latency means a
+        heartbeat was acknowledged); True when it did."""
+        alive = self.is_ready() and not self.is_closed() and math.isfinite(self.latency)
+        if alive:
+            beat(heartbeat_path(self.settings.data_dir))
+        return alive
+
+    async def _beat_forever(self) -> None:
+        while not self.is_closed():
+            self.beat_once()
+            await asyncio.sleep(BEAT_EVERY_S)
 
     # --- reactions -----------------------------------------------------------------------------
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -186,6 +206,8 @@ class GatewayBot(discord.Client):
         await _respond(interaction, handled)
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         await super().close()
         self.runtime.close()
 

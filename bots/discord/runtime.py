@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from bots.discord.rest import DiscordRest
 from core.clients import ClientCache
-from core.errors import ConfigError
 from core.queue import JobQueue, SqliteQueue, SqsQueue, open_queue
+from core.secrets import read_json_secret
 from core.settings import Settings
 from core.store import BlobStore, open_store
 
@@ -82,19 +82,16 @@ def resolve_settings(settings: Settings) -> Settings:
     JSON secret {"public_key", "bot_token", "application_id"} (cached 5 minutes: rotation applies)."""
     if not settings.discord_secret_arn:
         return settings
-    from aws_lambda_powertools.utilities import parameters
-
-    secret = parameters.get_secret(settings.discord_secret_arn, transform="json", max_age=300)
-    if not isinstance(secret, dict):  # an empty public_key is the endpoint's to report (setup order)
-        raise ConfigError(f"secret {settings.discord_secret_arn} must be JSON with at least public_key")
+    # an empty public_key is the endpoint's to report (setup order)
+    secret = read_json_secret(settings.discord_secret_arn, expect="at least public_key")
     update = {
-        field: str(secret[name])
+        field: secret[name]
         for name, field in (
             ("public_key", "discord_public_key"),
             ("bot_token", "discord_bot_token"),
             ("application_id", "discord_application_id"),
         )
-        if secret.get(name)
+        if name in secret
     }
     return settings.model_copy(update=update)
 
