@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     negative_emoji: CsvList = Field(default_factory=lambda: ["-1", "thumbsdown", "x"])  # label -1
     adapter_name: str = "echorag"  # registry name under adapters/ and the vLLM LoRA name
     aws_max_attempts: int = Field(default=4, ge=1)  # S3/SQS: total tries per call (botocore standard mode)
+    api_keys_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"qdrant_api_key","llm_api_key","embedding_api_key"}
 
     # --- chat platforms ---------------------------------------------------------------------
     slack_bot_token: str | None = None  # xoxb-…
@@ -112,6 +113,8 @@ class Settings(BaseSettings):
     train_retry_delay_s: int = 60  # a failed job is retried after this (up to QUEUE_MAX_RECEIVES)
     vllm_url: str | None = None  # base URL of vLLM for /v1/load_lora_adapter
     gold_questions: Path | None = None  # optional gold QA set for the gate
+    batch_job_queue: str | None = None  # training trigger: AWS Batch job queue (name or ARN) of the GPU jobs
+    batch_job_definition: str | None = None  # training trigger: its job definition (name, name:revision or ARN)
 
     @field_validator(
         "admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", "lora_modules_to_save",
@@ -157,5 +160,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once (Lambda reuses them across warm invocations)."""
-    return Settings()
+    """The process's settings, read once (Lambda reuses them across warm invocations), with the
+    service API keys from API_KEYS_SECRET_ARN when it is set."""
+    from core.secrets import with_api_keys
+
+    return with_api_keys(Settings())
