@@ -192,3 +192,43 @@ def test_a_vllm_that_is_down_is_reported_not_raised(tmp_path: Path) -> None:
     served = serve_version(settings, registry, 1)
     assert served is not None and not served.ok
     assert "vLLM hot-load FAILED" in served.detail and "cannot reach vLLM" in served.detail
+
+
+def test_follow_serves_current_and_each_later_promotion(vllm: FakeVLLM, tmp_path: Path) -> None:
+    """The serving host of the Batch shape: no worker beside vLLM, so it follows CURRENT itself."""
+    import threading
+
+    from training.serving import follow_current
+
+    settings = make_settings(tmp_path / "data", vllm_url=vllm.url)
+    registry = AdapterRegistry.from_settings(settings)
+    stop = threading.Event()
+    assert follow_current(settings, registry, interval_s=0, stop=stop, once=True) is None  # nothing published
+    assert vllm.calls == []
+    registry.publish(_adapter(tmp_path, "one"), AdapterManifest(name="x", version=0, job_id="job1"), promote=True)
+    assert follow_current(settings, registry, interval_s=0, stop=stop, once=True) == 1
+    registry.publish(_adapter(tmp_path, "two"), AdapterManifest(name="x", version=0, job_id="job2"), promote=True)
+    assert follow_current(settings, registry, interval_s=0, stop=stop, once=True) == 2
+    assert vllm.loaded[settings.adapter_name].endswith("v2")
+    assert [body["lora_path"].rsplit("/", 1)[-1] for _, body in vllm.calls] == ["v1", "v2"]
+
+
+def test_follow_retries_a_failed_load_at_the_next_check(tmp_path: Path) -> None:
+    import threading
+
+    from training.serving import follow_current
+
+    settings = make_settings(tmp_path / "data", vllm_url=f"http://127.0.0.1:{_closed_port()}")
+    registry = AdapterRegistry.from_settings(settings)
+    registry.publish(_adapter(tmp_path, "one"), AdapterManifest(name="x", version=0, job_id="job1"), promote=True)
+    stop = threading.Event()
+    checks = 0
+
+    def stop_after_two(timeout: float | None = None) -> bool:
+        nonlocal checks
+        checks += 1
+        return checks >= 2
+
+    stop.wait = stop_after_two  # type: ignore[method-assign]
+    assert follow_current(settings, registry, interval_s=0, stop=stop) is None  # vLLM down: tried twice, never served
+    assert checks == 2

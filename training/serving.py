@@ -14,9 +14,12 @@ that.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core.errors import EchoRagError
 
 if TYPE_CHECKING:
     import httpx
@@ -117,3 +120,27 @@ def serve_version(settings: Settings, registry: AdapterRegistry, version: int) -
         ok=False,
         detail=f"vLLM hot-load FAILED ({result.detail}): vLLM keeps serving the previous adapter until it is reloaded",
     )
+
+
+def follow_current(
+    settings: Settings, registry: AdapterRegistry, *, interval_s: float, stop: threading.Event, once: bool = False
+) -> int | None:
+    """Keep the local vLLM serving the registry's CURRENT: the serving host's side when training runs
+    elsewhere (AWS Batch), where no worker sits beside vLLM to hot-load what it publishes. Checks
+    every `interval_s` until `stop` is set (or one check when `once`); a failed load is retried at the
+    next check. Returns the version served last, None if none was."""
+    served: int | None = None
+    while True:
+        try:
+            current = registry.current()
+        except EchoRagError as exc:  # the store is unreachable for now: vLLM keeps what it serves
+            log.warning("could not read CURRENT for %r: %s", registry.name, exc)
+            current = served
+        if current is not None and current != served:
+            result = serve_version(settings, registry, current)
+            if result is not None and result.ok:
+                served = current
+            log.log(logging.INFO if result is not None and result.ok else logging.WARNING,
+                    "%s", result.detail if result is not None else "VLLM_URL is not set")
+        if once or stop.wait(interval_s):
+            return served

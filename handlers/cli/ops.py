@@ -176,6 +176,24 @@ def _serve(registry: Any, version: int) -> int:
     return 0 if result.ok else 1
 
 
+def _adapters_follow(args: argparse.Namespace) -> int:
+    """Serve CURRENT on this host's vLLM, and every version promoted later, until stopped."""
+    import signal
+    import threading
+
+    from training.serving import follow_current
+
+    settings = get_settings()
+    if not settings.vllm_url:
+        raise UserError("VLLM_URL is not set: `adapters follow` hot-loads CURRENT into the vLLM on this host")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"following CURRENT of {settings.adapter_name!r} every {args.interval_s:.0f} s into {settings.vllm_url}",
+          file=sys.stderr)
+    follow_current(settings, _registry(), interval_s=args.interval_s, stop=stop, once=args.once)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="answers, feedback, queue, training job and current adapter")
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -204,3 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     promote.set_defaults(func=_adapters_promote)
     rollback = asub.add_parser("rollback", help="make the previously current version current again")
     rollback.set_defaults(func=_adapters_rollback)
+    follow = asub.add_parser("follow", help="keep this host's vLLM serving CURRENT (training runs elsewhere)")
+    follow.add_argument("--interval-s", type=float, default=30.0, help="how often CURRENT is checked")
+    follow.add_argument("--once", action="store_true", help="check and serve once, then exit")
+    follow.set_defaults(func=_adapters_follow)
