@@ -892,17 +892,21 @@ def test_batch_training_scales_to_zero_and_runs_the_draining_worker(resources: d
     assert _ref(trigger["BATCH_JOB_DEFINITION"]) == "TrainingJobDefinition"
 
 
-def test_worker_drain_flags_in_the_job_definition_exist(resources: dict[str, Any]) -> None:
-    """The job's command line parses with the worker's own argument parser."""
-    import argparse
+def test_every_command_line_the_infrastructure_runs_parses(resources: dict[str, Any]) -> None:
+    """The Batch job, the gateway task and the serving host's follower run `echorag` command lines
+    that no test would otherwise execute: each must parse with the CLI's own parser."""
+    from handlers.cli import build_parser
 
-    from handlers.cli import worker
-
-    parser = argparse.ArgumentParser()
-    worker.register(parser.add_subparsers())
-    command = resources["TrainingJobDefinition"]["Properties"]["ContainerProperties"]["Command"]
-    args = parser.parse_args(["worker", "--no-progress", *command])
-    assert args.drain is True
+    parser = build_parser()
+    job = resources["TrainingJobDefinition"]["Properties"]["ContainerProperties"]["Command"]
+    assert parser.parse_args(["worker", "--no-progress", *job]).drain is True  # after the image's entry point
+    (gateway,) = resources["GatewayTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert parser.parse_args(gateway["Command"]).platform == "discord"
+    compose = yaml.safe_load((ROOT / "infra/gpu-host/compose.yaml").read_text(encoding="utf-8"))
+    follow = compose["services"]["follow"]
+    assert follow["profiles"] == ["batch-training"]  # not started beside the worker by a plain `up`
+    assert follow["entrypoint"][0] == "echorag"
+    assert parser.parse_args(follow["entrypoint"][1:]).func.__name__ == "_adapters_follow"
 
 
 # ------------------------------------------------------------------------------ dashboard -----
