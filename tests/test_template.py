@@ -940,3 +940,16 @@ def test_dashboard_shows_metrics_the_code_emits(resources: dict[str, Any]) -> No
                      "DocumentsIngested", "InteractionFeedback"):
         assert headline in shown
     assert len(shown) >= 20
+
+
+def test_alarms_on_our_own_metrics_watch_what_the_code_emits(resources: dict[str, Any]) -> None:
+    """An alarm on a metric name no code emits would never fire."""
+    ours = [a["Properties"] for a in _of_type(resources, "AWS::CloudWatch::Alarm").values()
+            if a["Properties"]["Namespace"] == "EchoRAG"]
+    assert ours, "expected alarms on EchoRAG metrics"
+    code = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "handlers").glob("*.py"))
+    for alarm in ours:
+        assert f'name="{alarm["MetricName"]}"' in code, alarm["MetricName"]
+        (dimension,) = alarm["Dimensions"]
+        service = dimension["Value"]
+        assert dimension["Name"] == "service" and f'"{service}"' in code  # the handler's default service name

@@ -10,6 +10,8 @@ receive the job ends as failed and is announced, since the queue then dead-lette
 retried after TRAIN_RETRY_DELAY_S and goes to the DLQ after QUEUE_MAX_RECEIVES. The single
 active-job slot (`jobs/ACTIVE`) is freed when a job ends for good (published, rejected, failed on its
 last attempt, interrupted on its last receive); an interrupted or retrying job otherwise keeps it.
+`echorag worker --drain` (the scale-to-zero Batch job, `core/training_trigger.py`) also exits once
+no message has come for `--idle-exit-s`.
 
 One module for the message's whole life (~330 lines): its outcomes (duplicate, poison, interrupted,
 retrying, failed, published) each touch the queue, the job status and the slot together, and
@@ -19,6 +21,7 @@ reading them side by side is how one checks that none loses a job.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import signal
 import threading
@@ -76,7 +79,8 @@ class JobOutcome:
 
 
 class Worker:
-    """Polls the queue and runs jobs; `run()` until stopped, or `run(once=True)` for one message."""
+    """Polls the queue and runs jobs; `run()` until stopped, `run(once=True)` for one message,
+    `run(drain_idle_s=…)` until the queue has been empty that long."""
 
     def __init__(
         self,
@@ -120,24 +124,33 @@ class Worker:
         log.info("start-up sync: %s", detail)
         return detail
 
-    def run(self, *, once: bool = False, wait_s: int = 20) -> list[JobOutcome]:
-        """Handle messages until stopped (or one receive when `once`); returns what each became."""
+    def run(self, *, once: bool = False, wait_s: int = 20, drain_idle_s: float | None = None) -> list[JobOutcome]:
+        """Handle messages until stopped (or one receive when `once`); returns what each became.
+
+        `drain_idle_s`: also stop once no message has come for that long (a failed receive counts
+        as none): a scale-to-zero GPU job's container starts, drains the queue and exits."""
         outcomes: list[JobOutcome] = []
         wait_s = wait_s if once else max(1, wait_s)  # a loop of 0 s polls would spin on an empty queue
+        drain = _Drain(drain_idle_s) if drain_idle_s is not None else None
         while not self.stop_event.is_set():
             try:
-                message = self.queue.receive(wait_s=wait_s, visibility_s=self.settings.queue_visibility_s)
+                message = self.queue.receive(wait_s=drain.wait(wait_s) if drain else wait_s,
+                                             visibility_s=self.settings.queue_visibility_s)
             except QueueError as exc:  # SQS unreachable: say so, back off, keep polling
                 log.error("cannot receive from the training queue: %s; retrying in %s s", exc, ERROR_BACKOFF_S)
                 if once:
                     raise
                 self.stop_event.wait(ERROR_BACKOFF_S)
+                if drain and drain.drained(len(outcomes), failing=exc):
+                    break
                 continue
             if message is not None and self.stop_event.is_set():
                 self.queue.release(message.receipt_handle)  # arrived as we were stopping: give it back
                 break
             if message is None:
                 outcomes.extend(self.settle_dead_letters())
+                if drain and drain.drained(len(outcomes)):
+                    break
             else:
                 try:
                     outcomes.append(self.handle(message))
@@ -145,8 +158,12 @@ class Worker:
                     log.exception("could not handle message %s; it will be redelivered", message.message_id)
                     if once:
                         raise
+                if drain:
+                    drain.busy()  # idle time counts from the end of the job
             if once:
                 break
+        if drain and self.stop_event.is_set():
+            log.warning("stopped before the training queue was drained (%d message(s) handled)", len(outcomes))
         return outcomes
 
     def settle_dead_letters(self) -> list[JobOutcome]:
@@ -418,6 +435,33 @@ class Worker:
             log.warning("could not announce job %s: %s", job.job_id, exc)
             return 0
         return sum(1 for r in results if r.ok)
+
+
+class _Drain:
+    """`run(drain_idle_s=…)`'s clock: how long no message has come (receive waits and backoffs
+    count; handling a message restarts it), and when that is long enough to exit."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = max(0.0, idle_s)
+        self.since = time.monotonic()
+        log.info("draining the training queue: exiting once no message has come for %g s", self.idle_s)
+
+    def busy(self) -> None:
+        self.since = time.monotonic()
+
+    def wait(self, wait_s: int) -> int:
+        """The next long-poll: at most what is left of the idle period (at least 1 s, so an SQS
+        receive still asks every server rather than sampling a few)."""
+        left = self.idle_s - (time.monotonic() - self.since)
+        return max(1, min(wait_s, math.ceil(left)))
+
+    def drained(self, handled: int, *, failing: Exception | None = None) -> bool:
+        idle = time.monotonic() - self.since
+        if idle < self.idle_s:
+            return False
+        why = "the training queue is drained" if failing is None else f"the training queue is unreachable ({failing})"
+        log.info("no message for %.0f s: %s; exiting (%d message(s) handled)", idle, why, handled)
+        return True
 
 
 def _flat(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
