@@ -63,6 +63,8 @@ class ContextRef(BaseModel):
     source: str = ""
     score: float = 0.0
     text: str = ""  # kept so the training set can rebuild the prompt exactly
+    space: str = ""  # the passage's knowledge space (retrieval feedback applies only there)
+    cited: bool = False  # the answer cites it: a vote on the answer is a vote on these passages
 
 
 class AnswerRecord(Contract):

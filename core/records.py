@@ -36,6 +36,7 @@ ANSWERS_PREFIX = "answers/dt="
 ANSWER_INDEX_PREFIX = "answers/by-id/"
 FEEDBACK_PREFIX = "feedback/dt="
 FEEDBACK_TIME_INDEX_PREFIX = "index/feedback-by-time/"
+FEEDBACK_ANSWER_INDEX_PREFIX = "index/feedback-by-answer/"  # <answer_id>/<feedback_id>: one answer's events
 SUPPORTED_SCHEMAS = frozenset({SCHEMA_VERSION})
 
 C = TypeVar("C", bound=Contract)
@@ -179,8 +180,32 @@ def save_feedback(store: BlobStore, event: FeedbackEvent) -> bool:
         parsed = parse_record(data, FeedbackEvent, key=key) if data is not None else None
         stored = parsed or event
     if stored.label != 0:
+        # by answer first: whoever lists the time index (retrieval feedback) then finds the event here
+        store.put(f"{FEEDBACK_ANSWER_INDEX_PREFIX}{stored.answer_id}/{stored.feedback_id}", key.encode())
         store.put(_time_index_key(stored), b"")
     return created
+
+
+def answer_votes(store: BlobStore, answer_id: str) -> dict[str, Vote]:
+    """One answer's effective votes (user_hash → Vote), read through its by-answer index: what a
+    vote on it means now, after retractions and flips (the latest reaction wins)."""
+    events = []
+    for entry in store.list(f"{FEEDBACK_ANSWER_INDEX_PREFIX}{answer_id}/"):
+        pointer = store.get(entry)
+        data = store.get(pointer.decode()) if pointer else None
+        event = parse_record(data, FeedbackEvent, key=entry) if data is not None else None
+        if event is not None:
+            events.append(event)
+    return effective_votes(events).get(answer_id, {})
+
+
+def feedback_entries_after(store: BlobStore, start_after: str | None) -> Iterator[tuple[str, str]]:
+    """(time-index key, answer_id) of the votes cast or withdrawn after `start_after` (a key of
+    this index; None: from the start), oldest first: one listing, no reads."""
+    for key in store.list(FEEDBACK_TIME_INDEX_PREFIX, start_after=start_after):
+        parts = key.rsplit("/", 1)[-1].partition("_")[2].split(".")
+        if len(parts) == 4:
+            yield key, parts[1]
 
 
 def iter_feedback(store: BlobStore, *, skipped: SkipCounter | None = None) -> Iterator[FeedbackEvent]:

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=1)  # passages given to the answer step
     abstain_score: float = 0.0  # grade: abstain when the evidence scores below this
     abstain_coverage: float = Field(default=0.4, ge=0, le=1)  # grade: min share of question terms found
+    retrieval_feedback: bool = True  # 👍/👎 on answers re-rank passages for similar questions at once
+    feedback_half_life_days: float = Field(default=90.0, gt=0)  # a vote's weight in retrieval halves this often
 
     # --- answering --------------------------------------------------------------------------
     llm_backend: Literal["auto", "openai", "transformers", "extractive"] = "auto"  # auto: openai if LLM_BASE_URL, else extractive

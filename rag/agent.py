@@ -176,6 +176,7 @@ class Agent:
         return {"condensed": condensed}
 
     def _retrieve(self, state: AgentState) -> dict[str, Any]:
+        self.retriever.sync_feedback(self.store)  # votes cast since the last question count now
         # Ask for a few extra so dropping duplicate chunks still leaves top_k.
         passages = self.retriever.search(
             state["condensed"], spaces=state["spaces"], limit=self.settings.top_k + 2
@@ -242,6 +243,7 @@ class Agent:
         if ref is None:
             return {"answer_id": None}
         answer_id = make_answer_id(ref.platform, ref.channel, ref.message_id)
+        cited = {c.chunk_id for c in state.get("citations", [])}
         record = AnswerRecord(
             answer_id=answer_id,
             platform=ref.platform,
@@ -259,6 +261,8 @@ class Agent:
                     source=p.source,
                     score=p.score,
                     text=p.text,
+                    space=p.space,
+                    cited=p.chunk_id in cited,
                 )
                 for p in state.get("contexts", [])
             ],

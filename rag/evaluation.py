@@ -98,6 +98,7 @@ def eval_settings(settings: Settings, data_dir: Path) -> Settings:
             "qdrant_collection": "eval",
             "store_dir": data_dir / "store",
             "feedback_bucket": None,
+            "retrieval_feedback": False,  # a benchmark measures the ranking, not earlier users' votes
             "queue_path": data_dir / "queue.sqlite",
             "training_queue_url": None,
         }

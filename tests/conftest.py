@@ -34,6 +34,13 @@ _AWS_ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_retrieval_feedback_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many suites share one module-scoped knowledge base: votes cast in one test must not re-rank
+    the next test's passages. The retrieval-feedback tests turn it back on with their own base."""
+    monkeypatch.setenv("RETRIEVAL_FEEDBACK", "false")
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A ThreadedMotoServer on an ephemeral port; yields its endpoint URL (also in AWS_ENDPOINT_URL)."""

@@ -63,10 +63,65 @@ def _status(args: argparse.Namespace) -> int:
             f"{adapter['name']} v{adapter['version']} ({adapter['created_at'][:16]} UTC)" if adapter else "none (base model)",
         ),
     ]
+    lines.append(("retrieval feedback", _feedback_line()))
     if status["skipped_records"]:
         lines.append(("unreadable records", f"{status['skipped_records']} skipped (see the log for keys)"))
     for label, value in lines:
         print(f"{label:<18} {value}")
+    return 0
+
+
+def _feedback_index() -> Any:
+    from rag.feedback_index import FeedbackIndex
+
+    return FeedbackIndex.open(get_settings(), None, None)
+
+
+def _feedback_line() -> str:
+    from core.errors import EchoRagError
+
+    if not get_settings().retrieval_feedback:
+        return "off (RETRIEVAL_FEEDBACK=false)"
+    try:
+        index = _feedback_index()
+    except EchoRagError as exc:
+        return f"not readable now ({exc})"
+    try:
+        n = index.summary()
+    finally:
+        index.close()
+    return (f"{n['questions']} answer(s) re-rank {n['passages']} passage(s) (👍 {n['positive']} 👎 {n['negative']}); "
+            "echorag feedback index list")
+
+
+def _index_list(args: argparse.Namespace) -> int:
+    index = _feedback_index()
+    try:
+        entries = [e for e in index.entries() if args.space is None or args.space in e.spaces]
+    finally:
+        index.close()
+    for e in entries:
+        if args.json:
+            print(json.dumps(e.__dict__, ensure_ascii=False))
+        else:
+            print(f"👍 {e.positive} 👎 {e.negative}  [{', '.join(e.spaces)}] {e.question[:70]}  → "
+                  + ", ".join(c.rsplit("/", 1)[-1] for c in e.chunks))
+    if not args.json:
+        print(f"{len(entries)} answer(s) with retrieval feedback", file=sys.stderr)
+    return 0
+
+
+def _index_clear(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise UserError("clearing retrieval feedback cannot be undone from the index: add --yes "
+                        "(the vote log is kept; training still uses it)")
+    index = _feedback_index()
+    try:
+        cleared = index.clear(args.space)
+    finally:
+        index.close()
+    where = f" in space {args.space!r}" if args.space else ""
+    print(f"cleared retrieval feedback of {cleared} answer(s){where}; new votes count again from now")
     return 0
 
 
@@ -211,6 +266,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     export = fsub.add_parser("export", help="answers joined with their latest reactions, as JSON lines")
     export.add_argument("--out", required=True, help="output .jsonl file ('-' for stdout)")
     export.set_defaults(func=_export)
+    index = fsub.add_parser("index", help="retrieval feedback: the votes that re-rank passages now")
+    isub = index.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
+    ilist = isub.add_parser("list", help="answers whose votes re-rank passages, with their passages")
+    ilist.add_argument("--space", default=None, help="only answers citing this knowledge space")
+    ilist.add_argument("--json", action="store_true", help="one JSON object per answer")
+    ilist.set_defaults(func=_index_list)
+    iclear = isub.add_parser("clear", help="forget retrieval feedback (all, or one space's)")
+    iclear.add_argument("--space", default=None, help="only answers citing this knowledge space")
+    iclear.add_argument("--yes", action="store_true", help="really clear")
+    iclear.set_defaults(func=_index_clear)
 
     adapters = sub.add_parser("adapters", help="list, promote or roll back LoRA adapter versions")
     asub = adapters.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")

@@ -51,15 +51,20 @@ def resolve_backend(settings: Settings) -> str:
     return settings.vector_backend
 
 
-def open_vector_store(settings: Settings) -> VectorStore:
-    """The store the settings describe (opening the embedded one takes its folder's lock)."""
+def open_vector_store(settings: Settings, *, suffix: str = "") -> VectorStore:
+    """The store the settings describe (opening the embedded one takes its folder's lock); a
+    `suffix` names a sibling collection on the same backend (`-feedback`: retrieval feedback)."""
     backend = resolve_backend(settings)
+    name = settings.qdrant_collection + suffix
     if backend == "edge":
         from rag.vectorstore.edge import EdgeStore
 
-        return EdgeStore(settings.resolved_qdrant_path / f"edge-{settings.qdrant_collection}")
+        return EdgeStore(settings.resolved_qdrant_path / f"edge-{name}")
     from rag.vectorstore.client import ClientStore
 
-    return ClientStore(settings, local=backend == "local")
+    if backend == "local" and suffix:  # local mode allows one client per folder: a sibling folder
+        settings = settings.model_copy(update={"qdrant_path": settings.resolved_qdrant_path.with_name(
+            settings.resolved_qdrant_path.name + suffix)})
+    return ClientStore(settings, local=backend == "local", collection=name)
 
 

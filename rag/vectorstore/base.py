@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -43,7 +43,7 @@ class StorePoint:
     id: str
     sparse: SparseVec
     dense: list[float] | None
-    payload: ChunkPayload
+    payload: Mapping[str, Any]  # a ChunkPayload in the knowledge base; feedback points carry their own
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ class VectorStore(Protocol):
     def search(
         self, *, sparse: SparseVec, dense: list[float] | None, spaces: list[str] | None, limit: int, candidates: int
     ) -> list[Hit]: ...
+    def retrieve(self, ids: list[str]) -> list[Hit]: ...
+    def delete_points(self, ids: list[str]) -> None: ...
+    def scroll_points(self) -> Iterator[Hit]: ...
     def count(self) -> int: ...
     def finish_writes(self) -> None: ...
     def close(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from core.errors import EchoRagError, StoreError
@@ -27,11 +28,11 @@ log = logging.getLogger(__name__)
 class ClientStore:
     """A Qdrant collection through qdrant-client: a server (`QDRANT_URL`) or local mode on disk."""
 
-    def __init__(self, settings: Settings, *, local: bool) -> None:
+    def __init__(self, settings: Settings, *, local: bool, collection: str | None = None) -> None:
         from qdrant_client import QdrantClient, models
 
         self._m = models
-        self.collection = settings.qdrant_collection
+        self.collection = collection or settings.qdrant_collection
         self.local = local
         self._exists = False
         self._dense_size: int | None = None
@@ -160,6 +161,26 @@ class ClientStore:
                 query_filter=flt, limit=limit, with_payload=True,
             )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def retrieve(self, ids: list[str]) -> list[Hit]:
+        if not ids or not self.exists():
+            return []
+        records = self._call("read points", self._client.retrieve, self.collection, ids, with_payload=True)
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
+    def delete_points(self, ids: list[str]) -> None:
+        if ids and self.exists():
+            selector = self._m.PointIdsList(points=ids)
+            self._call("delete points", self._client.delete, self.collection, points_selector=selector, wait=True)
+
+    def scroll_points(self) -> Iterator[Hit]:
+        offset = None
+        while self.exists():
+            records, offset = self._call("list points", self._client.scroll, self.collection, limit=1000,
+                                         offset=offset, with_payload=True)
+            yield from (Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records)
+            if offset is None:
+                return
 
     def count(self) -> int:
         if not self.exists():

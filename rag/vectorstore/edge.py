@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,24 @@ class EdgeStore:
         else:
             request = qe.QueryRequest(limit=limit, query=sparse_query, filter=flt, with_payload=True)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._shard.query(request)]
+
+    def retrieve(self, ids: list[str]) -> list[Hit]:
+        if self._shard is None or not ids:
+            return []
+        return [Hit(str(r.id), 0.0, dict(r.payload or {})) for r in self._shard.retrieve(ids, True, False)]
+
+    def delete_points(self, ids: list[str]) -> None:
+        if self._shard is not None and ids:
+            points: list[int | uuid.UUID | str] = [*ids]
+            self._shard.update(self._qe.UpdateOperation.delete_points(points))
+
+    def scroll_points(self) -> Iterator[Hit]:
+        offset = None
+        while self._shard is not None:
+            records, offset = self._shard.scroll(self._qe.ScrollRequest(offset=offset, limit=1000, with_payload=True))
+            yield from (Hit(str(r.id), 0.0, dict(r.payload or {})) for r in records)
+            if offset is None:
+                return
 
     def count(self) -> int:
         return 0 if self._shard is None else int(self._shard.count(self._qe.CountRequest(exact=True)))
