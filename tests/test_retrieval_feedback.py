@@ -25,21 +25,24 @@ DISLIKED, DISLIKED_PARAPHRASE = "휴가 신청은 어떻게 하나요?", "휴가
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def kb(tmp_path: Path) -> Path:
-    """The handbook ingested into two spaces, `hr` and `eng` (the same text in each): a private
-    base per test, since votes change it."""
+def build_kb(root: Path, **overrides: Any) -> Path:
+    """The handbook ingested into two spaces, `hr` and `eng` (the same text in each)."""
     from rag.ingest import ingest_paths
 
-    root = tmp_path / "kb"
     docs = root / "docs"
     docs.mkdir(parents=True)
     for name in HANDBOOK:
         shutil.copy(ROOT / "examples" / "handbook" / name, docs / name)
-    settings = make_settings(root)
+    settings = make_settings(root, **overrides)
     for space in ("hr", "eng"):
         assert ingest_paths([docs], space=space, settings=settings, progress=False).failed == 0
     return root / "qdrant"
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> Path:
+    """A private base per test, since votes change it (Qdrant Edge, the embedded default)."""
+    return build_kb(tmp_path / "kb")
 
 
 @pytest.fixture
@@ -63,11 +66,10 @@ def cited_by(answer: Any) -> str:
 # --- console -------------------------------------------------------------------------------------
 
 
-def test_console_votes_move_the_cited_passage_for_a_paraphrase(tmp_path: Path, kb: Path, feedback_on: None) -> None:
+def _console_votes_move_the_cited_passages(settings: Settings) -> None:
     from bots.console import ConsoleChat
     from rag.agent import Agent
 
-    settings = make_settings(tmp_path, qdrant_path=kb)
     before, disliked_before = ranking(settings, PARAPHRASE, "hr"), ranking(settings, DISLIKED_PARAPHRASE, "hr")
     with Agent.from_settings(settings) as agent:
         chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
@@ -80,6 +82,16 @@ def test_console_votes_move_the_cited_passage_for_a_paraphrase(tmp_path: Path, k
     assert ranking(settings, PARAPHRASE, "hr")[0] == liked
     assert ranking(settings, DISLIKED_PARAPHRASE, "hr")[0] != disliked
     assert ranking(settings, PARAPHRASE, "eng") == before  # the votes were cast in hr
+
+
+def test_console_votes_move_the_cited_passage_for_a_paraphrase(tmp_path: Path, kb: Path, feedback_on: None) -> None:
+    _console_votes_move_the_cited_passages(make_settings(tmp_path, qdrant_path=kb))
+
+
+def test_the_same_through_qdrant_client(tmp_path: Path, feedback_on: None) -> None:
+    """qdrant-client's code path (what a Qdrant server gets), in its local mode."""
+    kb = build_kb(tmp_path / "kb", vector_backend="local")
+    _console_votes_move_the_cited_passages(make_settings(tmp_path, qdrant_path=kb, vector_backend="local"))
 
 
 def test_feedback_is_off_when_disabled(tmp_path: Path, kb: Path, feedback_on: None) -> None:
