@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,13 +39,14 @@ from core.store import BlobStore
 from rag.dense import DenseEncoder
 from rag.sparse import SparseEncoder, SparseVec
 from rag.types import Passage
-from rag.vectorstore import RRF_K, StorePoint, VectorStore, open_vector_store, point_id
+from rag.vectorstore import StorePoint, VectorStore, open_vector_store, point_id
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_SUFFIX = "-feedback"
-MIN_SIMILARITY = 0.3  # share of the new question's features an earlier question must have
+MIN_SIMILARITY = 0.4  # cosine of the two questions' feature sets (Kiwi morphemes, pairs, bigrams)
 MAX_BOOST = 2.0  # most net weight one passage carries, in units of one fully similar, fresh vote
+FEEDBACK_WEIGHT = 0.15  # one such vote moves a passage by this share of the query's score range
 MATCHES = 10  # earlier questions considered per query
 SYNC_LOOKBACK_S = 120  # re-read this much before the watermark: writers' clocks and lists disagree a little
 _NAMESPACE = uuid.UUID("0f6f2a4e-91d3-4f5e-8f0a-5d2c1b7e9a34")
@@ -180,8 +182,9 @@ class FeedbackIndex:
         latest: dict[tuple[str, str], tuple[float, float]] = {}  # (chunk, user) → (vote time, weight)
         chunks: dict[str, dict[str, Any]] = {}
         for hit in self.vectors.search(sparse=sparse, dense=dense, spaces=spaces, limit=MATCHES, candidates=MATCHES):
-            similarity = len(query & set(hit.payload.get("terms", []))) / len(query)
-            if similarity < MIN_SIMILARITY:
+            terms = set(hit.payload.get("terms", []))
+            similarity = len(query & terms) / math.sqrt(len(query) * len(terms)) if terms else 0.0
+            if similarity <= MIN_SIMILARITY:
                 continue
             for chunk in hit.payload.get("chunks", []):
                 if spaces is not None and chunk["space"] not in spaces:
@@ -189,7 +192,9 @@ class FeedbackIndex:
                 chunks[chunk["chunk_id"]] = chunk
                 for user, vote in hit.payload.get("votes", {}).items():
                     at = float(vote["at"])
-                    weight = int(vote["label"]) * similarity * 0.5 ** (max(0.0, now - at) / self.half_life_s)
+                    # 0 at the threshold, 1 for the same question: near-paraphrases count, mere topic matches barely
+                    closeness = (similarity - MIN_SIMILARITY) / (1.0 - MIN_SIMILARITY)
+                    weight = int(vote["label"]) * closeness * 0.5 ** (max(0.0, now - at) / self.half_life_s)
                     key = (chunk["chunk_id"], user)
                     if key not in latest or at > latest[key][0]:  # one person, one vote per passage
                         latest[key] = (at, weight)
@@ -244,19 +249,22 @@ def _earlier(key: str | None, seconds: float) -> str | None:
 
 
 def fuse(passages: list[Passage], boosts: dict[str, Boost], extra: list[Passage]) -> list[Passage]:
-    """Re-rank by reciprocal rank plus feedback: one fully similar 👍 is worth the first rank, so it
-    lifts its passage to the top; one 👎 drops it below every passage without feedback. `extra` are
-    boosted passages the query did not retrieve. A boost counts only while the passage's text is the
-    one voted on. Scores stay the retrieval's (the grade step reads them), only the order changes."""
-    unit = 1.0 / (RRF_K + 1)
+    """Re-rank with feedback: each passage's retrieval score, scaled to [0, 1] over this list (min to
+    max), plus FEEDBACK_WEIGHT per unit of boost. So feedback breaks near-ties and moves a passage
+    by a bounded share of the score range; it never overrides a clear retrieval margin. `extra`
+    are boosted passages the query did not retrieve (they enter at the bottom of the range). A
+    boost counts only while the passage's text is the one voted on. Scores stay the retrieval's
+    (the grade step reads them): only the order changes."""
     ranked = [*passages, *(p for p in extra if p.chunk_id not in {q.chunk_id for q in passages})]
+    scores = [p.score for p in passages] or [0.0]
+    low, span = min(scores), (max(scores) - min(scores)) or 1.0
 
     def score(rank: int, passage: Passage) -> float:
-        base = 1.0 / (RRF_K + rank + 1) if rank < len(passages) else 0.0
+        base = (passage.score - low) / span if rank < len(passages) else 0.0
         boost = boosts.get(passage.chunk_id)
-        live = boost is not None and boost.text_hash == text_hash(passage.text)
-        return base + (boost.weight * unit if live and boost is not None else 0.0)
+        if boost is None or boost.text_hash != text_hash(passage.text):
+            return base
+        return base + FEEDBACK_WEIGHT * boost.weight
 
     scored = sorted(enumerate(ranked), key=lambda item: -score(*item))
     return [p for rank, p in scored if rank < len(passages) or score(rank, p) > 0]
-
