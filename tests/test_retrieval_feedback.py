@@ -275,3 +275,24 @@ def test_wrong_votes_cannot_bury_a_passage_that_wins_by_a_clear_margin(
             chat.handle("-1")
     after = ranking(settings, question, "hr")
     assert after[0] == before[0]
+
+
+def test_feedback_on_a_passage_whose_text_changed_is_retired_on_reingest(
+    tmp_path: Path, kb: Path, feedback_on: None
+) -> None:
+    from bots.console import ConsoleChat
+    from rag.agent import Agent
+    from rag.ingest import ingest_paths
+
+    settings = make_settings(tmp_path, qdrant_path=kb)
+    with Agent.from_settings(settings) as agent:
+        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
+        liked = cited_by(chat.ask(QUESTION))
+        chat.handle("+1")
+    assert ranking(settings, PARAPHRASE, "hr")[0] == liked
+    doc = kb.parent / "docs" / "휴가-규정.md"
+    doc.write_text(doc.read_text(encoding="utf-8").replace("경조 휴가가 주어집니다", "경조 휴가(유급)가 주어집니다"), encoding="utf-8")
+    assert ingest_paths([kb.parent / "docs"], space="hr", settings=settings, progress=False).updated == 1
+    unaided = ranking(settings.model_copy(update={"retrieval_feedback": False}), PARAPHRASE, "hr")
+    assert unaided[0] != liked  # the vote would still lift it, were it applied
+    assert ranking(settings, PARAPHRASE, "hr") == unaided  # the votes were on text that is gone
