@@ -127,7 +127,9 @@ class ConsoleChat:
             thread_id=self.session,
             user_hash=hash_user(PLATFORM, self.user),
         )
-        answer = self.agent.ask(question, history=self.history[-MAX_TURNS:], spaces=self.spaces, ref=ref)
+        # nothing retries a console question: an LLM outage is answered from the documents at once
+        answer = self.agent.ask(question, history=self.history[-MAX_TURNS:], spaces=self.spaces, ref=ref,
+                                llm_fallback=True)
         self.history.extend([Turn("user", question), Turn("assistant", answer.text)])
         self.last_message_id = message_id
         return answer

@@ -29,7 +29,7 @@ from rag.condense import condense
 from rag.extractive import extractive_answer
 from rag.grading import assess
 from rag.language import Language, detect_language
-from rag.llm import LLM, llm_from_settings
+from rag.llm import LLM, LLMUnavailable, llm_from_settings
 from rag.prompts import build_messages, renumber_citations
 from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
 
@@ -45,11 +45,30 @@ ABSTAIN_MESSAGE = {
     "or add a document that covers it to the knowledge base.",
 }
 MAX_QUESTION_CHARS = 4000
+FALLBACK_NOTE = {  # after an answer quoted from the documents because the LLM is down
+    "ko": "(지금은 언어 모델에 연결할 수 없어 문서의 문장을 그대로 옮겼습니다.)",
+    "en": "(The language model is unavailable right now; this answer quotes the documents.)",
+}
+FALLBACK_MODEL = "extractive (LLM unavailable)"
+# A model (or a server ignoring max_tokens) may ramble on: what is posted and stored stops here, at a
+# sentence end when there is one in the last fifth. Slack sections take 3,000, Discord embeds 4,096.
+MAX_ANSWER_CHARS = 3000
 
 
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
     return {**left, **right}
 
+
+
+def cap_answer(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
+    """`text`, or its first `limit` characters cut after the last sentence end (else word) and "…"."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = max(head.rfind(mark) for mark in (". ", "다. ", "? ", "! ", "\n"))
+    if cut < limit * 4 // 5:
+        cut = head.rfind(" ")
+    return (head[: cut + 1] if cut > 0 else head).rstrip() + " …"
 
 class AgentState(TypedDict, total=False):
     """What flows through the graph (each node returns only the keys it sets)."""
@@ -68,6 +87,8 @@ class AgentState(TypedDict, total=False):
     scores: Annotated[dict[str, float], _merge]
     timings: Annotated[dict[str, float], _merge]
     answer_id: str | None
+    llm_fallback: bool  # on an LLM outage, quote the documents instead of failing (the last attempt)
+    fell_back: bool
     warnings: Annotated[list[str], operator.add]
 
 
@@ -210,11 +231,18 @@ class Agent:
 
     def _generate(self, state: AgentState) -> dict[str, Any]:
         passages = state["passages"]
+        fell_back: dict[str, Any] = {}
         if self.llm is not None:
             # The standalone question, no history: exactly the prompt the training set rebuilds from
             # the answer record (training/dataset.py), so an adapter is served the way it was trained.
             messages = build_messages(state["condensed"], passages, state["language"])
-            raw = self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens)
+            try:
+                raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
+            except LLMUnavailable as exc:
+                if not state.get("llm_fallback"):
+                    raise  # the platform retries; its last attempt asks for the fallback
+                raw = extractive_answer(state["condensed"], passages, state["language"], focus=state["question"]) or ""
+                fell_back = {"fell_back": True, "warnings": [f"answered from the documents: {exc}"]}
         else:
             raw = (
                 extractive_answer(state["condensed"], passages, state["language"], focus=state["question"])
@@ -228,7 +256,9 @@ class Agent:
                 "warnings": [f"{self.model} returned an empty answer"] if self.llm else [],
             }
         text, ordered, citations = renumber_citations(raw, passages)
-        return {"answer": text, "contexts": ordered, "citations": citations}
+        if fell_back:
+            text = f"{text}\n\n{FALLBACK_NOTE.get(state['language'], FALLBACK_NOTE['en'])}"
+        return {"answer": text, "contexts": ordered, "citations": citations, **fell_back}
 
     def _abstain(self, state: AgentState) -> dict[str, Any]:
         return {
@@ -269,13 +299,17 @@ class Agent:
             answer=state["answer"],
             language=state["language"],
             abstained=bool(state.get("abstained")),
-            model=self.model,
-            adapter_version=self.llm.adapter_version if self.llm is not None else None,
+            model=FALLBACK_MODEL if state.get("fell_back") else self.model,
+            adapter_version=self._adapter_version(state),
             spaces=state["spaces"],
             latencies_ms=dict(state.get("timings", {})),
         )
         save_answer(self.store, record)
         return {"answer_id": answer_id}
+
+    def _adapter_version(self, state: AgentState) -> str | None:
+        """None when no adapter wrote the answer (extractive, or quoted because the LLM was down)."""
+        return self.llm.adapter_version if self.llm is not None and not state.get("fell_back") else None
 
     # --- entry point ------------------------------------------------------------------------------
 
@@ -286,8 +320,11 @@ class Agent:
         history: Sequence[Turn] = (),
         spaces: list[str] | None = None,
         ref: AnswerRef | None = None,
+        llm_fallback: bool = False,
     ) -> AgentAnswer:
-        """Answer `question` (in its language) from the passages `spaces` may see, citing them `[n]`."""
+        """Answer `question` (in its language) from the passages `spaces` may see, citing them `[n]`.
+        `llm_fallback`: when the LLM is unreachable, quote the documents (marked as such) instead of
+        raising LLMUnavailable: for the last try of a question, or where nothing retries."""
         question = (question or "").strip()
         if not question:
             raise UserError(
@@ -304,6 +341,7 @@ class Agent:
                 "history": list(history),
                 "spaces": list(spaces) if spaces is not None else None,
                 "ref": ref,
+                "llm_fallback": llm_fallback,
                 "language": detect_language(question),
                 "scores": {},
                 "timings": {},
@@ -323,7 +361,7 @@ class Agent:
             abstained=bool(state.get("abstained")),
             scores=dict(state.get("scores", {})),
             timings_ms=timings,
-            model=self.model,
-            adapter_version=self.llm.adapter_version if self.llm is not None else None,
+            model=FALLBACK_MODEL if state.get("fell_back") else self.model,
+            adapter_version=self._adapter_version(state),
             answer_id=state.get("answer_id"),
         )

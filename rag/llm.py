@@ -75,6 +75,8 @@ class OpenAICompatibleLLM:
         self._version_source = version_source
         self._version_checked = -math.inf
         self.base_url = base_url
+        self._where = base_url or "the OpenAI API"
+        self._timeout_s = timeout_s
         self._temperature = temperature
 
     @property
@@ -105,9 +107,14 @@ class OpenAICompatibleLLM:
                 max_tokens=max_tokens,
                 temperature=self._temperature,
             )
+        except openai.APITimeoutError as exc:  # reached, but too slow: not a wrong URL
+            raise LLMUnavailable(
+                f"the LLM at {self._where} did not answer within {self._timeout_s:g} s (LLM_TIMEOUT_S)"
+            ) from exc
         except openai.APIConnectionError as exc:
-            where = self.base_url or "the OpenAI API"
-            raise LLMUnavailable(f"cannot reach the LLM at {where}: {exc}; check LLM_BASE_URL or unset it") from exc
+            raise LLMUnavailable(
+                f"cannot reach the LLM at {self._where}: {exc}; check LLM_BASE_URL or unset it"
+            ) from exc
         except openai.APIStatusError as exc:
             final = 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429)
             raise (LLMRejected if final else LLMUnavailable)(
@@ -115,9 +122,16 @@ class OpenAICompatibleLLM:
             ) from exc
         except openai.APIError as exc:
             raise LLMUnavailable(f"the LLM request failed: {exc}") from exc
-        if not response.choices:
+        choices = getattr(response, "choices", None)  # a 200 that is not JSON comes back as a str
+        if not isinstance(choices, list):
+            raise LLMRejected(
+                f"the endpoint at {self._where} answered 200 but not with a chat completion: "
+                "is LLM_BASE_URL the /v1 base of an OpenAI-compatible server?"
+            )
+        if not choices:
             raise LLMUnavailable(f"the LLM returned no choices for model {self.model!r}")
-        return (response.choices[0].message.content or "").strip()
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        return content.strip() if isinstance(content, str) else ""
 
 
 def _registry_version(settings: Settings) -> Callable[[], int | None]:

@@ -606,16 +606,24 @@ def test_llm_outage_while_answering_is_redelivered_and_never_shown(
     assert leaked(_seen_by_user(fake_discord)) == []
 
 
-def test_llm_down_on_the_last_attempt_apologises_without_internals(
+def test_llm_down_on_the_last_attempt_answers_from_the_documents_marked(
     monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
+    """Earlier attempts are redelivered (the LLM may be back); the last one quotes the documents and
+    says so, instead of an apology where the documents hold the answer."""
+    from rag.agent import FALLBACK_MODEL, FALLBACK_NOTE
+
     with FlakyLLM(fail_first=99) as llm:
         settings = _llm_settings(monkeypatch, settings, llm)
-        payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do deploys happen?")
-        assert run_worker([(message_id, body, settings.queue_max_receives)]) == [message_id]
-    seen = _seen_by_user(fake_discord)
-    assert len(seen) == 1 and "Sorry" in fake_discord.messages[payload["token"]]["content"]
-    assert leaked(seen) == []
+        payload, (message_id, body) = queued_ask(key, fake_discord, settings, "When do production deployments happen?")
+        assert run_worker([(message_id, body, 1)]) == [message_id]
+        assert run_worker([(message_id, body, settings.queue_max_receives)]) == []
+    message = fake_discord.messages[payload["token"]]
+    description = message["embeds"][0]["description"]
+    assert "Tuesday" in description and FALLBACK_NOTE["en"] in description
+    record = load_answer(open_store(settings), make_answer_id("discord", CHANNEL_ID, message["id"]))
+    assert record is not None and record.model == FALLBACK_MODEL and record.adapter_version is None
+    assert leaked(_seen_by_user(fake_discord)) == []
 
 
 def test_store_outage_while_answering_is_redelivered_and_never_shown(

@@ -378,6 +378,25 @@ def test_llm_outage_while_answering_is_retried_and_never_shown(llm_down_once: tu
     assert llm.requests == 3 and rig.answer_record(ENG, answers[0]["ts"]) is not None
 
 
+def test_llm_down_through_every_retry_is_answered_from_the_documents_on_the_last(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack
+) -> None:
+    """Lambda's two retries may find the LLM back; the last one quotes the documents, marked."""
+    from rag.agent import FALLBACK_MODEL, FALLBACK_NOTE
+
+    with FlakyLLM(fail_first=10**6) as llm:
+        for rig in _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, LLM_BACKEND="openai",
+                             LLM_BASE_URL=llm.url, LLM_MODEL="echorag", LLM_TIMEOUT_S="5"):
+            question, response = rig.mention(ENG, "When do production deploys happen?")
+            assert response["statusCode"] == 200 and len(rig.lam.errors) == 2  # attempts 1 and 2 failed
+            answers = _answers_in(rig, ENG, question["ts"])
+            assert len(answers) == 1 and "Tuesday" in answers[0]["text"] and FALLBACK_NOTE["en"] in answers[0]["text"]
+            record = rig.answer_record(ENG, answers[0]["ts"])
+            assert record.model == FALLBACK_MODEL and record.adapter_version is None
+            assert leaked(_seen_by_users(rig)) == []
+            assert llm.requests == 6  # three attempts, the client's own retry each
+
+
 def test_store_outage_while_answering_leaves_the_question_open_and_shows_no_internals(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,7 +69,7 @@ def answer_ask(
             log.info("ask interaction %s already answered or in progress; skipped", job.interaction_id)
             return AskOutcome("duplicate")
         try:
-            outcome = _answer(job, runtime)
+            outcome = _answer(job, runtime, last_attempt=last_attempt)
         except DiscordRejected as exc:
             log.error("ask interaction %s cannot be answered any more: %s", job.interaction_id, exc)
             return AskOutcome("undeliverable")
@@ -85,7 +85,7 @@ def answer_ask(
     return AskOutcome(outcome.status, outcome.answer, outcome.message_id, elapsed)
 
 
-def _answer(job: AskJob, runtime: DiscordRuntime) -> AskOutcome:
+def _answer(job: AskJob, runtime: DiscordRuntime, *, last_attempt: bool) -> AskOutcome:
     rest = runtime.rest
     original = _deferred_message(job, runtime)
     message_id = str(original["id"])
@@ -99,7 +99,8 @@ def _answer(job: AskJob, runtime: DiscordRuntime) -> AskOutcome:
     )
     try:
         spaces = runtime.settings.spaces_for_channel(job.space_channel_id or channel)
-        answer = runtime.agent.ask(job.question, spaces=spaces, ref=ref)
+        # the last attempt quotes the documents when the LLM is down, rather than apologising
+        answer = runtime.agent.ask(job.question, spaces=spaces, ref=ref, llm_fallback=last_attempt)
     except UserError as exc:  # the question itself cannot be answered (e.g. too long): say so
         log.warning("ask interaction %s rejected: %s", job.interaction_id, exc)
         rest.edit_original(job.application_id, job.token, render_notice(f"⚠️ {exc}"))

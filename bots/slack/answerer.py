@@ -123,7 +123,8 @@ class Answerer:
             placeholder_ts: str | None = None
             try:
                 placeholder_ts = self._placeholder(q, language, retry=claim.attempt > 0)
-                return self._answer(q, placeholder_ts)
+                # the last try quotes the documents when the LLM is down, rather than giving up
+                return self._answer(q, placeholder_ts, last_try=claim.attempt >= self.services.retries)
             except UserError as exc:  # the question itself is wrong: tell the asker, done
                 assert placeholder_ts is not None  # only the agent raises UserError
                 refusal = notice_blocks(escape_mrkdwn(str(exc)))
@@ -141,7 +142,7 @@ class Answerer:
                 self._edit(q.channel, placeholder_ts, notice_blocks(gave_up_text(language)))
                 return AnswerOutcome("failed", error=code)
 
-    def _answer(self, q: Question, placeholder_ts: str) -> AnswerOutcome:
+    def _answer(self, q: Question, placeholder_ts: str, *, last_try: bool) -> AnswerOutcome:
         answer_thread = q.thread_ts or placeholder_ts
         history = (
             thread_history(
@@ -167,6 +168,7 @@ class Answerer:
                 thread_id=answer_thread,
                 user_hash=hash_user("slack", q.user) if q.user else "",
             ),
+            llm_fallback=last_try,
         )
         seconds = time.perf_counter() - started
         messages = render_answer(answer, header=q.header, elapsed_s=seconds)

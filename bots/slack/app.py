@@ -35,6 +35,9 @@ def services_of(app: App) -> SlackServices:
     return services
 
 
+LAMBDA_ASYNC_RETRIES = 2  # = SlackEventsFunction's EventInvokeConfig.MaximumRetryAttempts
+
+
 def create_app(
     settings: Settings,
     *,
@@ -52,7 +55,9 @@ def create_app(
         raise ConfigError("SLACK_BOT_TOKEN is not set: create the app from infra/slack/manifest.yaml (docs/slack.md)")
     if not socket_mode and not settings.slack_signing_secret:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: copy it from the Slack app's Basic Information page")
-    services = SlackServices(settings, ask=ask, store=store, queue=queue, observer=observer)
+    # Lambda retries a failed lazy answer twice (template.yaml, MaximumRetryAttempts); Socket Mode never
+    retries = 0 if socket_mode else LAMBDA_ASYNC_RETRIES
+    services = SlackServices(settings, ask=ask, store=store, queue=queue, observer=observer, retries=retries)
     log.info(settings.space_mapping_summary())
     app = App(
         name="echorag",  # also spares Bolt an inspect.stack() call at cold start

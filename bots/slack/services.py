@@ -48,8 +48,10 @@ class SlackServices:
         store: BlobStore | None = None,
         queue: JobQueue | None = None,
         observer: SlackObserver | None = None,
+        retries: int = 0,
     ) -> None:
         self.settings = settings
+        self.retries = retries  # how often a failed answer is tried again (Lambda's async retries)
         self._ask = ask
         self._store = store
         self._queue = queue

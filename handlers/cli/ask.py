@@ -43,7 +43,7 @@ def run_ask(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise UserError('the question is empty: echorag ask "연차는 며칠인가요?"')
     with Agent.from_settings(get_settings()) as agent:
-        answer = agent.ask(args.question, spaces=args.spaces)
+        answer = agent.ask(args.question, spaces=args.spaces, llm_fallback=True)
     if args.json:
         print(json.dumps(answer_json(answer), ensure_ascii=False, indent=2))
     else:

@@ -1,0 +1,154 @@
+"""What the OpenAI-compatible client does with an endpoint that misbehaves, against a local fake
+that answers each request the way it is told: a 200 that is not JSON, a reply slower than the
+timeout, and a reply far longer than any answer should be."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from rag.llm import LLMRejected, LLMUnavailable, OpenAICompatibleLLM
+
+MESSAGES = [{"role": "user", "content": "When do deploys happen?"}]
+
+
+class ScriptedLLM:
+    """POST /v1/chat/completions answered by `reply` (status, content type, body) after `delay_s`."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[int, str, bytes] = (200, "application/json", b"{}")
+        self.delay_s = 0.0
+        self.requests = 0
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                scripted.requests += 1
+                time.sleep(scripted.delay_s)
+                status, ctype, body = scripted.reply
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def answer(self, content: str) -> None:
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
+        self.reply = (200, "application/json", json.dumps(body).encode())
+
+
+@pytest.fixture
+def endpoint() -> Iterator[ScriptedLLM]:
+    fake = ScriptedLLM()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+def test_a_200_that_is_not_a_chat_completion_is_a_clear_refusal(endpoint: ScriptedLLM) -> None:
+    """A web server's HTML page at LLM_BASE_URL: one clear error, not an AttributeError."""
+    endpoint.reply = (200, "text/html", b"<html><body>It works!</body></html>")
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    with pytest.raises(LLMRejected, match="answered 200 but not with a chat completion") as caught:
+        llm.complete(MESSAGES, max_tokens=16)
+    assert endpoint.url in str(caught.value)
+
+
+def test_a_timeout_says_the_llm_was_slow_not_unreachable(endpoint: ScriptedLLM) -> None:
+    endpoint.answer("late")
+    endpoint.delay_s = 1.5
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=0.5)
+    with pytest.raises(LLMUnavailable, match=r"did not answer within 0.5 s \(LLM_TIMEOUT_S\)") as caught:
+        llm.complete(MESSAGES, max_tokens=16)
+    assert "cannot reach" not in str(caught.value) and "check LLM_BASE_URL" not in str(caught.value)
+
+
+def test_an_unreachable_endpoint_still_points_at_the_url() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens
+    llm = OpenAICompatibleLLM(model="m", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=2)
+    with pytest.raises(LLMUnavailable, match=r"cannot reach the LLM at .*check LLM_BASE_URL"):
+        llm.complete(MESSAGES, max_tokens=16)
+
+
+def test_a_runaway_reply_is_capped_before_it_is_posted_or_stored(endpoint: ScriptedLLM, tmp_path: Any) -> None:
+    """54,000 characters from a server that ignores max_tokens: the agent keeps the first sentences."""
+    from rag.agent import MAX_ANSWER_CHARS, cap_answer
+
+    sentence = "배포는 매주 화요일과 목요일에 합니다 [1]. "
+    endpoint.answer(sentence * (54_000 // len(sentence)))
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    raw = llm.complete(MESSAGES, max_tokens=16)
+    assert len(raw) > 50_000
+    capped = cap_answer(raw)
+    assert len(capped) <= MAX_ANSWER_CHARS + 2 and capped.endswith("…")
+    assert capped.removesuffix(" …").endswith("[1].")  # cut at a sentence end, not mid-word
+    assert cap_answer("짧은 답 [1].") == "짧은 답 [1]."
+
+
+def test_the_agent_posts_and_stores_only_the_capped_answer(endpoint: ScriptedLLM, tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from core.records import load_answer
+    from rag.agent import MAX_ANSWER_CHARS, Agent
+    from rag.ingest import ingest_paths
+    from rag.retrieval import Retriever
+    from rag.types import AnswerRef
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    doc = Path(__file__).resolve().parents[1] / "examples" / "handbook" / "휴가-규정.md"
+    assert ingest_paths([doc], space="default", settings=settings, progress=False).added == 1
+    endpoint.answer("연차는 15일입니다 [1]. " * 4000)
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    with Retriever.from_settings(settings) as retriever:
+        agent = Agent(retriever, settings=settings, llm=llm)
+        answer = agent.ask("연차는 며칠인가요?", ref=AnswerRef(platform="console", channel="c", message_id="m1"))
+    assert len(answer.text) <= MAX_ANSWER_CHARS + 2
+    record = load_answer(agent.store, answer.answer_id or "")
+    assert record is not None and record.answer == answer.text
+
+
+def test_the_console_answers_from_the_documents_when_the_llm_is_down(tmp_path: Any) -> None:
+    """Nothing retries a console question: an outage gets the quoted answer at once, marked."""
+    import io
+    import socket
+    from pathlib import Path
+
+    from bots.console import ConsoleChat
+    from rag.agent import FALLBACK_MODEL, FALLBACK_NOTE, Agent
+    from rag.ingest import ingest_paths
+    from tests.conftest import make_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(tmp_path, llm_base_url=f"http://127.0.0.1:{port}/v1", llm_model="echorag", llm_timeout_s=2)
+    doc = Path(__file__).resolve().parents[1] / "examples" / "handbook" / "휴가-규정.md"
+    assert ingest_paths([doc], space="default", settings=settings, progress=False).added == 1
+    with Agent.from_settings(settings) as agent:
+        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, out=io.StringIO())
+        answer = chat.ask("연차는 며칠인가요?")
+    assert answer.text.endswith(FALLBACK_NOTE["ko"]) and answer.model == FALLBACK_MODEL
+    assert "[1]" in answer.text and answer.citations
