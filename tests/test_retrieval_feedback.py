@@ -64,22 +64,29 @@ def cited_by(answer: Any) -> str:
     return str(answer.citations[0].chunk_id).rsplit("/", 1)[-1]
 
 
+def console_vote(agent: Any, settings: Settings, question: str, reaction: str, *, user: str = "local") -> str:
+    """Ask in the console (channel mapped to hr) as `user`, then type the reaction; returns the
+    passage the answer cited."""
+    from bots.console import ConsoleChat
+
+    chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], user=user, out=io.StringIO())
+    cited = cited_by(chat.ask(question))
+    chat.handle(reaction)
+    return cited
+
+
 # --- console -------------------------------------------------------------------------------------
 
 
 def _console_votes_move_the_cited_passages(settings: Settings) -> None:
-    from bots.console import ConsoleChat
     from rag.agent import Agent
 
     before, disliked_before = ranking(settings, PARAPHRASE, "hr"), ranking(settings, DISLIKED_PARAPHRASE, "hr")
     with Agent.from_settings(settings) as agent:
-        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
-        liked = cited_by(chat.ask(QUESTION))
-        assert before[0] != liked  # unaided, the paraphrase ranks another passage first
-        chat.handle("+1")
-        disliked = cited_by(chat.ask(DISLIKED))
-        assert disliked_before[0] == disliked
-        chat.handle("-1")
+        liked = console_vote(agent, settings, QUESTION, "+1")
+        disliked = console_vote(agent, settings, DISLIKED, "-1")
+    assert before[0] != liked  # unaided, the paraphrase ranks another passage first
+    assert disliked_before[0] == disliked
     assert ranking(settings, PARAPHRASE, "hr")[0] == liked
     assert ranking(settings, DISLIKED_PARAPHRASE, "hr")[0] != disliked
     assert ranking(settings, PARAPHRASE, "eng") == before  # the votes were cast in hr
@@ -96,15 +103,12 @@ def test_the_same_through_qdrant_client(tmp_path: Path, feedback_on: None) -> No
 
 
 def test_feedback_is_off_when_disabled(tmp_path: Path, kb: Path, feedback_on: None) -> None:
-    from bots.console import ConsoleChat
     from rag.agent import Agent
 
     settings = make_settings(tmp_path, qdrant_path=kb)
     before = ranking(settings, PARAPHRASE, "hr")
     with Agent.from_settings(settings) as agent:
-        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
-        chat.ask(QUESTION)
-        chat.handle("+1")
+        console_vote(agent, settings, QUESTION, "+1")
     assert ranking(settings.model_copy(update={"retrieval_feedback": False}), PARAPHRASE, "hr") == before
 
 
@@ -193,18 +197,14 @@ def test_one_person_is_one_vote_per_passage_votes_fade_and_the_sum_is_capped(
 ) -> None:
     import time
 
-    from bots.console import ConsoleChat
     from rag.agent import Agent
     from rag.feedback_index import MAX_BOOST
 
     settings = make_settings(tmp_path, qdrant_path=kb)
     with Agent.from_settings(settings) as agent:
         def vote(user: str, times: int) -> None:
-            chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], user=user,
-                               out=io.StringIO())
             for _ in range(times):
-                chat.ask(QUESTION)
-                chat.handle("+1")
+                console_vote(agent, settings, QUESTION, "+1", user=user)
 
         def weight(now: float | None = None) -> float:
             agent.retriever.sync_feedback(agent.store)
@@ -226,16 +226,13 @@ def test_an_admin_sees_the_feedback_in_status_lists_it_and_clears_it(
 ) -> None:
     import json
 
-    from bots.console import ConsoleChat
     from handlers.cli import main
     from rag.agent import Agent
 
     settings = make_settings(tmp_path, qdrant_path=kb)
     before = ranking(settings, PARAPHRASE, "hr")
     with Agent.from_settings(settings) as agent:
-        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
-        chat.ask(QUESTION)
-        chat.handle("+1")
+        console_vote(agent, settings, QUESTION, "+1")
         agent.retriever.sync_feedback(agent.store)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     monkeypatch.setenv("QDRANT_PATH", str(kb))
@@ -261,7 +258,6 @@ def test_wrong_votes_cannot_bury_a_passage_that_wins_by_a_clear_margin(
 ) -> None:
     """Three people 👎 the right answer: the capped boost (MAX_BOOST × FEEDBACK_WEIGHT of the score
     range) cannot push it below a passage the retrieval ranked far behind."""
-    from bots.console import ConsoleChat
     from rag.agent import Agent
 
     question = "휴가는 어떻게 신청하나요?"  # the leave-request passage leads by half the score range
@@ -269,10 +265,7 @@ def test_wrong_votes_cannot_bury_a_passage_that_wins_by_a_clear_margin(
     before = ranking(settings, question, "hr")
     with Agent.from_settings(settings) as agent:
         for user in ("pat", "sam", "kim"):
-            chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], user=user,
-                               out=io.StringIO())
-            assert cited_by(chat.ask(question)) == before[0]
-            chat.handle("-1")
+            assert console_vote(agent, settings, question, "-1", user=user) == before[0]
     after = ranking(settings, question, "hr")
     assert after[0] == before[0]
 
@@ -280,15 +273,12 @@ def test_wrong_votes_cannot_bury_a_passage_that_wins_by_a_clear_margin(
 def test_feedback_on_a_passage_whose_text_changed_is_retired_on_reingest(
     tmp_path: Path, kb: Path, feedback_on: None
 ) -> None:
-    from bots.console import ConsoleChat
     from rag.agent import Agent
     from rag.ingest import ingest_paths
 
     settings = make_settings(tmp_path, qdrant_path=kb)
     with Agent.from_settings(settings) as agent:
-        chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, spaces=["hr"], out=io.StringIO())
-        liked = cited_by(chat.ask(QUESTION))
-        chat.handle("+1")
+        liked = console_vote(agent, settings, QUESTION, "+1")
     assert ranking(settings, PARAPHRASE, "hr")[0] == liked
     doc = kb.parent / "docs" / "휴가-규정.md"
     doc.write_text(doc.read_text(encoding="utf-8").replace("경조 휴가가 주어집니다", "경조 휴가(유급)가 주어집니다"), encoding="utf-8")
