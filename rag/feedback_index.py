@@ -15,9 +15,10 @@ and would have to be rebuilt per query from this collection's answer anyway.
 
 The vote log in the blob store stays the source of truth (latest vote wins, `core.records`):
 `sync` applies what was cast since the watermark kept in this collection, so any process that
-answers (a Lambda, the console, the gateway) brings the index up to date before it retrieves, and a
-cleared index rebuilds itself from the log. A changed or deleted document leaves its chunks'
-feedback unused: a boost applies only while the chunk's text still has the hash it was voted on.
+answers (a Lambda, the console, the gateway) brings the index up to date before it retrieves; a
+lost index (a new collection) rebuilds itself from the log, and `clear` keeps out what it removed.
+A changed or deleted document leaves its chunks' feedback unused: a boost applies only while the
+chunk's text still has the hash it was voted on.
 """
 
 from __future__ import annotations
@@ -186,14 +187,14 @@ class FeedbackIndex:
             similarity = len(query & terms) / math.sqrt(len(query) * len(terms)) if terms else 0.0
             if similarity <= MIN_SIMILARITY:
                 continue
+            # 0 at the threshold, 1 for the same question: near-paraphrases count, mere topic matches barely
+            closeness = (similarity - MIN_SIMILARITY) / (1.0 - MIN_SIMILARITY)
             for chunk in hit.payload.get("chunks", []):
                 if spaces is not None and chunk["space"] not in spaces:
                     continue  # the answer cited passages of several spaces; this query sees fewer
                 chunks[chunk["chunk_id"]] = chunk
                 for user, vote in hit.payload.get("votes", {}).items():
                     at = float(vote["at"])
-                    # 0 at the threshold, 1 for the same question: near-paraphrases count, mere topic matches barely
-                    closeness = (similarity - MIN_SIMILARITY) / (1.0 - MIN_SIMILARITY)
                     weight = int(vote["label"]) * closeness * 0.5 ** (max(0.0, now - at) / self.half_life_s)
                     key = (chunk["chunk_id"], user)
                     if key not in latest or at > latest[key][0]:  # one person, one vote per passage
