@@ -65,13 +65,20 @@ class Retriever:
     @classmethod
     def from_settings(cls, settings: Settings, *, store: VectorStore | None = None) -> Retriever:
         sparse, dense = sparse_from_settings(settings), dense_from_settings(settings)
+        owned = store is None
+        store = store or open_vector_store(settings)
         feedback = None
         if settings.retrieval_feedback:
             from rag.feedback_index import FeedbackIndex
 
-            feedback = FeedbackIndex.open(settings, sparse, dense)
+            try:
+                feedback = FeedbackIndex.open(settings, sparse, dense)
+            except BaseException:
+                if owned:  # do not keep the embedded base's lock for a retriever that never was
+                    store.close()
+                raise
         return cls(
-            store or open_vector_store(settings),
+            store,
             sparse=sparse,
             dense=dense,
             reranker=reranker_from_settings(settings),
