@@ -28,7 +28,7 @@ from core.settings import Settings
 from rag.condense import condense
 from rag.extractive import extractive_answer
 from rag.grading import assess
-from rag.language import Language, detect_language
+from rag.language import Language, detect_language, hangul_share
 from rag.llm import LLM, LLMUnavailable, llm_from_settings
 from rag.prompts import build_messages, renumber_citations
 from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
@@ -45,11 +45,19 @@ ABSTAIN_MESSAGE = {
     "or add a document that covers it to the knowledge base.",
 }
 MAX_QUESTION_CHARS = 4000
-FALLBACK_NOTE = {  # after an answer quoted from the documents because the LLM is down
-    "ko": "(지금은 언어 모델에 연결할 수 없어 문서의 문장을 그대로 옮겼습니다.)",
-    "en": "(The language model is unavailable right now; this answer quotes the documents.)",
+# After an answer quoted from the documents because the LLM could not give one, by why not.
+FALLBACK_NOTE = {
+    "unavailable": {
+        "ko": "(지금은 언어 모델에 연결할 수 없어 문서의 문장을 그대로 옮겼습니다.)",
+        "en": "(The language model is unavailable right now; this answer quotes the documents.)",
+    },
+    "language": {
+        "ko": "(언어 모델이 다른 언어로 답해서 문서의 문장을 그대로 옮겼습니다.)",
+        "en": "(The language model answered in another language; this answer quotes the documents.)",
+    },
 }
-FALLBACK_MODEL = "extractive (LLM unavailable)"
+FALLBACK_MODEL = "extractive (LLM fallback)"
+LANGUAGE_REMINDER = {"ko": "반드시 한국어로 답하세요.", "en": "Answer in English only."}
 # A model (or a server ignoring max_tokens) may ramble on: what is posted and stored stops here, at a
 # sentence end when there is one in the last fifth. Slack sections take 3,000, Discord embeds 4,096.
 MAX_ANSWER_CHARS = 3000
@@ -58,6 +66,16 @@ MAX_ANSWER_CHARS = 3000
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
     return {**left, **right}
 
+
+
+def written_in(text: str, language: str) -> bool:
+    """Whether an answer is in the asker's language: Korean answers carry Hangul (Latin product
+    names allowed), English ones are not mostly Hangul (a quoted Korean term allowed). Too short
+    to tell (under 20 letters): yes."""
+    if sum(1 for ch in text if ch.isalpha()) < 20:
+        return True
+    share = hangul_share(text)
+    return share >= 0.2 if language == "ko" else share < 0.5
 
 
 def cap_answer(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
@@ -231,23 +249,21 @@ class Agent:
 
     def _generate(self, state: AgentState) -> dict[str, Any]:
         passages = state["passages"]
-        fell_back: dict[str, Any] = {}
+        answered: str | None = None
+        reason: str | None = None  # why an LLM's answer was replaced by the documents' own words
         if self.llm is not None:
-            # The standalone question, no history: exactly the prompt the training set rebuilds from
-            # the answer record (training/dataset.py), so an adapter is served the way it was trained.
-            messages = build_messages(state["condensed"], passages, state["language"])
             try:
-                raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
+                answered = self._llm_answer(state, passages)
             except LLMUnavailable as exc:
                 if not state.get("llm_fallback"):
                     raise  # the platform retries; its last attempt asks for the fallback
-                raw = extractive_answer(state["condensed"], passages, state["language"], focus=state["question"]) or ""
-                fell_back = {"fell_back": True, "warnings": [f"answered from the documents: {exc}"]}
-        else:
-            raw = (
-                extractive_answer(state["condensed"], passages, state["language"], focus=state["question"])
-                or ""
-            )
+                log.warning("answering from the documents: %s", exc)
+                reason = "unavailable"
+            else:
+                reason = "language" if answered is None else None
+        raw = answered if answered is not None else (
+            extractive_answer(state["condensed"], passages, state["language"], focus=state["question"]) or ""
+        )
         if not raw.strip():
             # Extractive: no sentence shares a question term, an ordinary abstention. An LLM that
             # returns nothing is worth a warning.
@@ -256,9 +272,27 @@ class Agent:
                 "warnings": [f"{self.model} returned an empty answer"] if self.llm else [],
             }
         text, ordered, citations = renumber_citations(raw, passages)
-        if fell_back:
-            text = f"{text}\n\n{FALLBACK_NOTE.get(state['language'], FALLBACK_NOTE['en'])}"
-        return {"answer": text, "contexts": ordered, "citations": citations, **fell_back}
+        if reason is None:
+            return {"answer": text, "contexts": ordered, "citations": citations}
+        note = FALLBACK_NOTE[reason].get(state["language"], FALLBACK_NOTE[reason]["en"])
+        return {"answer": f"{text}\n\n{note}", "contexts": ordered, "citations": citations, "fell_back": True}
+
+    def _llm_answer(self, state: AgentState, passages: list[Passage]) -> str | None:
+        """The model's answer, capped; asked once more, with a reminder, when it came back in the
+        other language; None when it did again. The standalone question, no history: exactly the
+        prompt the training set rebuilds from the answer record (training/dataset.py), so an
+        adapter is served the way it was trained."""
+        assert self.llm is not None
+        language = state["language"]
+        messages = build_messages(state["condensed"], passages, language)
+        for _ in range(2):
+            raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
+            if written_in(raw, language):
+                return raw
+            log.warning("the LLM answered a %s question in another language; asking again", language)
+            reminder = LANGUAGE_REMINDER.get(language, LANGUAGE_REMINDER["en"])
+            messages = [*messages[:-1], {"role": "user", "content": f"{messages[-1]['content']}\n\n{reminder}"}]
+        return None
 
     def _abstain(self, state: AgentState) -> dict[str, Any]:
         return {

@@ -620,7 +620,7 @@ def test_llm_down_on_the_last_attempt_answers_from_the_documents_marked(
         assert run_worker([(message_id, body, settings.queue_max_receives)]) == []
     message = fake_discord.messages[payload["token"]]
     description = message["embeds"][0]["description"]
-    assert "Tuesday" in description and FALLBACK_NOTE["en"] in description
+    assert "Tuesday" in description and FALLBACK_NOTE["unavailable"]["en"] in description
     record = load_answer(open_store(settings), make_answer_id("discord", CHANNEL_ID, message["id"]))
     assert record is not None and record.model == FALLBACK_MODEL and record.adapter_version is None
     assert leaked(_seen_by_user(fake_discord)) == []

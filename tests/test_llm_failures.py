@@ -19,10 +19,13 @@ MESSAGES = [{"role": "user", "content": "When do deploys happen?"}]
 
 
 class ScriptedLLM:
-    """POST /v1/chat/completions answered by `reply` (status, content type, body) after `delay_s`."""
+    """POST /v1/chat/completions answered by `reply` (status, content type, body) after `delay_s`;
+    `queued` replies go first, one per request."""
 
     def __init__(self) -> None:
         self.reply: tuple[int, str, bytes] = (200, "application/json", b"{}")
+        self.queued: list[tuple[int, str, bytes]] = []
+        self.bodies: list[dict[str, Any]] = []
         self.delay_s = 0.0
         self.requests = 0
         scripted = self
@@ -32,10 +35,10 @@ class ScriptedLLM:
                 return
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
+                scripted.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 scripted.requests += 1
                 time.sleep(scripted.delay_s)
-                status, ctype, body = scripted.reply
+                status, ctype, body = scripted.queued.pop(0) if scripted.queued else scripted.reply
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -49,10 +52,14 @@ class ScriptedLLM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def answer(self, content: str) -> None:
+    @staticmethod
+    def completion(content: str) -> tuple[int, str, bytes]:
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
-        self.reply = (200, "application/json", json.dumps(body).encode())
+        return 200, "application/json", json.dumps(body).encode()
+
+    def answer(self, content: str) -> None:
+        self.reply = self.completion(content)
 
 
 @pytest.fixture
@@ -150,5 +157,44 @@ def test_the_console_answers_from_the_documents_when_the_llm_is_down(tmp_path: A
     with Agent.from_settings(settings) as agent:
         chat = ConsoleChat(agent=agent, settings=settings, store=agent.store, out=io.StringIO())
         answer = chat.ask("연차는 며칠인가요?")
-    assert answer.text.endswith(FALLBACK_NOTE["ko"]) and answer.model == FALLBACK_MODEL
+    assert answer.text.endswith(FALLBACK_NOTE["unavailable"]["ko"]) and answer.model == FALLBACK_MODEL
     assert "[1]" in answer.text and answer.citations
+
+
+def _handbook_agent(endpoint: ScriptedLLM, tmp_path: Any) -> Any:
+    from pathlib import Path
+
+    from rag.agent import Agent
+    from rag.ingest import ingest_paths
+    from rag.retrieval import Retriever
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    doc = Path(__file__).resolve().parents[1] / "examples" / "handbook" / "휴가-규정.md"
+    assert ingest_paths([doc], space="default", settings=settings, progress=False).added == 1
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    return Agent(Retriever.from_settings(settings), settings=settings, llm=llm, owns_retriever=True)
+
+
+ENGLISH = "Employees get 15 days of annual leave after their first full year of service [1]."
+
+
+def test_an_answer_in_the_wrong_language_is_asked_again_then_replaced(endpoint: ScriptedLLM, tmp_path: Any) -> None:
+    from rag.agent import FALLBACK_MODEL, FALLBACK_NOTE, LANGUAGE_REMINDER
+
+    endpoint.answer(ENGLISH)  # a Korean question, an English answer, twice
+    with _handbook_agent(endpoint, tmp_path) as agent:
+        answer = agent.ask("연차는 며칠인가요?")
+    assert endpoint.requests == 2
+    assert LANGUAGE_REMINDER["ko"] in endpoint.bodies[1]["messages"][-1]["content"]  # the second ask reminds
+    assert answer.text.endswith(FALLBACK_NOTE["language"]["ko"]) and answer.model == FALLBACK_MODEL
+    assert "Employees get" not in answer.text and answer.citations  # the documents' own words, cited
+
+
+def test_a_wrong_language_answer_corrected_on_the_second_ask_is_kept(endpoint: ScriptedLLM, tmp_path: Any) -> None:
+    endpoint.queued = [endpoint.completion(ENGLISH)]
+    endpoint.answer("입사 1년 후에는 15일의 연차가 주어집니다 [1].")
+    with _handbook_agent(endpoint, tmp_path) as agent:
+        answer = agent.ask("연차는 며칠인가요?")
+    assert endpoint.requests == 2 and answer.text == "입사 1년 후에는 15일의 연차가 주어집니다 [1]."
+    assert answer.model == "m"

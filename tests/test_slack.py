@@ -390,7 +390,7 @@ def test_llm_down_through_every_retry_is_answered_from_the_documents_on_the_last
             question, response = rig.mention(ENG, "When do production deploys happen?")
             assert response["statusCode"] == 200 and len(rig.lam.errors) == 2  # attempts 1 and 2 failed
             answers = _answers_in(rig, ENG, question["ts"])
-            assert len(answers) == 1 and "Tuesday" in answers[0]["text"] and FALLBACK_NOTE["en"] in answers[0]["text"]
+            assert len(answers) == 1 and "Tuesday" in answers[0]["text"] and FALLBACK_NOTE["unavailable"]["en"] in answers[0]["text"]
             record = rig.answer_record(ENG, answers[0]["ts"])
             assert record.model == FALLBACK_MODEL and record.adapter_version is None
             assert leaked(_seen_by_users(rig)) == []
