@@ -7,11 +7,12 @@ new adapter is a settings change (or a hot-load under the same name), not a code
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from core.errors import ConfigError, EchoRagError, PermanentError, TransientError
@@ -96,17 +97,24 @@ class OpenAICompatibleLLM:
                 self._adapter_version = f"v{version}" if version is not None else None
         return self._adapter_version
 
-    def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
-        import openai
-
-        try:
-            response = self._client.chat.completions.create(
+    def _create(self, messages: list[dict[str, Any]], *, max_tokens: int, stream: bool) -> Any:
+        with self._errors():
+            return self._client.chat.completions.create(
                 model=self.model,
                 # Our messages are {"role", "content"} dicts, the shape of the client's TypedDicts.
                 messages=cast("list[ChatCompletionMessageParam]", messages),
                 max_tokens=max_tokens,
                 temperature=self._temperature,
+                stream=stream,
             )
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The client's exceptions as LLMUnavailable (retry) or LLMRejected (do not), one line each."""
+        import openai
+
+        try:
+            yield
         except openai.APITimeoutError as exc:  # reached, but too slow: not a wrong URL
             raise LLMUnavailable(
                 f"the LLM at {self._where} did not answer within {self._timeout_s:g} s (LLM_TIMEOUT_S)"
@@ -122,6 +130,21 @@ class OpenAICompatibleLLM:
             ) from exc
         except openai.APIError as exc:
             raise LLMUnavailable(f"the LLM request failed: {exc}") from exc
+
+    def stream(self, messages: list[dict[str, Any]], *, max_tokens: int) -> Iterator[str]:
+        """The answer's text as the endpoint streams it (server-sent events), piece by piece; a
+        failure before or during the stream raises as `complete` does."""
+        chunks = self._create(messages, max_tokens=max_tokens, stream=True)
+        with self._errors():
+            for chunk in chunks:
+                choices = getattr(chunk, "choices", None) or []
+                delta = getattr(choices[0], "delta", None) if choices else None
+                text = getattr(delta, "content", None)
+                if isinstance(text, str) and text:
+                    yield text
+
+    def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str:
+        response = self._create(messages, max_tokens=max_tokens, stream=False)
         choices = getattr(response, "choices", None)  # a 200 that is not JSON comes back as a str
         if not isinstance(choices, list):
             raise LLMRejected(

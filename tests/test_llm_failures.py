@@ -198,3 +198,38 @@ def test_a_wrong_language_answer_corrected_on_the_second_ask_is_kept(endpoint: S
         answer = agent.ask("연차는 며칠인가요?")
     assert endpoint.requests == 2 and answer.text == "입사 1년 후에는 15일의 연차가 주어집니다 [1]."
     assert answer.model == "m"
+
+
+def _sse(*pieces: str, finish: bool = True) -> tuple[int, str, bytes]:
+    """A chat-completion stream as an OpenAI-compatible server sends it (server-sent events)."""
+    events = []
+    for text in pieces:
+        chunk = {"id": "s1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        events.append(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n")
+    if finish:
+        events.append("data: [DONE]\n\n")
+    return 200, "text/event-stream", "".join(events).encode()
+
+
+def test_answers_stream_piece_by_piece(endpoint: ScriptedLLM) -> None:
+    endpoint.reply = _sse("배포는 ", "화요일과 ", "목요일에 합니다 [1].")
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    pieces = list(llm.stream(MESSAGES, max_tokens=64))
+    assert pieces == ["배포는 ", "화요일과 ", "목요일에 합니다 [1]."]
+    assert endpoint.bodies[-1]["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [((503, "application/json", b'{"error": {"message": "overloaded"}}'), LLMUnavailable),
+     ((404, "application/json", b'{"error": {"message": "no such model"}}'), LLMRejected)],
+    ids=["5xx", "4xx"],
+)
+def test_a_stream_that_cannot_start_raises_as_complete_does(
+    endpoint: ScriptedLLM, reply: tuple[int, str, bytes], error: type[Exception]
+) -> None:
+    endpoint.reply = reply
+    llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
+    with pytest.raises(error, match="answered HTTP"):
+        list(llm.stream(MESSAGES, max_tokens=64))
