@@ -67,6 +67,13 @@ class ContextRef(BaseModel):
     cited: bool = False  # the answer cites it: a vote on the answer is a vote on these passages
 
 
+class TurnRef(BaseModel):
+    """An earlier turn of the thread, as the answer's prompt showed it to the model."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
 class AnswerRecord(Contract):
     """`answers/dt=YYYY-MM-DD/<answer_id>.json`: one answer the bot posted."""
 
@@ -78,6 +85,7 @@ class AnswerRecord(Contract):
     user_hash: str = ""
     question: str
     condensed_question: str = ""
+    prompt_history: list[TurnRef] = Field(default_factory=list)  # turns the model saw (a follow-up left as asked)
     contexts: list[ContextRef] = Field(default_factory=list)
     answer: str
     language: Language = "ko"

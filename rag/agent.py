@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from core.contracts import AnswerRecord, ContextRef, make_answer_id
+from core.contracts import AnswerRecord, ContextRef, TurnRef, make_answer_id
 from core.errors import UserError
 from core.records import save_answer
 from core.settings import Settings
-from rag.condense import condense
+from rag.condense import condense, is_follow_up
 from rag.extractive import extractive_answer
 from rag.grading import assess
 from rag.language import Language, detect_language, hangul_share
@@ -57,6 +57,7 @@ FALLBACK_NOTE = {
     },
 }
 FALLBACK_MODEL = "extractive (LLM fallback)"
+PROMPT_HISTORY_TURNS = 4  # earlier turns a still-elliptical follow-up is sent with
 LANGUAGE_REMINDER = {"ko": "반드시 한국어로 답하세요.", "en": "Answer in English only."}
 # A model (or a server ignoring max_tokens) may ramble on: what is posted and stored stops here, at a
 # sentence end when there is one in the last fifth. Slack sections take 3,000, Discord embeds 4,096.
@@ -66,6 +67,17 @@ MAX_ANSWER_CHARS = 3000
 def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
     return {**left, **right}
 
+
+
+def prompt_history(state: AgentState) -> list[Turn]:
+    """The thread's last turns when condensation left a follow-up as it was asked (an LLM that
+    judged it standalone, or a rule with nothing to carry): the model then needs them to read it.
+    A rewritten question stands alone and is sent alone."""
+    history = state.get("history", [])
+    earlier = [t.text for t in history if t.role == "user"]
+    if state["condensed"] != state["question"] or not earlier or not is_follow_up(state["question"], earlier):
+        return []
+    return list(history[-PROMPT_HISTORY_TURNS:])
 
 
 def written_in(text: str, language: str) -> bool:
@@ -279,12 +291,14 @@ class Agent:
 
     def _llm_answer(self, state: AgentState, passages: list[Passage]) -> str | None:
         """The model's answer, capped; asked once more, with a reminder, when it came back in the
-        other language; None when it did again. The standalone question, no history: exactly the
-        prompt the training set rebuilds from the answer record (training/dataset.py), so an
-        adapter is served the way it was trained."""
+        other language; None when it did again. The prompt is the one the training set rebuilds
+        from the answer record (training/dataset.py), so an adapter is served the way it was
+        trained: the standalone question, and the thread only when the question is still a
+        follow-up (`prompt_history`, recorded with the answer)."""
         assert self.llm is not None
         language = state["language"]
-        messages = build_messages(state["condensed"], passages, language)
+        history = [(turn.role, turn.text) for turn in prompt_history(state)]
+        messages = build_messages(state["condensed"], passages, language, history)
         for _ in range(2):
             raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
             if written_in(raw, language):
@@ -317,6 +331,7 @@ class Agent:
             user_hash=ref.user_hash,
             question=state["question"],
             condensed_question=state["condensed"],
+            prompt_history=[TurnRef(role=t.role, text=t.text) for t in prompt_history(state)],
             contexts=[
                 ContextRef(
                     doc_id=p.doc_id,

@@ -233,3 +233,31 @@ def test_a_stream_that_cannot_start_raises_as_complete_does(
     llm = OpenAICompatibleLLM(model="m", base_url=endpoint.url, timeout_s=5)
     with pytest.raises(error, match="answered HTTP"):
         list(llm.stream(MESSAGES, max_tokens=64))
+
+
+@pytest.mark.parametrize("rewrite", [None, "반차는 몇 시간 단위로 쓸 수 있나요?"], ids=["left-as-asked", "rewritten"])
+def test_a_follow_up_left_as_asked_reaches_the_model_with_its_thread(
+    endpoint: ScriptedLLM, tmp_path: Any, rewrite: str | None
+) -> None:
+    """The condenser may leave a follow-up as it was (the model judged it standalone): the answer's
+    prompt then carries the thread, and the record keeps it, so training rebuilds the same prompt."""
+    from core.records import load_answer
+    from rag.types import AnswerRef, Turn
+    from training.dataset import prompt_messages
+
+    question = "그럼 반차는요?"
+    history = [Turn("user", "연차는 며칠인가요?"), Turn("assistant", "입사 1년 후 15일입니다 [1].")]
+    endpoint.queued = [endpoint.completion(rewrite or question)]  # the condense request's answer
+    endpoint.answer("연차는 반차(4시간) 단위로 나누어 쓸 수 있습니다 [1].")
+    with _handbook_agent(endpoint, tmp_path) as agent:
+        answer = agent.ask(question, history=history, ref=AnswerRef(platform="console", channel="c", message_id="m2"))
+        record = load_answer(agent.store, answer.answer_id or "")
+    assert record is not None and endpoint.requests == 2
+    sent = endpoint.bodies[1]["messages"]
+    turns = [(m["role"], m["content"]) for m in sent[1:-1]]
+    if rewrite is None:
+        assert turns == [("user", "연차는 며칠인가요?"), ("assistant", "입사 1년 후 15일입니다 [1].")]
+        assert [(t.role, t.text) for t in record.prompt_history] == turns
+    else:
+        assert turns == [] and record.prompt_history == []  # a standalone rewrite is sent alone
+    assert prompt_messages(record) == sent  # the training prompt is the served one

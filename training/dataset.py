@@ -109,13 +109,15 @@ def question_key(text: str) -> str:
 
 
 def prompt_messages(record: AnswerRecord) -> list[dict[str, str]]:
-    """The serving prompt for a recorded answer (standalone question: the thread is not stored)."""
+    """The serving prompt for a recorded answer: the standalone question, and the thread turns the
+    model saw when the question was still a follow-up (`prompt_history`)."""
     passages = [
         Passage(chunk_id=c.chunk_id, doc_id=c.doc_id, title=c.title, text=c.text, source=c.source, score=c.score)
         for c in record.contexts
     ]
     question = record.condensed_question or record.question
-    return build_messages(question, passages, record.language)
+    history = [(turn.role, turn.text) for turn in record.prompt_history]
+    return build_messages(question, passages, record.language, history)
 
 
 def split_bucket(key: str) -> int:
