@@ -31,7 +31,7 @@ _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "date",
         re.compile(
-            r"언제|몇\s?년|몇\s?월|며칠|연도|날짜|시기|\bwhen\b|\bwhat (?:year|date|day|time)\b|\bhours\b|몇\s?시",
+            r"언제|몇\s?년|몇\s?월|월\s?며칠|연도|날짜|시기|\bwhen\b|\bwhat (?:year|date|day|time)\b|\bhours\b|몇\s?시",
             re.I,
         ),
     ),
@@ -41,6 +41,8 @@ _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"몇|얼마|수는|개수|금액|나이|비율|\bhow (?:many|much|long|often)\b|\bwhat percentage\b", re.I
         ),
     ),
+    # 며칠 alone asks how many days ("휴가는 며칠 쓸 수 있나요?"); after a month it asks a date (몇 월 며칠)
+    ("days", re.compile(r"(?<!월)(?<!월\s)며칠|몇\s?일(?!\s?(?:에|날|째))|\bhow many days\b", re.I)),
     ("person", re.compile(r"누구|누가|누구인가|인물|사람은|\bwho\b|\bwhom\b", re.I)),
     ("place", re.compile(r"어디|어느 (?:곳|나라|지역|도시)|장소|지역은|\bwhere\b", re.I)),
     # "How do I …": a procedure. English only: Korean 어떻게 questions (KorQuAD) ask for a manner or
@@ -48,7 +50,7 @@ _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("method", re.compile(r"\bhow (?:do|does|did|can|could|should|would|to|is|are|am)\b", re.I)),
 )
 _DATE_TEXT = re.compile(
-    r"\d+\s?(?:년|월|일|세기|시|분)|\b(?:19|20)\d\d\b|\b\d{1,2}:\d\d\b|"
+    r"\d+\s?(?:년|월|일|세기|시(?!간)|분)|\b(?:19|20)\d\d\b|\b\d{1,2}:\d\d\b|"
     r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b|"
     r"\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b",
     re.I,
@@ -56,6 +58,7 @@ _DATE_TEXT = re.compile(
 # The means of doing something: "with `cmd`", "using …", "via …", "by running …", a command-line flag
 # or an ENV=value (markdown code spans lose their backticks at ingestion, so the command shows so).
 _METHOD_TEXT = re.compile(r"\b(?:with|using|via|through)\b|\bby \w+ing\b|\s--?[a-z][\w-]*|\b[A-Z_]+=\S")
+_DAYS_TEXT = re.compile(r"(?<!월)(?<!월\s)\b\d+\s?일|\b\d+\s?(?:working |business )?days?\b", re.I)  # a count, not 3월 15일
 _NUMBER_TEXT = re.compile(r"\d|[일이삼사오육칠팔구십백천만억]+\s?(?:개|명|번|회|차|대|권|원|일|년|달|주)")
 
 
@@ -124,7 +127,7 @@ def sentences_of(text: str) -> list[str]:
 
 
 def question_cues(question: str) -> set[str]:
-    """The kinds of thing a question asks for ("date", "number", "person", "place", "method")."""
+    """The kinds of thing a question asks for ("date", "days", "number", "person", "place", "method")."""
     return {name for name, pattern in _CUES if pattern.search(question)}
 
 
@@ -136,6 +139,8 @@ def _has_cue(cue: str, sentence: _Sentence, question_terms: set[str]) -> bool:
         return bool(_DATE_TEXT.search(sentence.text))
     if cue == "method":
         return bool(_METHOD_TEXT.search(sentence.text))
+    if cue == "days":
+        return bool(_DAYS_TEXT.search(sentence.text))
     if cue == "number":
         return "SN" in new_tags or "NR" in new_tags or bool(_NUMBER_TEXT.search(sentence.text))
     if cue in ("person", "place"):

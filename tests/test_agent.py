@@ -97,6 +97,22 @@ def test_question_cues() -> None:
     assert "method" not in question_cues("How long does the canary run?")
     assert "date" in question_cues("언제 개통했나?")
     assert "number" in question_cues("How many books does it hold?")
+    # 며칠 alone asks for a count of days; after a month, for a date
+    assert "days" in question_cues("휴가는 며칠 쓸 수 있나요?") and "date" not in question_cues("휴가는 며칠 쓸 수 있나요?")
+    assert "date" in question_cues("몇 월 며칠에 열렸나?") and "days" not in question_cues("몇 월 며칠에 열렸나?")
+    assert "days" in question_cues("How many days of leave do I get?")
+
+
+def test_a_day_count_answers_how_many_days_and_hours_are_not_a_date() -> None:
+    """Both sentences share the question's terms; 며칠 picks the one that counts days. Before, 며칠
+    asked for a "date" and "4시간" passed for one, so the first sentence won the tie."""
+    from rag.extractive import _DATE_TEXT
+
+    passages = [Passage(chunk_id="a", doc_id="a", title="휴가", text=(
+        "연차는 반차(4시간) 단위로 나누어 쓸 수 있습니다. 연차는 1년에 15일까지 쓸 수 있습니다."
+    ))]
+    assert extractive_answer("연차는 며칠 쓸 수 있나요?", passages, "ko") == "연차는 1년에 15일까지 쓸 수 있습니다. [1]"
+    assert _DATE_TEXT.search("반차는 4시간 단위입니다.") is None and _DATE_TEXT.search("오전 10시까지")
 
 
 def test_extractive_prefixes_a_line_when_languages_differ() -> None:
