@@ -50,6 +50,7 @@ class FakeSlack:
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
     hangs: dict[str, threading.Event] = field(default_factory=dict)  # method -> set when the hung call arrives
     lost: set[str] = field(default_factory=set)  # methods whose next answer is lost after doing the work
+    limited: set[str] = field(default_factory=set)  # methods whose next call is refused with HTTP 429
     _unhang: threading.Event = field(default_factory=threading.Event)
     _ts: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,6 +105,17 @@ class FakeSlack:
                 method = path.removeprefix("/api/")
                 with fake._lock:
                     hung = fake.hangs.pop(method, None)
+                    limited = method in fake.limited
+                    fake.limited.discard(method)
+                if limited:  # Slack's rate limit: nothing done, try again after Retry-After seconds
+                    data = json.dumps({"ok": False, "error": "ratelimited"}).encode()
+                    self.send_response(429)
+                    self.send_header("retry-after", "0")
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if hung is not None:  # never answer while the test runs (a Lambda timeout kills the caller)
                     hung.set()
                     fake._unhang.wait()
@@ -150,6 +162,10 @@ class FakeSlack:
                 message["thread_ts"] = thread_ts
             self.messages.setdefault(channel, []).append(message)
             return dict(message)
+
+    def rate_limit_next(self, method: str) -> None:
+        """The next call of `method` gets HTTP 429 with Retry-After, as Slack's rate limits answer."""
+        self.limited.add(method)
 
     def lose_next_response(self, method: str) -> None:
         """The next call of `method` is carried out, but its answer is lost on the way back (a 503)."""

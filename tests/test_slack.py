@@ -441,6 +441,17 @@ def test_a_failing_claim_write_makes_lambda_retry_and_the_answer_is_posted_once(
     assert len(rig.fake.calls_of("chat.postMessage")) == 1  # one placeholder, edited once into the answer
 
 
+def test_a_rate_limited_web_api_call_waits_and_answers_once(rig: Rig) -> None:
+    """Slack answers 429 + Retry-After: the Web client waits and retries (slack-sdk's handler), so
+    the answer lands without failing the lazy run or posting twice."""
+    rig.fake.rate_limit_next("chat.update")
+    question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
+    assert response["statusCode"] == 200 and rig.lam.errors == []
+    answers = _answers_in(rig, HR, question["ts"])
+    assert len(answers) == 1 and "15일" in answers[0]["text"]
+    assert len(rig.fake.calls_of("chat.update")) == 1 and len(rig.fake.calls_of("chat.postMessage")) == 1
+
+
 def test_a_user_error_is_shown_and_finished_not_retried(rig: Rig) -> None:
     question, response = rig.mention(HR, "휴" * 5000)
     assert response["statusCode"] == 200 and rig.lam.errors == []

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from slack_bolt import App, BoltContext
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bots.slack import listeners
 from bots.slack.services import AskFn, SlackObserver, SlackServices
@@ -70,7 +71,10 @@ def create_app(
         request_verification_enabled=not socket_mode,
     )
     if client is None:
-        app.client.base_url = settings.slack_api_base_url  # per-request clients copy it
+        app.client.base_url = settings.slack_api_base_url  # per-request clients copy it, and the handlers
+        # A 429 waits Retry-After and tries once more (slack-sdk's handler), instead of failing the
+        # answer: chat.postMessage allows about one message a second per channel.
+        app.client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
     setattr(app, _SERVICES, services)  # for hosts and tests: services_of(app)
 
     @app.middleware
