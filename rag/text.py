@@ -245,8 +245,19 @@ def analyse(texts: list[str]) -> list[Analysis]:
 _HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
 
 
+# A native Korean verb and the Sino-Korean noun (+하다) that says the same: people ask "며칠 쓸 수
+#있나요?" of a handbook that writes "사용할 수 있습니다". General language, not a domain list; used
+# when matching question terms to sentences (answer step, evidence grade), not in the index.
+_SAME_AS = {
+    "쓰다": ("사용",), "받다": ("수령",), "바꾸다": ("변경",), "고치다": ("수정",), "늘다": ("증가",),
+    "줄다": ("감소",), "알리다": ("통보", "공지"), "보내다": ("발송", "전송"), "찾다": ("검색",),
+    "빌리다": ("대여",), "갚다": ("상환",), "끝나다": ("종료",), "시작하다": ("개시",),
+}
+
+
 def matched_terms(query_terms: Sequence[str], text_terms: Sequence[str], text: str) -> set[str]:
-    """Query terms found in a text: as a term, or (nouns of 2+ characters) verbatim.
+    """Query terms found in a text: as a term, as its Sino-Korean equivalent (`_SAME_AS`), or (nouns
+    of 2+ characters) verbatim.
 
     Compounds segment differently in different contexts ("평양축전" vs "평양 축전"), so a noun of the
     question found verbatim in the text counts as a match too, and so does a Korean compound whose
@@ -258,6 +269,7 @@ def matched_terms(query_terms: Sequence[str], text_terms: Sequence[str], text: s
         t
         for t in query_terms
         if t in present
+        or any(same in present for same in _SAME_AS.get(t, ()))
         or (len(t) >= 2 and not t.endswith("다") and t.replace(" ", "") in squashed)
         or (len(t) >= 3 and _HANGUL_WORD.fullmatch(t) is not None and t[:-1] in present)
     }

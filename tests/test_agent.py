@@ -115,6 +115,15 @@ def test_a_day_count_answers_how_many_days_and_hours_are_not_a_date() -> None:
     assert _DATE_TEXT.search("반차는 4시간 단위입니다.") is None and _DATE_TEXT.search("오전 10시까지")
 
 
+def test_how_many_days_can_i_take_finds_the_day_count_written_with_the_sino_korean_verb() -> None:
+    """The handbook's case (issue 14): "쓰다" in the question, "사용하다" in the answer sentence; the
+    topic 휴가 is only in the heading. The day count is the answer, not the half-day rule."""
+    passages = [Passage(chunk_id="a", doc_id="a", title="휴가 규정", location="§ 연차 휴가", text=(
+        "입사 첫해에는 최대 11일까지 사용할 수 있습니다. 연차는 반차(4시간) 단위로 나누어 쓸 수 있습니다."
+    ))]
+    assert extractive_answer("휴가는 며칠 쓸 수 있나요?", passages, "ko") == "입사 첫해에는 최대 11일까지 사용할 수 있습니다. [1]"
+
+
 def test_extractive_prefixes_a_line_when_languages_differ() -> None:
     passages = [
         Passage(
