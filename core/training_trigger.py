@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from core.errors import ConfigError, QueueError, TransientError
+from core.errors import ConfigError, TransientError
+from core.queue import SqsQueue
 from core.settings import Settings
 
 ACTIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
@@ -96,14 +97,6 @@ def _aws(what: str, error: type[TransientError]) -> Iterator[None]:
         raise error(f"{what} failed after retries: {type(exc).__name__}: {exc}") from exc
 
 
-def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
-    """(visible, in flight) messages of the training queue; SQS's counts lag by up to a minute."""
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    with _aws(f"SQS get attributes on {queue_url}", QueueError):
-        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
-    return int(attrs.get(names[0], 0)), int(attrs.get(names[1], 0))
-
-
 def jobs_of(batch: Any, job_queue: str, job_definition: str, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
     """Job summaries of `job_definition` (any revision) in these statuses. ListJobs without a
     status returns only RUNNING jobs, so each status is listed."""
@@ -145,23 +138,23 @@ def decide(waiting: int, active: list[dict[str, Any]], failures: int) -> str | N
     return None
 
 
-def _client(service: str, settings: Settings) -> Any:
+def _batch_client(settings: Settings) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client(service, config=Config(retries={"total_max_attempts": settings.aws_max_attempts,
-                                                        "mode": "standard"}))
+    return boto3.client("batch", config=Config(retries={"total_max_attempts": settings.aws_max_attempts,
+                                                         "mode": "standard"}))
 
 
 def check_and_submit(
-    settings: Settings, *, sqs: Any | None = None, batch: Any | None = None, now: datetime | None = None
+    settings: Settings, *, queue: SqsQueue | None = None, batch: Any | None = None, now: datetime | None = None
 ) -> TriggerDecision:
     """One tick: look at the queue and the Batch job queue, submit a worker if one is due."""
     config = TriggerConfig.from_settings(settings)
-    sqs = sqs or _client("sqs", settings)
-    batch = batch or _client("batch", settings)
+    queue = queue or SqsQueue(config.queue_url, max_attempts=settings.aws_max_attempts)
+    batch = batch or _batch_client(settings)
     now = now or datetime.now(UTC)
-    waiting, in_flight = queue_counts(sqs, config.queue_url)
+    waiting, in_flight = queue.counts()
     active = jobs_of(batch, config.job_queue, config.job_definition, ACTIVE_STATUSES) if waiting else []
     listed = tuple(f"{job.get('jobId')} {job.get('status')}" for job in active)
     failures = recent_failures(batch, config, now) if waiting and not active else 0

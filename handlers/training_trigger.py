@@ -45,7 +45,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="TrainingJobSubmitted", unit=MetricUnit.Count, value=1 if decision.submitted else 0)
     if decision.backing_off:
         metrics.add_metric(name="TrainingTriggerBackingOff", unit=MetricUnit.Count, value=1)
-        logger.warning(decision.reason, extra=asdict(decision))
-        return asdict(decision)
-    logger.info(decision.reason, extra=asdict(decision))
+    (logger.warning if decision.backing_off else logger.info)(decision.reason, extra=asdict(decision))
     return asdict(decision)

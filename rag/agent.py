@@ -28,7 +28,7 @@ from core.settings import Settings
 from rag.condense import condense, is_follow_up
 from rag.extractive import extractive_answer
 from rag.grading import assess
-from rag.language import Language, detect_language, hangul_share
+from rag.language import Language, detect_language, written_in
 from rag.llm import LLM, LLMUnavailable, llm_from_settings
 from rag.prompts import build_messages, renumber_citations
 from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
@@ -78,16 +78,6 @@ def prompt_history(state: AgentState) -> list[Turn]:
     if state["condensed"] != state["question"] or not earlier or not is_follow_up(state["question"], earlier):
         return []
     return list(history[-PROMPT_HISTORY_TURNS:])
-
-
-def written_in(text: str, language: str) -> bool:
-    """Whether an answer is in the asker's language: Korean answers carry Hangul (Latin product
-    names allowed), English ones are not mostly Hangul (a quoted Korean term allowed). Too short
-    to tell (under 20 letters): yes."""
-    if sum(1 for ch in text if ch.isalpha()) < 20:
-        return True
-    share = hangul_share(text)
-    return share >= 0.2 if language == "ko" else share < 0.5
 
 
 def cap_answer(text: str, limit: int = MAX_ANSWER_CHARS) -> str:

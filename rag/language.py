@@ -28,3 +28,13 @@ def hangul_share(text: str) -> float:
 def detect_language(text: str) -> Language:
     """ "ko" when the text is meaningfully Korean, otherwise "en"."""
     return "ko" if hangul_share(text) >= _KOREAN_SHARE else "en"
+
+
+def written_in(text: str, language: str) -> bool:
+    """Whether an answer is in the asker's language: a Korean answer is Korean by `detect_language`
+    (Latin product names allowed), an English one is not mostly Hangul (a quoted Korean term
+    allowed). Too short to tell (under 20 letters): yes."""
+    if sum(1 for ch in text if ch.isalpha()) < 20:
+        return True
+    share = hangul_share(text)
+    return share >= _KOREAN_SHARE if language == "ko" else share < 0.5

@@ -90,10 +90,15 @@ class SqsQueue:
         self.extend(receipt, 0)
 
     def depth(self) -> int:
+        return sum(self.counts())
+
+    def counts(self) -> tuple[int, int]:
+        """(visible: waiting for a worker, in flight: received and hidden); SQS's counts lag by up
+        to a minute."""
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         with self._call("get attributes"):
             attrs = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
-        return sum(int(attrs.get(name, 0)) for name in names)
+        return int(attrs.get(names[0], 0)), int(attrs.get(names[1], 0))
 
     def dead_letter_url(self) -> str | None:
         with self._call("get attributes"):
