@@ -1,10 +1,12 @@
 """Answer quality by article-disjoint fold, for tuning the answer step without fitting the dev set.
 
     python bench/answer_folds.py --data ../shared/data/korquad1 [--questions questions-full.jsonl] [--misses N]
+        [--report folds.html]
 
 Runs the agent (extractive unless an LLM is configured) over every question and reports answer
 containment and R@1 per fold (KorQuAD article id → crc32 % 3), so a change is kept only when it
-helps on every fold. `--misses N` prints N questions whose answer lost the gold, to read.
+helps on every fold. `--misses N` prints N questions whose answer lost the gold, to read;
+`--report` writes every question's result (misses first) as the same HTML page as `echorag eval --report`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
-from rag.evaluation import EVAL_SPACE, eval_settings  # noqa: E402
-from rag.metrics import contains_answer, recall_at_k  # noqa: E402
+from rag.evaluation import EVAL_SPACE, EvalResult, eval_settings, load_questions, score_question, summarise  # noqa: E402
 
 FOLDS = 3
 
@@ -37,32 +37,30 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--questions", default="questions-full.jsonl")
     parser.add_argument("--misses", type=int, default=0, help="print this many misses")
+    parser.add_argument("--report", type=Path, default=None, help="write per-question results as HTML")
     args = parser.parse_args()
-    questions = [json.loads(line) for line in (args.data / args.questions).open(encoding="utf-8") if line.strip()]
+    questions = load_questions(args.data / args.questions)
+    by_id = {q.id: q for q in questions}
     from rag.agent import Agent
     from rag.ingest import ingest_paths
     from rag.retrieval import Retriever
 
     started = time.perf_counter()
     per_fold: list[dict[str, float]] = [{"n": 0, "contained": 0, "r1": 0} for _ in range(FOLDS)]
-    misses: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="echorag-folds-") as tmp:
         settings = eval_settings(Settings(_env_file=None), Path(tmp))
         ingest_paths([args.data / "corpus.jsonl"], space=EVAL_SPACE, settings=settings, progress=False)
         with Retriever.from_settings(settings) as retriever:
             agent = Agent(retriever, settings=settings)
-            for q in questions:
-                answer = agent.ask(q["question"], spaces=[EVAL_SPACE])
-                ranked = [c.doc_id for c in answer.citations]
-                hit = not answer.abstained and contains_answer(answer.text, q["answers"])
-                row = per_fold[fold_of(q["id"])]
-                row["n"] += 1
-                row["contained"] += hit
-                row["r1"] += recall_at_k([p.doc_id for p in retriever.search(q["question"], spaces=[EVAL_SPACE], limit=1)],
-                                         q["positive_ids"], 1)
-                if not hit and len(misses) < args.misses:
-                    misses.append({"question": q["question"], "gold": q["answers"], "answer": answer.text[:160],
-                                   "cited_gold": any(d in q["positive_ids"] for d in ranked)})
+            items = [score_question(agent, retriever, q) for q in questions]
+    for item in items:
+        row = per_fold[fold_of(item.id)]
+        row["n"] += 1
+        row["contained"] += item.contained
+        row["r1"] += item.ranking["recall@1"]
+    misses = [{"question": i.question, "gold": i.answers, "answer": i.answer[:160],
+               "cited_gold": any(d in i.cited for d in by_id[i.id].positive_ids)}
+              for i in items if not i.contained][: args.misses]
     print(f"{len(questions)} questions, {time.perf_counter() - started:.0f} s")
     print(f"{'fold':<6}{'n':>6}{'containment':>13}{'R@1':>8}")
     for f, row in enumerate(per_fold):
@@ -72,6 +70,13 @@ def main() -> int:
           f"{sum(r['r1'] for r in per_fold) / total:>8.4f}")
     for miss in misses:
         print(json.dumps(miss, ensure_ascii=False))
+    if args.report:
+        from core.report.page import eval_html
+        from handlers.cli.report import write_atomically
+
+        result = EvalResult(summarise(items, model=agent.model), items)
+        write_atomically(args.report, eval_html(result, command=" ".join(["python", *sys.argv]),
+                                                title="EchoRAG answer folds"))
     return 0
 
 

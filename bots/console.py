@@ -45,6 +45,7 @@ MAX_TURNS = 10  # earlier turns handed to the agent (5 exchanges)
 
 HELP = (
     "Ask a question, or: +1 / -1 / 👍 / 👎 / :emoji: react to the last answer · /retrain [force] [reason] "
+    "· /why REASON [details] after a -1 (wrong, outdated, not_in_docs, incomplete, other) "
     "· /new start a new thread · /help · /quit · an empty line checks on a queued retrain"
 )
 _JOB_HEADS = {
@@ -154,7 +155,33 @@ class ConsoleChat:
         if event is None:
             known = ", ".join([*self.settings.positive_emoji, *self.settings.negative_emoji])
             return f"'{normalize_emoji(reaction)}' is not a feedback reaction (use one of: {known})."
-        return f"Feedback recorded ({'+' if event.label > 0 else '-'}1 for the last answer)."
+        if event.label > 0:
+            return "Feedback recorded (+1 for the last answer)."
+        return ("Feedback recorded (-1 for the last answer). What was wrong? Optional: "
+                "/why wrong|outdated|not_in_docs|incomplete|other [details]")
+
+    def explain(self, text: str) -> str:
+        """`/why REASON [details]`: what was wrong with the last answer this person voted -1."""
+        if self.last_message_id is None:
+            return "Nothing to explain yet: ask a question and react -1 first."
+        from core.errors import PermanentError
+        from core.feedback import parse_reason, record_reason
+
+        code, _, details = text.partition(" ")
+        try:
+            event = record_reason(
+                platform=PLATFORM,
+                channel=CHANNEL,
+                message_id=self.last_message_id,
+                user_id=self.user,
+                reason=parse_reason(code),
+                text=details,
+                event_ts=f"{time.time():.6f}",
+                store=self.store,
+            )
+        except PermanentError as exc:
+            return str(exc)
+        return f"Thanks: recorded '{event.reason}' for the last answer."
 
     def retrain(self, text: str) -> str:
         """`/retrain [force] [reason]` as the local admin; a queued job is watched for its result."""
@@ -215,6 +242,8 @@ class ConsoleChat:
             self._print("New thread.")
         elif text == "/retrain" or text.startswith("/retrain "):
             self._print(self.retrain(text[len("/retrain") :].strip()))
+        elif text == "/why" or text.startswith("/why "):
+            self._print(self.explain(text[len("/why") :].strip()))
         elif text.startswith("/"):
             self._print(f"Unknown command {text.split()[0]}. {HELP}")
         elif (reaction := reaction_name(text)) is not None:

@@ -20,6 +20,9 @@ Language = Literal["ko", "en"]
 JobState = Literal["queued", "running", "published", "rejected", "failed"]
 TERMINAL_STATES: frozenset[JobState] = frozenset({"published", "rejected", "failed"})
 ReactionAction = Literal["added", "removed"]
+# What a 👎 says was wrong (asked after the vote, optional): the report's gaps and training read it.
+FeedbackReason = Literal["wrong", "outdated", "not_in_docs", "incomplete", "other"]
+FEEDBACK_REASONS: tuple[FeedbackReason, ...] = ("wrong", "outdated", "not_in_docs", "incomplete", "other")
 
 
 def utcnow() -> datetime:
@@ -61,10 +64,12 @@ class ContextRef(BaseModel):
     chunk_id: str
     title: str = ""
     source: str = ""
+    location: str = ""  # the section or page ("§ 휴가 규정", "p. 3")
     score: float = 0.0
     text: str = ""  # kept so the training set can rebuild the prompt exactly
     space: str = ""  # the passage's knowledge space (retrieval feedback applies only there)
     cited: bool = False  # the answer cites it: a vote on the answer is a vote on these passages
+    feedback_lift: int = 0  # places retrieval feedback moved it up (negative: down)
 
 
 class TurnRef(BaseModel):
@@ -110,6 +115,8 @@ class FeedbackEvent(Contract):
     label: int  # +1, -1 (0 for a removal's retraction is expressed by action="removed")
     action: ReactionAction
     event_ts: str = ""
+    reason: FeedbackReason | None = None  # a 👎 re-cast with what was wrong (the latest event wins)
+    reason_text: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -10,10 +10,18 @@ from __future__ import annotations
 import logging
 import re
 
-from core.contracts import FeedbackEvent, Platform, ReactionAction, make_answer_id, make_feedback_id
+from core.contracts import (
+    FEEDBACK_REASONS,
+    FeedbackEvent,
+    FeedbackReason,
+    Platform,
+    ReactionAction,
+    make_answer_id,
+    make_feedback_id,
+)
 from core.errors import PermanentError
 from core.queue import JobQueue
-from core.records import hash_user, load_answer, save_feedback
+from core.records import answer_votes, hash_user, load_answer, save_feedback
 from core.retrain import default_notify_targets, maybe_auto_retrain
 from core.settings import Settings
 from core.store import BlobStore
@@ -129,4 +137,57 @@ def record_reaction(
             queue=queue,
             notify_targets=default_notify_targets(settings, platform, channel),
         )
+    return event
+
+
+REASON_TEXT_MAX = 500
+
+
+def parse_reason(code: str) -> FeedbackReason:
+    """A reason code as people type it ("not in docs", "Outdated") → the stored code."""
+    name = code.strip().lower().replace(" ", "_").replace("-", "_")
+    for reason in FEEDBACK_REASONS:
+        if name == reason:
+            return reason
+    raise PermanentError(f"unknown reason {code!r}: use one of {', '.join(FEEDBACK_REASONS)}")
+
+
+def record_reason(
+    *,
+    platform: Platform,
+    channel: str,
+    message_id: str,
+    user_id: str,
+    reason: FeedbackReason,
+    text: str,
+    event_ts: str,
+    store: BlobStore,
+) -> FeedbackEvent:
+    """What was wrong with an answer this person voted 👎: their vote re-cast with the reason.
+
+    A new event in the append-only log (its own `event_ts`, so a retried delivery is one record)
+    rather than an edit of the vote: the latest event wins when votes are read, so the reason travels
+    with the effective vote into the report and the training snapshot, and a later removal of the
+    👎 withdraws both. Refused (PermanentError) when the person's current vote is not a 👎."""
+    answer_id = make_answer_id(platform, channel, message_id)
+    user_hash = hash_user(platform, user_id)
+    vote = answer_votes(store, answer_id).get(user_hash)
+    if vote is None or vote.label >= 0:
+        raise PermanentError("a reason can only be given for an answer you voted 👎")
+    event = FeedbackEvent(
+        feedback_id=make_feedback_id(platform, user_id, channel, message_id, vote.reaction, "added", event_ts),
+        answer_id=answer_id,
+        platform=platform,
+        channel=channel,
+        message_id=message_id,
+        user_hash=user_hash,
+        reaction=vote.reaction,
+        label=vote.label,
+        action="added",
+        event_ts=event_ts,
+        reason=reason,
+        reason_text=text.strip()[:REASON_TEXT_MAX],
+    )
+    if save_feedback(store, event):
+        log.info("feedback reason %s on answer %s", reason, answer_id)
     return event

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from core.contracts import SCHEMA_VERSION, AnswerRecord, Contract, FeedbackEvent
+from core.contracts import SCHEMA_VERSION, AnswerRecord, Contract, FeedbackEvent, FeedbackReason
 from core.store import BlobStore
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,10 @@ def parse_record(data: bytes, model: type[C], *, key: str = "", skipped: SkipCou
 
 
 def iter_records(
-    store: BlobStore, prefix: str, model: type[C], skipped: SkipCounter | None, suffix: str = ".json"
+    store: BlobStore, prefix: str, model: type[C], skipped: SkipCounter | None, suffix: str = ".json",
+    *, start_after: str | None = None,
 ) -> Iterator[C]:
-    for key in store.list(prefix):
+    for key in store.list(prefix, start_after=start_after):
         if not key.endswith(suffix):
             continue
         data = store.get(key)
@@ -237,6 +238,8 @@ class Vote(BaseModel):
     label: int
     reaction: str
     at: datetime
+    reason: FeedbackReason | None = None
+    reason_text: str = ""
 
 
 class LabelledAnswer(BaseModel):
@@ -280,7 +283,8 @@ def effective_votes(events: Iterable[FeedbackEvent]) -> dict[str, dict[str, Vote
         if latest.label == 0:
             continue
         result.setdefault(answer_id, {})[user_hash] = Vote(
-            user_hash=user_hash, label=latest.label, reaction=latest.reaction, at=latest.created_at
+            user_hash=user_hash, label=latest.label, reaction=latest.reaction, at=latest.created_at,
+            reason=latest.reason, reason_text=latest.reason_text,
         )
     return result
 

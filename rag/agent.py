@@ -328,10 +328,12 @@ class Agent:
                     chunk_id=p.chunk_id,
                     title=p.title,
                     source=p.source,
+                    location=p.location,
                     score=p.score,
                     text=p.text,
                     space=p.space,
                     cited=p.chunk_id in cited,
+                    feedback_lift=p.lift,
                 )
                 for p in state.get("contexts", [])
             ],

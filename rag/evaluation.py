@@ -105,6 +105,62 @@ def eval_settings(settings: Settings, data_dir: Path) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class EvalItem:
+    """One question's outcome: where its gold passage ranked and whether the answer holds a gold answer."""
+
+    id: str
+    question: str
+    answers: list[str]
+    gold_rank: int | None  # 1-based rank of the first gold passage in the top RANK_DEPTH, None: not there
+    answer: str
+    abstained: bool
+    contained: bool
+    f1: float
+    cited: list[str]  # doc ids the answer cites
+    ranking: dict[str, float]  # recall@1/5/10, mrr@10, ndcg@10 (empty without gold passages)
+    latency_ms: float
+    retrieve_ms: float
+
+    @property
+    def missed(self) -> bool:
+        """Wrong or incomplete: the gold passage not first, or the answer without a gold answer."""
+        return (bool(self.ranking) and self.gold_rank != 1) or (bool(self.answers) and not self.contained)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, Any]
+    items: list[EvalItem]
+
+
+RANK_DEPTH = 10
+
+
+def score_question(agent: Agent, retriever: Retriever, item: EvalQuestion, *, space: str = EVAL_SPACE) -> EvalItem:
+    """Rank the corpus for one question and answer it (what `echorag eval` and the benches count)."""
+    ranked = [p.doc_id for p in retriever.search(item.question, spaces=[space], limit=RANK_DEPTH)]
+    ranking: dict[str, float] = {}
+    if item.positive_ids:
+        ranking = {
+            "recall@1": recall_at_k(ranked, item.positive_ids, 1),
+            "recall@5": recall_at_k(ranked, item.positive_ids, 5),
+            "recall@10": recall_at_k(ranked, item.positive_ids, 10),
+            "mrr@10": mrr_at_k(ranked, item.positive_ids, 10),
+            "ndcg@10": ndcg_at_k(ranked, item.positive_ids, 10),
+        }
+    gold_rank = next((i for i, doc in enumerate(ranked, 1) if doc in item.positive_ids), None)
+    answer = agent.ask(item.question, spaces=[space])
+    answered = bool(item.answers) and not answer.abstained
+    return EvalItem(
+        id=item.id, question=item.question, answers=item.answers, gold_rank=gold_rank, answer=answer.text,
+        abstained=answer.abstained, contained=answered and contains_answer(answer.text, item.answers),
+        f1=max(char_f1(answer.text, gold) for gold in item.answers) if answered else 0.0,
+        cited=[c.doc_id for c in answer.citations], ranking=ranking,
+        latency_ms=answer.timings_ms.get("total", 0.0), retrieve_ms=answer.timings_ms.get("retrieve", 0.0),
+    )
+
+
 def evaluate(
     corpus: Path,
     questions: Path,
@@ -112,7 +168,7 @@ def evaluate(
     settings: Settings,
     limit: int | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Ingest `corpus` privately, then score retrieval (doc-id ranking) and the agent's answers."""
     if not corpus.is_file():
         raise UserError(f"corpus file not found: {corpus}")
@@ -132,50 +188,30 @@ def evaluate(
         retriever = Retriever.from_settings(local)
         try:
             agent = Agent(retriever, settings=local, llm=llm_from_settings(settings))
-            return _score(agent, retriever, items, progress=progress)
+            scored = [score_question(agent, retriever, item) for item in _progress(items, progress)]
+            return EvalResult(summarise(scored, model=agent.model), scored)
         finally:
             retriever.close()
 
 
-def _score(agent: Agent, retriever: Retriever, items: list[EvalQuestion], *, progress: bool) -> dict[str, Any]:
-    sums = {"recall@1": 0.0, "recall@5": 0.0, "recall@10": 0.0, "mrr@10": 0.0, "ndcg@10": 0.0}
-    contained = 0
-    f1_total = 0.0
-    abstained = 0
-    latencies: list[float] = []
-    retrieval_ms: list[float] = []
-    answer_chars = 0
-    for item in _progress(items, progress):
-        ranked = [p.doc_id for p in retriever.search(item.question, spaces=[EVAL_SPACE], limit=10)]
-        if item.positive_ids:
-            sums["recall@1"] += recall_at_k(ranked, item.positive_ids, 1)
-            sums["recall@5"] += recall_at_k(ranked, item.positive_ids, 5)
-            sums["recall@10"] += recall_at_k(ranked, item.positive_ids, 10)
-            sums["mrr@10"] += mrr_at_k(ranked, item.positive_ids, 10)
-            sums["ndcg@10"] += ndcg_at_k(ranked, item.positive_ids, 10)
-        answer = agent.ask(item.question, spaces=[EVAL_SPACE])
-        latencies.append(answer.timings_ms.get("total", 0.0))
-        retrieval_ms.append(answer.timings_ms.get("retrieve", 0.0))
-        abstained += answer.abstained
-        answer_chars += len(answer.text)
-        if item.answers and not answer.abstained:
-            contained += contains_answer(answer.text, item.answers)
-            f1_total += max(char_f1(answer.text, gold) for gold in item.answers)
+def summarise(items: list[EvalItem], *, model: str) -> dict[str, Any]:
+    """The metric table over scored questions."""
     n = len(items)
-    with_positives = sum(1 for item in items if item.positive_ids) or 1
-    with_answers = sum(1 for item in items if item.answers) or 1
+    ranked = [i for i in items if i.ranking] or None
+    with_answers = sum(1 for i in items if i.answers) or 1
     report: dict[str, Any] = {"questions": n}
-    report.update({name: round(total / with_positives, 4) for name, total in sums.items()})
+    for name in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
+        report[name] = round(sum(i.ranking[name] for i in ranked) / len(ranked), 4) if ranked else 0.0
     report.update(
         {
-            "answer_containment": round(contained / with_answers, 4),
-            "answer_f1": round(f1_total / with_answers, 4),
-            "abstained": round(abstained / n, 4),
-            "answer_chars_mean": round(answer_chars / n, 1),
-            "latency_ms_p50": round(percentile(latencies, 50), 2),
-            "latency_ms_p95": round(percentile(latencies, 95), 2),
-            "retrieve_ms_p50": round(percentile(retrieval_ms, 50), 2),
-            "model": agent.model,
+            "answer_containment": round(sum(i.contained for i in items) / with_answers, 4),
+            "answer_f1": round(sum(i.f1 for i in items) / with_answers, 4),
+            "abstained": round(sum(i.abstained for i in items) / n, 4),
+            "answer_chars_mean": round(sum(len(i.answer) for i in items) / n, 1),
+            "latency_ms_p50": round(percentile([i.latency_ms for i in items], 50), 2),
+            "latency_ms_p95": round(percentile([i.latency_ms for i in items], 95), 2),
+            "retrieve_ms_p50": round(percentile([i.retrieve_ms for i in items], 50), 2),
+            "model": model,
         }
     )
     return report

@@ -29,7 +29,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -268,4 +268,6 @@ def fuse(passages: list[Passage], boosts: dict[str, Boost], extra: list[Passage]
         return base + FEEDBACK_WEIGHT * boost.weight
 
     scored = sorted(enumerate(ranked), key=lambda item: -score(*item))
-    return [p for rank, p in scored if rank < len(passages) or score(rank, p) > 0]
+    kept = [(rank, p) for rank, p in scored if rank < len(passages) or score(rank, p) > 0]
+    # `lift` records the move (an unretrieved passage starts just below the list) for the report
+    return [replace(p, lift=min(rank, len(passages)) - place) for place, (rank, p) in enumerate(kept)]

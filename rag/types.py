@@ -20,6 +20,7 @@ class Passage:
     location: str = ""
     space: str = "default"
     score: float = 0.0
+    lift: int = 0  # places earlier users' votes moved it up (negative: down); 0 without feedback
 
 
 @dataclass(frozen=True)

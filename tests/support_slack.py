@@ -2,31 +2,42 @@
 
 - `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
   records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
-  `chat.postEphemeral`, `conversations.replies`, `response_url` POSTs) and can be told to fail
+  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `response_url` POSTs) and can be told to fail
   the next call(s) of a method with a Slack error, or to hang the next call until it stops.
 - `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
   the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
   also kill an invocation (a timeout: nothing after that point runs) and wait before retrying.
 - `signed_event(...)`: an API Gateway HTTP API (v2) proxy event signed with Slack's scheme.
+- `make_rig(...)`: the Slack Lambda handler wired to both, with the env a test names (`Rig`
+  delivers mentions, reactions, commands and button presses as Slack would).
 
-One module (~380 lines): the fake Slack, the fake Lambda and the signed-request builders are used
-together by every Slack test.
+One module (~530 lines): the fake Slack, the fake Lambda, the signed-request builders and the rig
+are used together by every Slack test.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse
 
+import pytest
 from slack_sdk.signature import SignatureVerifier
+
+from bots.slack.app import services_of
+from core.contracts import make_answer_id
+from core.records import load_answer
+from core.settings import Settings, get_settings
+from core.store import open_store
 
 BOT_USER_ID = "UBOT0001"
 BOT_ID = "BBOT0001"
@@ -47,6 +58,7 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     responses: list[dict[str, Any]] = field(default_factory=list)  # response_url posts
+    homes: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> the Home view published last
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
     hangs: dict[str, threading.Event] = field(default_factory=dict)  # method -> set when the hung call arrives
     lost: set[str] = field(default_factory=set)  # methods whose next answer is lost after doing the work
@@ -223,6 +235,8 @@ class FakeSlack:
                 return self._replies(args)
             if method == "conversations.history":
                 return self._history(args)
+            if method == "views.publish":
+                return self._publish(args)
             return {"ok": False, "error": "unknown_method"}
 
     def _check_blocks(self, args: dict[str, Any]) -> str | None:
@@ -264,6 +278,17 @@ class FakeSlack:
                 message.update(text=args.get("text", ""), blocks=args.get("blocks", []), edited=True)
                 return {"ok": True, "channel": args["channel"], "ts": message["ts"], "text": message["text"]}
         return {"ok": False, "error": "message_not_found"}
+
+    def _publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A Home tab view: Slack allows up to 100 blocks and needs `type: home`."""
+        view = args.get("view")
+        view = json.loads(view) if isinstance(view, str) else view
+        if not args.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if len(view.get("blocks", [])) > 100:
+            return {"ok": False, "error": "invalid_blocks"}
+        self.homes[str(args["user_id"])] = view
+        return {"ok": True, "view": {"id": "V" + self.next_ts().replace(".", ""), **view}}
 
     def _history(self, args: dict[str, Any]) -> dict[str, Any]:
         """The channel's top-level messages, newest first (thread replies are not in the history)."""
@@ -422,3 +447,118 @@ def slash_command(command: str, text: str, *, user: str, channel: str, response_
         "channel_name": "general", "user_id": user, "user_name": user.lower(), "command": command,
         "text": text, "api_app_id": "A0001", "response_url": response_url, "trigger_id": trigger_id,
     })
+
+
+def block_action(action_id: str, *, user: str, value: str = "", view_type: str = "home") -> str:
+    """A button press (`block_actions`) as Slack posts it: form-encoded, the JSON in `payload`."""
+    payload = {
+        "type": "block_actions", "team": {"id": TEAM_ID, "domain": "fake"}, "api_app_id": "A0001",
+        "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID}, "token": "legacy",
+        "trigger_id": f"trig-{time.time_ns()}", "container": {"type": "view", "view_id": "V0001"},
+        "view": {"id": "V0001", "type": view_type},
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "b1", "value": value,
+                     "action_ts": f"{time.time():.6f}"}],
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+# --- the rig: env, handler, fake Slack, fake Lambda --------------------------------------------
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+HR, ENG, OPEN = "CHR00001", "CENG0001", "COPEN001"
+ADMIN = "UADMIN01"
+
+
+@dataclass
+class Rig:
+    fake: FakeSlack
+    lam: FakeLambda
+    handler: Any
+    settings: Settings
+    _events: int = 0
+
+    def send(self, body: str, **kwargs: Any) -> dict[str, Any]:
+        return self.handler(signed_event(body, SECRET, **kwargs), LambdaContext())
+
+    def deliver(self, event: dict[str, Any], *, event_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        if event_id is None:
+            self._events += 1
+            event_id = f"Ev{self._events:04d}{time.time_ns() % 10**6}"
+        return self.send(event_callback(event, event_id=event_id), **kwargs)
+
+    def mention(self, channel: str, text: str, *, user: str = "U0000001", thread_ts: str | None = None,
+                **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A person mentions the bot; Slack delivers app_mention. Returns (message, response)."""
+        message = self.fake.user_message(channel, user, f"<@{BOT_USER_ID}> {text}", thread_ts=thread_ts)
+        event = {"type": "app_mention", "user": user, "text": message["text"], "ts": message["ts"],
+                 "channel": channel, "event_ts": message["ts"]}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return message, self.deliver(event, **kwargs)
+
+    def message_event(self, channel: str, message: dict[str, Any], *, channel_type: str = "channel") -> dict[str, Any]:
+        event = {"type": "message", "channel_type": channel_type, "channel": channel, "user": message["user"],
+                 "text": message["text"], "ts": message["ts"], "event_ts": message["ts"]}
+        if message.get("thread_ts"):
+            event["thread_ts"] = message["thread_ts"]
+        return event
+
+    def command(self, command: str, text: str, *, user: str, channel: str, trigger: str) -> dict[str, Any]:
+        body = slash_command(command, text, user=user, channel=channel,
+                             response_url=self.fake.response_url(trigger), trigger_id=trigger)
+        return self.send(body, content_type="application/x-www-form-urlencoded")
+
+    def reaction(self, kind: str, *, user: str, channel: str, ts: str, emoji: str = "+1",
+                 item_user: str = BOT_USER_ID, event_ts: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        event = {"type": kind, "user": user, "reaction": emoji, "item_user": item_user,
+                 "item": {"type": "message", "channel": channel, "ts": ts},
+                 "event_ts": event_ts or f"{time.time():.6f}"}  # Slack's event times only grow
+        return self.deliver(event, **kwargs)
+
+    @property
+    def store(self) -> Any:
+        return open_store(self.settings)
+
+    def answer_record(self, channel: str, message_ts: str) -> Any:
+        return load_answer(self.store, make_answer_id("slack", channel, message_ts))
+
+
+def make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: FakeSlack,
+              **env: str) -> Generator[Rig, None, None]:
+    """The Slack Lambda handler against `fake`, over the knowledge base at `kb` (env overridable)."""
+    base = {
+        "DATA_DIR": str(tmp_path),
+        "QDRANT_PATH": str(kb / "qdrant"),
+        "LLM_BACKEND": "extractive",
+        "SLACK_BOT_TOKEN": "xoxb-test-token",
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_BASE_URL": fake.base_url,
+        "ADMIN_USER_IDS": f"slack:{ADMIN}",
+        "CHANNEL_SPACES": json.dumps({HR: ["hr"], ENG: ["eng"]}),
+        "RETRAIN_THRESHOLD": "1000",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "EchoRAGTest",
+        "POWERTOOLS_SERVICE_NAME": "echorag-slack-test",
+    }
+    for name in ("FEEDBACK_BUCKET", "TRAINING_QUEUE_URL", "SLACK_SECRET_ARN", "QDRANT_URL", "LLM_BASE_URL",
+                 "DENSE_MODEL", "RERANKER_MODEL", "STORE_DIR", "QUEUE_PATH", "SLACK_REACTION_THANKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**base, **env}.items():
+        monkeypatch.setenv(name, value)
+    slack_events = importlib.import_module("handlers.slack_events")
+    get_settings.cache_clear()
+    slack_events.reset()
+    request_handler = slack_events.request_handler()
+    lam = FakeLambda(slack_events.handler)
+    app = request_handler.app
+    app.listener_runner.lazy_listener_runner.lambda_client = lam  # the handler's own runner, fake Lambda
+    try:
+        yield Rig(fake=fake, lam=lam, handler=slack_events.handler, settings=get_settings())
+    finally:
+        services_of(app).close()
+        slack_events.reset()
+        get_settings.cache_clear()
+
+
+def answers_in(rig: Rig, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+    return [m for m in rig.fake.thread(channel, thread_ts) if m.get("user") == BOT_USER_ID]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -229,10 +230,19 @@ def test_eval_json_on_a_tiny_fixture(tmp_path: Path) -> None:
         "--questions",
         str(FIXTURES / "questions.jsonl"),
         "--json",
+        "--report",
+        str(tmp_path / "eval.html"),
         data_dir=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    # the HTML page: the same metric table, and every question, the misses first
+    html = (tmp_path / "eval.html").read_text(encoding="utf-8")
+    shown = dict(re.findall(r'data-key="([^"]+)">([^<]*)<', html))
+    assert shown == {key: str(value) for key, value in report.items()}
+    rows = re.findall(r'<tr class="(miss|hit)">', html)
+    assert len(rows) == report["questions"] and rows == sorted(rows, key=lambda r: r != "miss")
+    assert ("miss" in rows) == (report["recall@1"] < 1 or report["answer_containment"] < 1)
     assert set(report) >= EVAL_KEYS
     assert report["questions"] == 8
     assert report["recall@1"] >= 0.75 and report["recall@10"] == 1.0

@@ -124,7 +124,8 @@ def test_chat_from_a_pipe_reacts_and_requests_retraining(
     settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`echorag chat` as a scripted process: reactions and /retrain go through the platforms' code."""
-    script = ["연차는 며칠인가요?", "👍🏽", "👎", "+1", "❤️", "/retrain 새 규정 반영", "/retrain"]
+    script = ["연차는 며칠인가요?", "👍🏽", "👎", "/why outdated 2026년 규정이 아님", "+1", "/why wrong", "❤️",
+              "/retrain 새 규정 반영", "/retrain"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "QDRANT_", "ECHORAG_"))}
     result = subprocess.run(
         [sys.executable, "-m", "handlers.cli", "chat"], input="\n".join(script) + "\n", capture_output=True,
@@ -133,11 +134,14 @@ def test_chat_from_a_pipe_reacts_and_requests_retraining(
     )
     assert result.returncode == 0, result.stderr
     replies = [block.strip() for block in result.stdout.split("\n\n") if block.strip()]
-    assert len(replies) == 7  # one answer, then one reply per reaction or command
-    assert replies[1:4] == [f"Feedback recorded ({label}1 for the last answer)." for label in "+-+"]
-    assert replies[4].startswith("'heart' is not a feedback reaction (use one of: +1, thumbsup,")
-    assert replies[5].startswith("Retraining queued (job ") and "1 new rating since the base model" in replies[5]
-    assert "already queued or running" in replies[6]
+    assert len(replies) == 9  # one answer, then one reply per reaction or command
+    assert replies[1] == replies[4] == "Feedback recorded (+1 for the last answer)."
+    assert replies[2].startswith("Feedback recorded (-1 for the last answer). What was wrong? Optional: /why")
+    assert replies[3] == "Thanks: recorded 'outdated' for the last answer."
+    assert replies[5] == "a reason can only be given for an answer you voted 👎"  # the +1 replaced the -1
+    assert replies[6].startswith("'heart' is not a feedback reaction (use one of: +1, thumbsup,")
+    assert replies[7].startswith("Retraining queued (job ") and "1 new rating since the base model" in replies[7]
+    assert "already queued or running" in replies[8]
     status = json.loads(run(capsys, "status", "--json")[1])
     assert status["answers"] == 1  # the emoji lines were reactions, not questions
     assert status["feedback"] == {"+1": 1, "-1": 0}  # the user's latest reaction wins

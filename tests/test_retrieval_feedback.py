@@ -117,13 +117,12 @@ def test_feedback_is_off_when_disabled(tmp_path: Path, kb: Path, feedback_on: No
 
 @pytest.fixture
 def slack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, feedback_on: None) -> Iterator[Any]:
-    from tests.support_slack import FakeSlack
-    from tests.test_slack import _make_rig
+    from tests.support_slack import FakeSlack, make_rig
 
     fake = FakeSlack().start()
     try:
         # the rig reads QDRANT_PATH/.. as the base; the handler's own retriever holds its lock
-        yield from _make_rig(monkeypatch, tmp_path, kb.parent, fake, RETRIEVAL_FEEDBACK="true")
+        yield from make_rig(monkeypatch, tmp_path, kb.parent, fake, RETRIEVAL_FEEDBACK="true")
     finally:
         fake.stop()
 
@@ -139,12 +138,12 @@ def _slack_ranking(question: str, space: str) -> list[str]:
 
 
 def test_a_slack_reaction_lifts_the_passage_and_its_removal_restores_the_ranking(slack: Any) -> None:
-    from tests.test_slack import HR, _answers_in
+    from tests.support_slack import HR, answers_in
 
     rig = slack
     before, other_space = _slack_ranking(PARAPHRASE, "hr"), _slack_ranking(PARAPHRASE, "eng")
     question, _ = rig.mention(HR, QUESTION)
-    answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+    answer_ts = answers_in(rig, HR, question["ts"])[0]["ts"]
     record = rig.answer_record(HR, answer_ts)
     liked = next(c.chunk_id for c in record.contexts if c.cited).rsplit("/", 1)[-1]
     assert before[0] != liked

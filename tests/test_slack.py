@@ -13,8 +13,7 @@ import base64
 import importlib
 import json
 import time
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,26 +24,28 @@ from bots.slack.answerer import answer_key
 from bots.slack.app import services_of
 from core.contracts import AnswerRecord, make_answer_id
 from core.queue import open_queue
-from core.records import iter_feedback, load_answer, save_answer
+from core.records import iter_feedback, save_answer
 from core.settings import Settings, get_settings
 from core.store import open_store
 from rag.types import AgentAnswer, Citation
 from tests.support_faults import FlakyLLM, FlakyStore, leaked
 from tests.support_slack import (
+    ADMIN,
     BOT_USER_ID,
+    ENG,
+    HR,
+    OPEN,
+    SECRET,
     TEAM_ID,
-    FakeLambda,
     FakeSlack,
     LambdaContext,
+    Rig,
+    answers_in,
     api_gateway_event,
     event_callback,
+    make_rig,
     signed_event,
-    slash_command,
 )
-
-SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-HR, ENG, OPEN = "CHR00001", "CENG0001", "COPEN001"
-ADMIN = "UADMIN01"
 
 HR_DOC = """# 휴가 규정
 
@@ -95,60 +96,6 @@ def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- the rig: env, handler, fake Slack, fake Lambda -------------------------------------------------
 
 
-@dataclass
-class Rig:
-    fake: FakeSlack
-    lam: FakeLambda
-    handler: Any
-    settings: Settings
-    _events: int = 0
-
-    def send(self, body: str, **kwargs: Any) -> dict[str, Any]:
-        return self.handler(signed_event(body, SECRET, **kwargs), LambdaContext())
-
-    def deliver(self, event: dict[str, Any], *, event_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        if event_id is None:
-            self._events += 1
-            event_id = f"Ev{self._events:04d}{time.time_ns() % 10**6}"
-        return self.send(event_callback(event, event_id=event_id), **kwargs)
-
-    def mention(self, channel: str, text: str, *, user: str = "U0000001", thread_ts: str | None = None,
-                **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A person mentions the bot; Slack delivers app_mention. Returns (message, response)."""
-        message = self.fake.user_message(channel, user, f"<@{BOT_USER_ID}> {text}", thread_ts=thread_ts)
-        event = {"type": "app_mention", "user": user, "text": message["text"], "ts": message["ts"],
-                 "channel": channel, "event_ts": message["ts"]}
-        if thread_ts:
-            event["thread_ts"] = thread_ts
-        return message, self.deliver(event, **kwargs)
-
-    def message_event(self, channel: str, message: dict[str, Any], *, channel_type: str = "channel") -> dict[str, Any]:
-        event = {"type": "message", "channel_type": channel_type, "channel": channel, "user": message["user"],
-                 "text": message["text"], "ts": message["ts"], "event_ts": message["ts"]}
-        if message.get("thread_ts"):
-            event["thread_ts"] = message["thread_ts"]
-        return event
-
-    def command(self, command: str, text: str, *, user: str, channel: str, trigger: str) -> dict[str, Any]:
-        body = slash_command(command, text, user=user, channel=channel,
-                             response_url=self.fake.response_url(trigger), trigger_id=trigger)
-        return self.send(body, content_type="application/x-www-form-urlencoded")
-
-    def reaction(self, kind: str, *, user: str, channel: str, ts: str, emoji: str = "+1",
-                 item_user: str = BOT_USER_ID, event_ts: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        event = {"type": kind, "user": user, "reaction": emoji, "item_user": item_user,
-                 "item": {"type": "message", "channel": channel, "ts": ts},
-                 "event_ts": event_ts or f"{int(time.time())}.{time.time_ns() % 10**6:06d}"}
-        return self.deliver(event, **kwargs)
-
-    @property
-    def store(self) -> Any:
-        return open_store(self.settings)
-
-    def answer_record(self, channel: str, message_ts: str) -> Any:
-        return load_answer(self.store, make_answer_id("slack", channel, message_ts))
-
-
 @pytest.fixture
 def fake_slack() -> Iterator[FakeSlack]:
     fake = FakeSlack().start()
@@ -156,53 +103,13 @@ def fake_slack() -> Iterator[FakeSlack]:
     fake.stop()
 
 
-def _make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: FakeSlack,
-              **env: str) -> Generator[Rig, None, None]:
-    base = {
-        "DATA_DIR": str(tmp_path),
-        "QDRANT_PATH": str(kb / "qdrant"),
-        "LLM_BACKEND": "extractive",
-        "SLACK_BOT_TOKEN": "xoxb-test-token",
-        "SLACK_SIGNING_SECRET": SECRET,
-        "SLACK_API_BASE_URL": fake.base_url,
-        "ADMIN_USER_IDS": f"slack:{ADMIN}",
-        "CHANNEL_SPACES": json.dumps({HR: ["hr"], ENG: ["eng"]}),
-        "RETRAIN_THRESHOLD": "1000",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "EchoRAGTest",
-        "POWERTOOLS_SERVICE_NAME": "echorag-slack-test",
-    }
-    for name in ("FEEDBACK_BUCKET", "TRAINING_QUEUE_URL", "SLACK_SECRET_ARN", "QDRANT_URL", "LLM_BASE_URL",
-                 "DENSE_MODEL", "RERANKER_MODEL", "STORE_DIR", "QUEUE_PATH", "SLACK_REACTION_THANKS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**base, **env}.items():
-        monkeypatch.setenv(name, value)
-    slack_events = importlib.import_module("handlers.slack_events")
-    get_settings.cache_clear()
-    slack_events.reset()
-    request_handler = slack_events.request_handler()
-    lam = FakeLambda(slack_events.handler)
-    app = request_handler.app
-    app.listener_runner.lazy_listener_runner.lambda_client = lam  # the handler's own runner, fake Lambda
-    try:
-        yield Rig(fake=fake, lam=lam, handler=slack_events.handler, settings=get_settings())
-    finally:
-        services_of(app).close()
-        slack_events.reset()
-        get_settings.cache_clear()
-
-
 @pytest.fixture
 def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack) -> Iterator[Rig]:
-    yield from _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack)
+    yield from make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack)
 
 
 def _section_texts(message: dict[str, Any]) -> list[str]:
     return [b["text"]["text"] for b in message.get("blocks", []) if b.get("type") == "section"]
-
-
-def _answers_in(rig: Rig, channel: str, thread_ts: str) -> list[dict[str, Any]]:
-    return [m for m in rig.fake.thread(channel, thread_ts) if m.get("user") == BOT_USER_ID]
 
 
 # --- asking ---------------------------------------------------------------------------------------
@@ -212,7 +119,7 @@ def test_mention_gets_one_threaded_answer_with_sources(rig: Rig, capsys: pytest.
     question, response = rig.mention(HR, "연차 휴가는 1년에 며칠인가요?")
     assert response["statusCode"] == 200
 
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1
     answer = answers[0]
     assert answer["thread_ts"] == question["ts"] and answer.get("edited")
@@ -235,7 +142,7 @@ def test_follow_up_in_the_thread_uses_earlier_turns(rig: Rig) -> None:
     follow = rig.fake.user_message(HR, "U0000001", "그럼 입사 첫해에는?", thread_ts=question["ts"])
     assert rig.deliver(rig.message_event(HR, follow))["statusCode"] == 200
 
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 2
     replies = rig.fake.calls_of("conversations.replies")
     assert replies and replies[-1].args["ts"] == question["ts"]
@@ -275,7 +182,7 @@ def test_mention_inside_a_thread_arrives_twice_and_is_answered_once(rig: Rig) ->
     again, _ = rig.mention(HR, "연차 신청은 어디서 하나요?", thread_ts=question["ts"])
     # Slack also delivers the same message as a `message` event (a different event id)
     assert rig.deliver(rig.message_event(HR, again))["statusCode"] == 200
-    assert len(_answers_in(rig, HR, question["ts"])) == 2  # one per question
+    assert len(answers_in(rig, HR, question["ts"])) == 2  # one per question
     # the other order: the `message` copy first, then app_mention
     third = rig.fake.user_message(HR, "U0000001", f"<@{BOT_USER_ID}> 연차는 언제까지 신청하나요?",
                                   thread_ts=question["ts"])
@@ -283,7 +190,7 @@ def test_mention_inside_a_thread_arrives_twice_and_is_answered_once(rig: Rig) ->
     event = {"type": "app_mention", "user": "U0000001", "text": third["text"], "ts": third["ts"], "channel": HR,
              "event_ts": third["ts"], "thread_ts": question["ts"]}
     assert rig.deliver(event)["statusCode"] == 200
-    assert len(_answers_in(rig, HR, question["ts"])) == 3
+    assert len(answers_in(rig, HR, question["ts"])) == 3
     assert len(rig.fake.calls_of("chat.postMessage")) == 3
 
 
@@ -291,7 +198,7 @@ def test_dm_sees_only_the_default_spaces(rig: Rig) -> None:
     """A DM is mapped to no channel: it sees DEFAULT_SPACE ("default", empty here), never all spaces."""
     dm = rig.fake.user_message("D0000001", "U0000003", "How many vacation days? 연차 휴가는 며칠?")
     assert rig.deliver(rig.message_event("D0000001", dm, channel_type="im"))["statusCode"] == 200
-    answers = _answers_in(rig, "D0000001", dm["ts"])
+    answers = answers_in(rig, "D0000001", dm["ts"])
     assert len(answers) == 1 and "15일" not in answers[0]["text"]
     assert not any("출처" in s for s in _section_texts(answers[0]))  # nothing cited from hr or eng
 
@@ -299,10 +206,10 @@ def test_dm_sees_only_the_default_spaces(rig: Rig) -> None:
 def test_dm_is_answered_in_its_thread_from_the_default_spaces(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, fake_slack: FakeSlack
 ) -> None:
-    for rig in _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, DEFAULT_SPACES="hr"):
+    for rig in make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, DEFAULT_SPACES="hr"):
         dm = rig.fake.user_message("D0000001", "U0000003", "How many vacation days? 연차 휴가는 며칠?")
         assert rig.deliver(rig.message_event("D0000001", dm, channel_type="im"))["statusCode"] == 200
-        answers = _answers_in(rig, "D0000001", dm["ts"])
+        answers = answers_in(rig, "D0000001", dm["ts"])
         assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
@@ -328,7 +235,7 @@ def test_retried_delivery_never_answers_twice(rig: Rig) -> None:
              "channel": HR, "event_ts": question["ts"]}
     for retry in (1, 2, 3):
         assert rig.deliver(event, event_id="EvRetry1", retry_num=retry)["statusCode"] == 200
-    assert len(_answers_in(rig, HR, question["ts"])) == 1
+    assert len(answers_in(rig, HR, question["ts"])) == 1
     writes = [c for c in rig.fake.calls[calls:] if c.method in ("chat.postMessage", "chat.update")]
     assert writes == []
 
@@ -338,7 +245,7 @@ def test_failed_first_attempt_is_answered_by_the_retry(rig: Rig) -> None:
     question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
     assert response["statusCode"] == 200
     assert len(rig.lam.errors) == 1  # the first lazy invocation failed; Lambda's async retry answered
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1  # the retry edited the same placeholder
     assert "15일" in answers[0]["text"] and any("출처" in s for s in _section_texts(answers[0]))
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
@@ -358,7 +265,7 @@ def llm_down_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_bas
                   fake_slack: FakeSlack) -> Iterator[tuple[Rig, FlakyLLM]]:
     # The openai client retries once itself, so two failed requests fail the first attempt.
     with FlakyLLM(fail_first=2) as llm:
-        yield from ((rig, llm) for rig in _make_rig(
+        yield from ((rig, llm) for rig in make_rig(
             monkeypatch, tmp_path, knowledge_base, fake_slack,
             LLM_BACKEND="openai", LLM_BASE_URL=llm.url, LLM_MODEL="echorag", LLM_TIMEOUT_S="5"))
 
@@ -370,7 +277,7 @@ def test_llm_outage_while_answering_is_retried_and_never_shown(llm_down_once: tu
     question, response = rig.mention(ENG, "When do production deploys happen?")
     assert response["statusCode"] == 200
     assert len(rig.lam.errors) == 1 and isinstance(rig.lam.errors[0].__cause__, LLMUnavailable)
-    answers = _answers_in(rig, ENG, question["ts"])
+    answers = answers_in(rig, ENG, question["ts"])
     assert len(answers) == 1 and "Tuesdays and Thursdays" in answers[0]["text"]  # the retry's answer
     edits = [json.dumps(c.args, ensure_ascii=False) for c in rig.fake.calls_of("chat.update")]
     assert any("Something went wrong while answering" in e for e in edits)  # what the user saw meanwhile
@@ -385,11 +292,11 @@ def test_llm_down_through_every_retry_is_answered_from_the_documents_on_the_last
     from rag.agent import FALLBACK_MODEL, FALLBACK_NOTE
 
     with FlakyLLM(fail_first=10**6) as llm:
-        for rig in _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, LLM_BACKEND="openai",
+        for rig in make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, LLM_BACKEND="openai",
                              LLM_BASE_URL=llm.url, LLM_MODEL="echorag", LLM_TIMEOUT_S="5"):
             question, response = rig.mention(ENG, "When do production deploys happen?")
             assert response["statusCode"] == 200 and len(rig.lam.errors) == 2  # attempts 1 and 2 failed
-            answers = _answers_in(rig, ENG, question["ts"])
+            answers = answers_in(rig, ENG, question["ts"])
             assert len(answers) == 1 and "Tuesday" in answers[0]["text"] and FALLBACK_NOTE["unavailable"]["en"] in answers[0]["text"]
             record = rig.answer_record(ENG, answers[0]["ts"])
             assert record.model == FALLBACK_MODEL and record.adapter_version is None
@@ -411,7 +318,7 @@ def test_store_outage_while_answering_leaves_the_question_open_and_shows_no_inte
     assert len(rig.lam.errors) == 3  # the first try and Lambda's two async retries
     assert all(isinstance(e.__cause__, StoreError) for e in rig.lam.errors)
     assert leaked(_seen_by_users(rig)) == []
-    placeholder = _answers_in(rig, HR, question["ts"])
+    placeholder = answers_in(rig, HR, question["ts"])
     assert len(placeholder) == 1 and "문제가 생겼습니다" in placeholder[0]["text"]
     key = answer_key(TEAM_ID, HR, question["ts"])
     # Not marked done: a later delivery may still answer (the probe gives its claim straight back).
@@ -422,7 +329,7 @@ def test_store_outage_while_answering_leaves_the_question_open_and_shows_no_inte
     event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
              "channel": HR, "event_ts": question["ts"]}
     assert rig.deliver(event, event_id="EvS3Down", retry_num=1)["statusCode"] == 200
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
@@ -436,7 +343,7 @@ def test_a_failing_claim_write_makes_lambda_retry_and_the_answer_is_posted_once(
     question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
     assert response["statusCode"] == 200 and flaky.failed == 1
     assert len(rig.lam.errors) == 1  # the failed claim failed the invocation: Lambda retried it
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
     assert len(rig.fake.calls_of("chat.postMessage")) == 1  # one placeholder, edited once into the answer
 
@@ -447,7 +354,7 @@ def test_a_rate_limited_web_api_call_waits_and_answers_once(rig: Rig) -> None:
     rig.fake.rate_limit_next("chat.update")
     question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
     assert response["statusCode"] == 200 and rig.lam.errors == []
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
     assert len(rig.fake.calls_of("chat.update")) == 1 and len(rig.fake.calls_of("chat.postMessage")) == 1
 
@@ -455,7 +362,7 @@ def test_a_rate_limited_web_api_call_waits_and_answers_once(rig: Rig) -> None:
 def test_a_user_error_is_shown_and_finished_not_retried(rig: Rig) -> None:
     question, response = rig.mention(HR, "휴" * 5000)
     assert response["statusCode"] == 200 and rig.lam.errors == []
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "too long" in answers[0]["text"]
 
 
@@ -465,7 +372,7 @@ def test_a_placeholder_whose_response_was_lost_is_reused_not_orphaned(rig: Rig) 
     rig.fake.lose_next_response("chat.postMessage")
     question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
     assert response["statusCode"] == 200 and len(rig.lam.errors) == 1
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]  # the one placeholder, now the answer
     assert len(rig.fake.calls_of("chat.postMessage")) == 1
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
@@ -495,7 +402,7 @@ def _dead_first_attempt(rig: Rig) -> dict[str, Any]:
 @pytest.fixture
 def short_lease_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path,
                     fake_slack: FakeSlack) -> Iterator[Rig]:
-    yield from _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_ANSWER_LEASE_S="0.2")
+    yield from make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_ANSWER_LEASE_S="0.2")
 
 
 def test_claim_of_a_killed_attempt_is_retaken_after_its_lease(short_lease_rig: Rig) -> None:
@@ -503,7 +410,7 @@ def test_claim_of_a_killed_attempt_is_retaken_after_its_lease(short_lease_rig: R
     rig.lam.retry_delay_s = 0.3  # Lambda's retry comes after the dead attempt's lease ran out
     question = _dead_first_attempt(rig)
     assert len(rig.lam.errors) == 1  # the retry answered
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]  # the dead attempt's placeholder, now edited
     assert len(rig.fake.calls_of("chat.postMessage")) == 1
     assert rig.answer_record(HR, answers[0]["ts"]) is not None
@@ -512,7 +419,7 @@ def test_claim_of_a_killed_attempt_is_retaken_after_its_lease(short_lease_rig: R
     rig.fake.unhang()
     rig.lam.killed[0].join(timeout=30)
     assert not rig.lam.killed[0].is_alive()
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
@@ -522,7 +429,7 @@ def test_retry_while_the_claim_is_live_answers_nothing_but_asks_lambda_to_retry(
     question = _dead_first_attempt(rig)  # default lease (minutes): the claim is still live
     held = rig.lam.errors[1:]
     assert len(held) == 2 and all(isinstance(e.__cause__, ClaimHeld) for e in held)
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and not answers[0].get("edited")  # only the placeholder: no second answer
     assert len(rig.fake.calls_of("chat.postMessage")) == 1
 
@@ -533,18 +440,18 @@ def test_retry_while_the_claim_is_live_answers_nothing_but_asks_lambda_to_retry(
     event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
              "channel": HR, "event_ts": question["ts"]}
     assert rig.deliver(event, retry_num=1)["statusCode"] == 200
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
 def test_lost_lazy_invocation_is_answered_by_slacks_retry(rig: Rig) -> None:
     rig.lam.throttle_next = 1  # the async Invoke itself fails: Slack sees an error and retries
     question, response = rig.mention(HR, "연차 휴가는 며칠인가요?", event_id="EvThrottle")
-    assert response["statusCode"] >= 500 and _answers_in(rig, HR, question["ts"]) == []
+    assert response["statusCode"] >= 500 and answers_in(rig, HR, question["ts"]) == []
     event = {"type": "app_mention", "user": question["user"], "text": question["text"], "ts": question["ts"],
              "channel": HR, "event_ts": question["ts"]}
     assert rig.deliver(event, event_id="EvThrottle", retry_num=1)["statusCode"] == 200
-    answers = _answers_in(rig, HR, question["ts"])
+    answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 1 and "15일" in answers[0]["text"]
 
 
@@ -553,7 +460,7 @@ def test_lost_lazy_invocation_is_answered_by_slacks_retry(rig: Rig) -> None:
 
 def test_reactions_become_feedback_once(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
     question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
-    answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+    answer_ts = answers_in(rig, HR, question["ts"])[0]["ts"]
     answer_id = make_answer_id("slack", HR, answer_ts)
 
     def feedback() -> list[Any]:
@@ -582,7 +489,7 @@ def test_a_reaction_whose_write_fails_is_retried_and_recorded_once(rig: Rig, mon
     flaky = FlakyStore(open_store(rig.settings), "feedback/", failures=1)  # a full disk, once
     monkeypatch.setattr(bots.slack.services, "open_store", lambda settings: flaky)
     question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
-    answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+    answer_ts = answers_in(rig, HR, question["ts"])[0]["ts"]
     errors = len(rig.lam.errors)
     rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts, event_ts="1800000000.000100")
     assert flaky.failed == 1 and len(rig.lam.errors) == errors + 1  # the failed write failed the invocation
@@ -591,11 +498,11 @@ def test_a_reaction_whose_write_fails_is_retried_and_recorded_once(rig: Rig, mon
 
 def test_optional_ephemeral_thanks_for_a_vote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                               knowledge_base: Path, fake_slack: FakeSlack) -> None:
-    rig_iter = _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_REACTION_THANKS="true")
+    rig_iter = make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack, SLACK_REACTION_THANKS="true")
     rig = next(rig_iter)
     try:
         question, _ = rig.mention(HR, "연차 휴가는 며칠인가요?")
-        answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+        answer_ts = answers_in(rig, HR, question["ts"])[0]["ts"]
         rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts)
         rig.reaction("reaction_removed", user="U0000009", channel=HR, ts=answer_ts)
         thanks = fake_slack.calls_of("chat.postEphemeral")
@@ -759,7 +666,7 @@ def test_base64_encoded_body_is_accepted(rig: Rig) -> None:
     event = signed_event(body, SECRET)
     event.update(body=base64.b64encode(body.encode()).decode(), isBase64Encoded=True)
     assert rig.handler(event, LambdaContext())["statusCode"] == 200
-    assert len(_answers_in(rig, HR, message["ts"])) == 1
+    assert len(answers_in(rig, HR, message["ts"])) == 1
 
 
 def test_url_verification_challenge(rig: Rig) -> None:
@@ -776,7 +683,7 @@ def test_channel_mapped_to_a_space_never_cites_another(rig: Rig) -> None:
     by_channel = {}
     for channel in (ENG, HR):
         message, _ = rig.mention(channel, question)
-        answer = _answers_in(rig, channel, message["ts"])[0]
+        answer = answers_in(rig, channel, message["ts"])[0]
         record = rig.answer_record(channel, answer["ts"])
         assert record is not None
         by_channel[channel] = (record, " ".join(_section_texts(answer)))
@@ -799,7 +706,7 @@ def test_on_s3_sqs_with_secrets_manager(monkeypatch: pytest.MonkeyPatch, tmp_pat
         Name=f"echorag-slack-{time.time_ns()}",
         SecretString=json.dumps({"signing_secret": SECRET, "bot_token": "xoxb-from-secrets-manager"}),
     )["ARN"]
-    rig_iter = _make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack,
+    rig_iter = make_rig(monkeypatch, tmp_path, knowledge_base, fake_slack,
                          FEEDBACK_BUCKET=str(aws_settings.feedback_bucket),
                          TRAINING_QUEUE_URL=str(aws_settings.training_queue_url),
                          SLACK_SECRET_ARN=arn, SLACK_SIGNING_SECRET="not-the-real-one",
@@ -809,7 +716,7 @@ def test_on_s3_sqs_with_secrets_manager(monkeypatch: pytest.MonkeyPatch, tmp_pat
         question, response = rig.mention(HR, "연차 휴가는 며칠인가요?")
         assert response["statusCode"] == 200
         assert {c.token for c in fake_slack.calls} == {"xoxb-from-secrets-manager"}
-        answer_ts = _answers_in(rig, HR, question["ts"])[0]["ts"]
+        answer_ts = answers_in(rig, HR, question["ts"])[0]["ts"]
         assert rig.answer_record(HR, answer_ts) is not None  # read back from S3
         rig.reaction("reaction_added", user="U0000009", channel=HR, ts=answer_ts)
         assert len(list(iter_feedback(rig.store))) == 1

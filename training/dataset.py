@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -60,6 +60,7 @@ class Example:
     answer_ids: tuple[str, ...] = ()
     score: int = 1
     group: str = ""
+    reasons: tuple[str, ...] = ()  # what 👎 voters said was wrong (wrong, outdated, …), one per voter
 
     @property
     def label(self) -> int:
@@ -68,6 +69,7 @@ class Example:
     def to_row(self, prompt: str | None = None) -> dict[str, Any]:
         row = asdict(self)
         row["answer_ids"] = list(self.answer_ids)
+        row["reasons"] = list(self.reasons)
         if prompt is not None:
             row["prompt"] = prompt  # the rendered chat-format text, for inspection
         return row
@@ -168,7 +170,7 @@ def build_examples(rows: Iterable[LabelledAnswer]) -> tuple[list[Example], list[
     """Labelled examples (one per question + answer text, scores summed) and preference pairs, with counts."""
     stats = {"labelled": 0, "approved": 0, "disapproved": 0, "duplicates": 0, "empty": 0, "abstentions": 0,
              "conflicting": 0, "tied": 0}
-    merged: dict[str, tuple[int, list[AnswerRecord]]] = {}
+    merged: dict[str, tuple[int, list[AnswerRecord], list[str]]] = {}
     for row in rows:
         stats["labelled"] += 1
         record, score = row.answer, row.positive - row.negative
@@ -183,13 +185,14 @@ def build_examples(rows: Iterable[LabelledAnswer]) -> tuple[list[Example], list[
             continue
         stats["approved" if score > 0 else "disapproved"] += 1
         key = stable_id("ex", question_key(record.condensed_question or record.question), _answer_key(record.answer))
-        total, records_ = merged.get(key, (0, []))
+        total, records_, reasons = merged.get(key, (0, [], []))
         if records_:
             stats["duplicates"] += 1
-        merged[key] = (total + score, [*records_, record])
+        said = [vote.reason for vote in row.votes if vote.label < 0 and vote.reason]
+        merged[key] = (total + score, [*records_, record], [*reasons, *said])
 
     examples: list[Example] = []
-    for key, (score, recs) in sorted(merged.items()):
+    for key, (score, recs, reasons) in sorted(merged.items()):
         if score == 0:
             stats["conflicting"] += 1  # the same text 👍'd under one record and 👎'd under another
             continue
@@ -197,7 +200,7 @@ def build_examples(rows: Iterable[LabelledAnswer]) -> tuple[list[Example], list[
         examples.append(Example(
             id=key, question=best.condensed_question or best.question, answer=best.answer.strip(),
             language=best.language, messages=prompt_messages(best),
-            answer_ids=tuple(r.answer_id for r in recs), score=score,
+            answer_ids=tuple(r.answer_id for r in recs), score=score, reasons=tuple(reasons),
         ))
     pairs = _pairs(examples)
     stats.update(examples=len(examples), desirable=sum(ex.label > 0 for ex in examples),
@@ -240,6 +243,7 @@ def snapshot_report(train: list[Example], held: list[Example], stats: dict[str, 
         "duplicates_merged": stats.get("duplicates", 0),
         "votes_per_example": {"max": votes[-1] if votes else 0, "median": votes[len(votes) // 2] if votes else 0},
         "pairs": stats.get("pairs", 0),
+        "reasons": dict(sorted(Counter(r for ex in [*train, *held] for r in ex.reasons).items())),
     }
 
 

@@ -1,4 +1,4 @@
-"""The Slack app: thread Q&A, reaction feedback, `/ask` and `/retrain`, as one Bolt `App`.
+"""The Slack app: thread Q&A, reaction feedback, `/ask`, `/retrain` and the App Home, as one Bolt `App`.
 
 The same app runs on Lambda (`handlers/slack_events.py`: lazy listeners re-invoke the function,
 `bots.slack.lazy` makes their failures retried) and in Socket Mode (`bots/slack/socket.py`: lazy
@@ -15,7 +15,7 @@ from slack_bolt import App, BoltContext
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bots.slack import listeners
+from bots.slack import home, listeners
 from bots.slack.services import AskFn, SlackObserver, SlackServices
 from core.errors import ConfigError
 from core.queue import JobQueue
@@ -99,3 +99,5 @@ def _register(app: App) -> None:
         app.event(reaction_event)(ack_now)
     app.command("/ask")(ack=ack_now, lazy=[listeners.ask_command])
     app.command("/retrain")(ack=ack_now, lazy=[listeners.retrain_command])
+    app.event("app_home_opened")(ack=ack_now, lazy=[home.publish_home])
+    app.action(home.RETRAIN_ACTION)(ack=ack_now, lazy=[home.retrain_from_home])

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "handlers.cli.ingest",  # ingest
     "handlers.cli.ask",  # ask, chat, eval
     "handlers.cli.ops",  # status, retrain, feedback export, adapters
+    "handlers.cli.report",  # report
     "handlers.cli.serve",  # serve slack|discord
     "handlers.cli.discord",  # discord register-commands
     "handlers.cli.worker",  # worker

@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--questions", type=Path, required=True, help="questions.jsonl (korquad1 format)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                    help="also write per-question results (misses first) as an HTML page")
     ev.set_defaults(func=run_eval)
 
 
@@ -68,7 +70,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
-    report = evaluate(args.corpus, args.questions, settings=get_settings(), limit=args.limit, progress=True)
+    if args.report is not None:
+        from core.report.fonts import require_packages
+
+        require_packages()  # before minutes of evaluation, not after
+    result = evaluate(args.corpus, args.questions, settings=get_settings(), limit=args.limit, progress=True)
+    report = result.metrics
+    if args.report is not None:
+        from core.report.page import eval_html
+        from handlers.cli.report import write_atomically
+
+        write_atomically(args.report, eval_html(result, command=f"echorag eval --questions {args.questions}"))
+        print(f"wrote {args.report}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
