@@ -290,7 +290,8 @@ def test_the_report_renders_in_chromium_without_errors_or_missing_korean_glyphs(
         text = browser.execute_cdp_cmd("DOM.getOuterHTML", {"nodeId": node})["outerHTML"]
         assert fonts and all(f["isCustomFont"] for f in fonts), (text[:80], fonts)
     assert korean >= 10
-    browser.save_screenshot(str(tmp_path / "report.png"))
+    browser.set_window_size(1200, min(4000, browser.execute_script("return document.body.scrollHeight") + 40))
+    browser.save_screenshot(str(tmp_path / "report.png"))  # the whole page, to look at
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.report.collect import collect
 from core.settings import Settings, get_settings
+from core.store import open_store
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +93,13 @@ def _console_votes_move_the_cited_passages(settings: Settings) -> None:
     assert ranking(settings, PARAPHRASE, "hr")[0] == liked
     assert ranking(settings, DISLIKED_PARAPHRASE, "hr")[0] != disliked
     assert ranking(settings, PARAPHRASE, "eng") == before  # the votes were cast in hr
+    # the answer to the paraphrase cites the lifted passage: the record says so, and the report counts it
+    with Agent.from_settings(settings) as agent:
+        assert console_vote(agent, settings, PARAPHRASE, "+1", user="second") == liked
+    effect = collect(open_store(settings), since=datetime.now(UTC) - timedelta(hours=1),
+                     adapter_name=settings.adapter_name).feedback_effect
+    assert (effect.lifted_answers, effect.lifted_up, effect.lifted_down) == (1, 1, 0)
+    assert (effect.other_up, effect.other_down) == (1, 1)  # the two votes that did the lifting
 
 
 def test_console_votes_move_the_cited_passage_for_a_paraphrase(tmp_path: Path, kb: Path, feedback_on: None) -> None:

@@ -133,5 +133,5 @@ class Charts:
         from matplotlib import dates
 
         ax.xaxis.set_major_formatter(dates.DateFormatter("%m-%d"))
-        ax.xaxis.set_major_locator(dates.AutoDateLocator(maxticks=10))
+        ax.xaxis.set_major_locator(dates.DayLocator(interval=max(1, round(len(days) / 8))))  # whole days only
         ax.yaxis.get_major_locator().set_params(integer=True)

@@ -64,6 +64,7 @@ def _status(args: argparse.Namespace) -> int:
         ),
     ]
     lines.append(("retrieval feedback", _feedback_line()))
+    lines.append(("report", "echorag report --since 30d --out report.html (charts, knowledge gaps, adapters)"))
     if status["skipped_records"]:
         lines.append(("unreadable records", f"{status['skipped_records']} skipped (see the log for keys)"))
     for label, value in lines:
