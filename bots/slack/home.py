@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -108,14 +109,28 @@ def publish_home(event: dict[str, Any], client: WebClient, services: SlackServic
     """`app_home_opened` on the Home tab → publish that person's view."""
     if event.get("tab") not in (None, "home"):
         return
-    user = str(event.get("user", ""))
-    client.views_publish(user_id=user, view=home_view(user, services))
+    user = event.get("user")
+    if not isinstance(user, str) or not user:
+        log.warning("app_home_opened without a user: ignored")
+        return
+    _publish(client, user, home_view(user, services))
+
+
+def _publish(client: WebClient, user: str, view: View) -> None:
+    """A Home that fails to publish is logged, not retried: the next open publishes it again."""
+    try:
+        client.views_publish(user_id=user, view=view)
+    except SlackApiError as exc:
+        log.warning("views.publish for %s failed: %s", user, exc.response.get("error"))
 
 
 def retrain_from_home(body: dict[str, Any], client: WebClient, services: SlackServices) -> None:
     """The Home tab's button: queue retraining as this person (refused unless an admin), announce
     in the announcement channels and their DM, and show the outcome at the top of their Home."""
-    user = str((body.get("user") or {}).get("id", ""))
+    user = (body.get("user") or {}).get("id") if isinstance(body.get("user"), dict) else None
+    if not isinstance(user, str) or not user:
+        log.warning("App Home button press without a user: ignored")
+        return
     targets = [*announce_targets(services.settings), NotifyTarget(platform="slack", channel=user)]
     try:
         outcome = request_retrain(
@@ -126,4 +141,4 @@ def retrain_from_home(body: dict[str, Any], client: WebClient, services: SlackSe
     except TransientError as exc:
         log.error("retrain from the App Home by %s failed: %s", user, exc)
         notice = "Could not reach the job queue just now; nothing was queued. Press the button again in a minute."
-    client.views_publish(user_id=user, view=home_view(user, services, notice=notice))
+    _publish(client, user, home_view(user, services, notice=notice))
