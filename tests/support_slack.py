@@ -2,7 +2,7 @@
 
 - `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
   records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
-  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `response_url` POSTs) and can be told to fail
+  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `views.open`, `response_url` POSTs) and can be told to fail
   the next call(s) of a method with a Slack error, or to hang the next call until it stops.
 - `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
   the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
@@ -59,6 +59,7 @@ class FakeSlack:
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     responses: list[dict[str, Any]] = field(default_factory=list)  # response_url posts
     homes: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> the Home view published last
+    modals: list[dict[str, Any]] = field(default_factory=list)  # views.open
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> errors for next calls
     hangs: dict[str, threading.Event] = field(default_factory=dict)  # method -> set when the hung call arrives
     lost: set[str] = field(default_factory=set)  # methods whose next answer is lost after doing the work
@@ -237,6 +238,13 @@ class FakeSlack:
                 return self._history(args)
             if method == "views.publish":
                 return self._publish(args)
+            if method == "views.open":
+                view = args.get("view")
+                view = json.loads(view) if isinstance(view, str) else view
+                if not args.get("trigger_id") or not isinstance(view, dict) or view.get("type") != "modal":
+                    return {"ok": False, "error": "invalid_arguments"}
+                self.modals.append(view)
+                return {"ok": True, "view": {"id": "VMODAL1", **view}}
             return {"ok": False, "error": "unknown_method"}
 
     def _check_blocks(self, args: dict[str, Any]) -> str | None:
@@ -449,15 +457,37 @@ def slash_command(command: str, text: str, *, user: str, channel: str, response_
     })
 
 
-def block_action(action_id: str, *, user: str, value: str = "", view_type: str = "home") -> str:
-    """A button press (`block_actions`) as Slack posts it: form-encoded, the JSON in `payload`."""
-    payload = {
+def block_action(action_id: str, *, user: str, value: str = "", element: str = "button",
+                 message: tuple[str, str] | None = None, response_url: str = "", action_ts: str = "") -> str:
+    """A press (`block_actions`) as Slack posts it: form-encoded, the JSON in `payload`. On a message
+    (`message`: channel, ts) or, without one, on the Home tab."""
+    container: dict[str, Any] = {"type": "view", "view_id": "V0001"}
+    payload: dict[str, Any] = {
         "type": "block_actions", "team": {"id": TEAM_ID, "domain": "fake"}, "api_app_id": "A0001",
         "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID}, "token": "legacy",
-        "trigger_id": f"trig-{time.time_ns()}", "container": {"type": "view", "view_id": "V0001"},
-        "view": {"id": "V0001", "type": view_type},
-        "actions": [{"type": "button", "action_id": action_id, "block_id": "b1", "value": value,
-                     "action_ts": f"{time.time():.6f}"}],
+        "trigger_id": f"trig-{time.time_ns()}",
+        "actions": [{"type": element, "action_id": action_id, "block_id": "b1", "value": value,
+                     "action_ts": action_ts or f"{time.time():.6f}"}],
+    }
+    if message:
+        container = {"type": "message", "message_ts": message[1], "channel_id": message[0], "is_ephemeral": False}
+        payload.update(channel={"id": message[0], "name": "general"}, message={"ts": message[1], "type": "message"})
+    else:
+        payload["view"] = {"id": "V0001", "type": "home"}
+    if response_url:
+        payload["response_url"] = response_url
+    payload["container"] = container
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def view_submission(callback_id: str, *, user: str, private_metadata: str, values: dict[str, Any]) -> str:
+    """A modal's submission as Slack posts it (`values`: block_id -> action_id -> element state)."""
+    payload = {
+        "type": "view_submission", "team": {"id": TEAM_ID, "domain": "fake"}, "api_app_id": "A0001",
+        "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID}, "token": "legacy",
+        "trigger_id": f"trig-{time.time_ns()}",
+        "view": {"id": "VMODAL1", "type": "modal", "callback_id": callback_id, "private_metadata": private_metadata,
+                 "state": {"values": values}, "hash": "h1"},
     }
     return urlencode({"payload": json.dumps(payload)})
 
@@ -562,3 +592,47 @@ def make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: Fa
 
 def answers_in(rig: Rig, channel: str, thread_ts: str) -> list[dict[str, Any]]:
     return [m for m in rig.fake.thread(channel, thread_ts) if m.get("user") == BOT_USER_ID]
+
+
+# --- the knowledge base the Slack tests ask about -----------------------------------------------
+
+HR_DOC = """# 휴가 규정
+
+연차 휴가는 1년에 15일이 주어집니다. 3년 이상 근무하면 2년마다 하루씩 늘어납니다.
+
+## 입사 첫해
+
+입사 첫해에는 한 달 개근할 때마다 연차 휴가가 하루씩 생깁니다. 첫해에는 최대 11일입니다.
+
+## 신청
+
+연차 휴가 신청은 HR 포털에서 사용일 3일 전까지 합니다.
+"""
+
+ENG_DOC = """# 온콜 운영 가이드
+
+온콜 엔지니어는 주간 단위로 교대합니다. 장애가 나면 15분 안에 응답합니다.
+
+## 온콜 중 휴가
+
+온콜 주간에 연차 휴가를 쓰려면 대체 근무자를 먼저 정하고 팀 채널에 알립니다.
+
+## Deploys
+
+Production deploys happen on Tuesdays and Thursdays through the release pipeline.
+"""
+
+
+def build_knowledge_base(root: Path) -> Path:
+    """HR_DOC in space hr, ENG_DOC in space eng, ingested under `root` (its Qdrant at root/qdrant)."""
+    from rag.ingest import ingest_paths
+
+    (root / "hr").mkdir()
+    (root / "eng").mkdir()
+    (root / "hr" / "leave.md").write_text(HR_DOC, encoding="utf-8")
+    (root / "eng" / "oncall.md").write_text(ENG_DOC, encoding="utf-8")
+    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")
+    for space in ("hr", "eng"):
+        summary = ingest_paths([root / space], space=space, settings=settings, progress=False)
+        assert summary.failed == 0 and summary.added >= 1
+    return root

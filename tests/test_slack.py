@@ -42,55 +42,18 @@ from tests.support_slack import (
     Rig,
     answers_in,
     api_gateway_event,
+    build_knowledge_base,
     event_callback,
     make_rig,
     signed_event,
 )
-
-HR_DOC = """# 휴가 규정
-
-연차 휴가는 1년에 15일이 주어집니다. 3년 이상 근무하면 2년마다 하루씩 늘어납니다.
-
-## 입사 첫해
-
-입사 첫해에는 한 달 개근할 때마다 연차 휴가가 하루씩 생깁니다. 첫해에는 최대 11일입니다.
-
-## 신청
-
-연차 휴가 신청은 HR 포털에서 사용일 3일 전까지 합니다.
-"""
-
-ENG_DOC = """# 온콜 운영 가이드
-
-온콜 엔지니어는 주간 단위로 교대합니다. 장애가 나면 15분 안에 응답합니다.
-
-## 온콜 중 휴가
-
-온콜 주간에 연차 휴가를 쓰려면 대체 근무자를 먼저 정하고 팀 채널에 알립니다.
-
-## Deploys
-
-Production deploys happen on Tuesdays and Thursdays through the release pipeline.
-"""
-
 
 # --- the knowledge base (ingested once for the module) ------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rag.ingest import ingest_paths
-
-    root = tmp_path_factory.mktemp("kb")
-    (root / "hr").mkdir()
-    (root / "eng").mkdir()
-    (root / "hr" / "leave.md").write_text(HR_DOC, encoding="utf-8")
-    (root / "eng" / "oncall.md").write_text(ENG_DOC, encoding="utf-8")
-    settings = Settings(_env_file=None, data_dir=root, llm_backend="extractive")
-    for space in ("hr", "eng"):
-        summary = ingest_paths([root / space], space=space, settings=settings, progress=False)
-        assert summary.failed == 0 and summary.added >= 1
-    return root
+    return build_knowledge_base(tmp_path_factory.mktemp("kb"))
 
 
 # --- the rig: env, handler, fake Slack, fake Lambda -------------------------------------------------
@@ -862,6 +825,7 @@ METHOD_SCOPES = {
     "conversations_replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "conversations_history": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "views_publish": set(),  # the Home tab: no scope
+    "views_open": set(),  # the reason modal: no scope
 }
 EVENT_SCOPES: dict[str, str | None] = {  # bot event -> scope Slack requires for the subscription
     "app_mention": "app_mentions:read", "message.channels": "channels:history", "message.groups": "groups:history",

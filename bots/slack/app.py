@@ -9,13 +9,14 @@ middleware hands each of them the app's services, so nothing here is a closure.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from slack_bolt import App, BoltContext
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bots.slack import home, listeners
+from bots.slack import feedback, home, listeners
 from bots.slack.services import AskFn, SlackObserver, SlackServices
 from core.errors import ConfigError
 from core.queue import JobQueue
@@ -99,5 +100,9 @@ def _register(app: App) -> None:
         app.event(reaction_event)(ack_now)
     app.command("/ask")(ack=ack_now, lazy=[listeners.ask_command])
     app.command("/retrain")(ack=ack_now, lazy=[listeners.retrain_command])
+    app.action(feedback.FEEDBACK_ACTION)(ack=ack_now, lazy=[feedback.record_button])
+    app.action(feedback.REASON_ACTION_PREFIX + "other")(feedback.open_other)  # the modal needs the trigger now
+    app.action(re.compile("^" + re.escape(feedback.REASON_ACTION_PREFIX)))(ack=ack_now, lazy=[feedback.reason_button])
+    app.view(feedback.OTHER_CALLBACK)(ack=ack_now, lazy=[feedback.other_submitted])
     app.event("app_home_opened")(ack=ack_now, lazy=[home.publish_home])
     app.action(home.RETRAIN_ACTION)(ack=ack_now, lazy=[home.retrain_from_home])

@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bots.slack.answerer import Answerer, Question, answer_key
+from bots.slack.feedback import after_vote
 from bots.slack.render import escape_mrkdwn, slack_to_plain
 from bots.slack.services import SlackServices
 from bots.slack.threads import ACCEPTED_SUBTYPES, is_answered_thread
@@ -136,7 +137,7 @@ def record_feedback(event: dict[str, Any], client: WebClient, services: SlackSer
     )
     if feedback is None:
         return
-    services.observer.feedback(feedback)
+    after_vote(feedback, client, services, user=str(event["user"]))
     if services.settings.slack_reaction_thanks and action == "added":
         try:
             client.chat_postEphemeral(channel=str(item["channel"]), user=str(event["user"]), text=THANKS)

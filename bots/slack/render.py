@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from bots.slack.feedback import feedback_block
 from rag.types import AgentAnswer, Citation
 
 SECTION_LIMIT = 3000
@@ -178,7 +179,8 @@ def context_text(answer: AgentAnswer, elapsed_s: float | None = None) -> str:
 def render_answer(
     answer: AgentAnswer, *, header: str | None = None, elapsed_s: float | None = None
 ) -> list[SlackMessage]:
-    """Block Kit messages for an answer: answer sections, then sources and the context line.
+    """Block Kit messages for an answer: answer sections, then sources and the context line; the
+    first message (the one people vote on) ends with the 👍/👎 buttons.
 
     `header` (already mrkdwn) leads the first message, e.g. the quoted question of an `/ask`.
     """
@@ -201,6 +203,7 @@ def render_answer(
         last.blocks.append({"type": "divider"})
         last.blocks.extend(tail)
     last.blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context_text(answer, elapsed_s)}]})
+    messages[0].blocks.append(feedback_block(answer.language))  # votes go to the message the record names
     for message in messages:
         message.text = message.text[:TEXT_LIMIT]
     return messages
