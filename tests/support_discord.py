@@ -357,6 +357,24 @@ def button_interaction(
     }
 
 
+def modal_submit_interaction(
+    custom_id: str, message: dict[str, Any], fields: dict[str, Any], *, user_id: str = "2000000000000000001",
+    locale: str = "en-US",
+) -> dict[str, Any]:
+    """A submitted modal (type 5) opened from a button on `message`: each field in its Label, as
+    Discord sends them (`fields`: custom_id -> a select's list of values, or a text input's value)."""
+    components = [
+        {"type": 18, "id": i + 1, "component": {"type": 3 if isinstance(v, list) else 4, "id": i + 10,
+                                                 "custom_id": k, **({"values": v} if isinstance(v, list) else {"value": v})}}
+        for i, (k, v) in enumerate(fields.items())
+    ]
+    return {
+        **_common(5, message["channel_id"], user_id, "0", locale),
+        "message": message,
+        "data": {"custom_id": custom_id, "components": components},
+    }
+
+
 # --- SQS events --------------------------------------------------------------------------------------
 
 

@@ -59,6 +59,7 @@ from tests.support_discord import (
     button_interaction,
     command_interaction,
     http_event,
+    modal_submit_interaction,
     response_json,
     signed_event,
     sqs_event,
@@ -733,6 +734,37 @@ def test_button_feedback_is_recorded_once_per_click(
     votes = effective_votes(iter_feedback(store))[events[0].answer_id]
     assert sorted(v.label for v in votes.values()) == [-1, 1]  # user 1: 👍 (latest), user 2: 👎
     assert votes[events[0].user_hash].label == 1
+
+
+def test_a_thumbs_down_click_opens_the_reason_modal_and_its_submission_lands_on_the_vote(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    message = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    up, down = (b["custom_id"] for b in message["components"][0]["components"])
+    status, modal = send(key, fake_discord, button_interaction(down, message))
+    assert status == 200 and modal["type"] == 9  # MODAL: the 👎 is recorded, the reason is optional
+    select = modal["data"]["components"][0]["component"]
+    assert [o["value"] for o in select["options"]] == ["wrong", "outdated", "not_in_docs", "incomplete", "other"]
+    answer_id = make_answer_id("discord", CHANNEL_ID, message["id"])
+
+    submit = modal_submit_interaction(modal["data"]["custom_id"], message,
+                                      {"reason": ["not_in_docs"], "details": "the release calendar is missing"})
+    for _ in range(2):  # a redelivered submission is one event
+        status, body = send(key, fake_discord, submit)
+        assert status == 200 and body["data"]["flags"] == 64 and "reason is recorded" in body["data"]["content"]
+    [vote] = effective_votes(iter_feedback(open_store(settings)))[answer_id].values()
+    assert (vote.label, vote.reason, vote.reason_text) == (-1, "not_in_docs", "the release calendar is missing")
+    assert sum(1 for e in iter_feedback(open_store(settings)) if e.reason) == 1
+
+    # someone whose vote is 👍 cannot attach a reason; a modal naming another message is refused
+    send(key, fake_discord, button_interaction(up, message, user_id="2000000000000000003"))
+    other = modal_submit_interaction(modal["data"]["custom_id"], message, {"reason": ["wrong"]},
+                                     user_id="2000000000000000003")
+    status, body = send(key, fake_discord, other)
+    assert status == 200 and "only be given for an answer you voted" in body["data"]["content"]
+    status, _ = send(key, fake_discord, modal_submit_interaction(
+        modal["data"]["custom_id"], {**message, "id": "1399999999999999999"}, {"reason": ["wrong"]}))
+    assert status == 400
 
 
 def test_close_clicks_resolve_to_the_later_one_whatever_order_they_land_in(

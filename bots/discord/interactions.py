@@ -25,15 +25,18 @@ from bots.discord.render import (
     APPLICATION_COMMAND,
     DEFERRED_CHANNEL_MESSAGE,
     MESSAGE_COMPONENT,
+    MODAL_SUBMIT,
     PING,
     PONG,
     message_response,
     parse_feedback_custom_id,
+    parse_reason_submit,
+    reason_modal,
 )
 from bots.discord.runtime import DiscordRuntime
-from core.contracts import AskJob, NotifyTarget, make_answer_id
-from core.errors import UserError
-from core.feedback import record_reaction
+from core.contracts import FEEDBACK_REASONS, AskJob, NotifyTarget, make_answer_id
+from core.errors import PermanentError, UserError
+from core.feedback import parse_reason, record_reaction, record_reason
 from core.retrain import request_retrain
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ Action = Literal[
     "retrain_refused",
     "retrain_failed",
     "feedback",
+    "feedback_reason",
     "feedback_ignored",
     "feedback_failed",
 ]
@@ -212,6 +216,8 @@ def handle_interaction(payload: dict[str, Any], runtime: DiscordRuntime) -> Hand
         return Handled(message_response(f"Unknown command /{name}.", ephemeral=True), "unknown_command")
     if kind == MESSAGE_COMPONENT:
         return _button(payload, runtime)
+    if kind == MODAL_SUBMIT:
+        return _reason(payload, runtime)
     raise BadInteraction(f"unsupported interaction type {kind}")
 
 
@@ -306,6 +312,7 @@ def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
         interaction_id=snowflake(_require(payload, "id"), "id"),
         korean=_korean(payload),
         runtime=runtime,
+        ask_reason=True,
     )
 
 
@@ -318,11 +325,15 @@ def button_feedback(
     interaction_id: str,
     korean: bool,
     runtime: DiscordRuntime,
+    ask_reason: bool = False,
 ) -> Handled:
     """A 👍/👎 button click, recorded like the matching reaction (shared with the gateway process).
 
     The click's time is its interaction id's: a redelivered interaction is one record, and when 👍
-    and 👎 are clicked close together the later click is the vote, in whatever order they land."""
+    and 👎 are clicked close together the later click is the vote, in whatever order they land.
+    With `ask_reason` a 👎 is answered with the "what was wrong?" modal instead of a thank-you
+    (the Interactions endpoint; the gateway process answers through discord.py, which has no raw
+    modal response, so it only thanks)."""
     parsed = parse_feedback_custom_id(custom_id)
     if parsed is None:
         raise BadInteraction(f"unknown component custom_id {custom_id[:100]!r}")
@@ -348,6 +359,30 @@ def button_feedback(
     if event is None:
         text = "이 메시지는 기록된 답변이 아닙니다." if korean else "This message is not a recorded answer."
         return Handled(message_response(text, ephemeral=True), "feedback_ignored")
+    if event.label < 0 and ask_reason:
+        return Handled(reason_modal(answer_id, FEEDBACK_REASONS, korean=korean), "feedback")
     emoji = "👍" if event.label > 0 else "👎"
     text = f"피드백 감사합니다 {emoji}" if korean else f"Thanks for the feedback {emoji}"
     return Handled(message_response(text, ephemeral=True), "feedback")
+
+
+def _reason(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    """The reason modal's submission: the person's 👎 re-cast with what was wrong (once per
+    interaction: its id is the event's time)."""
+    parsed = parse_reason_submit(_object(payload, "data"))
+    if parsed is None:
+        raise BadInteraction("not a reason modal submission")
+    answer_id, code, details = parsed
+    channel_id = _channel_id(payload)
+    message_id = snowflake(_require(payload, "message", "id"), "message.id")
+    if make_answer_id("discord", channel_id, message_id) != answer_id:
+        raise BadInteraction("the reason modal names another message's answer")
+    korean = _korean(payload)
+    try:
+        record_reason(platform="discord", channel=channel_id, message_id=message_id, user_id=_user_id(payload),
+                      reason=parse_reason(code), text=details,
+                      event_ts=snowflake_time(snowflake(_require(payload, "id"), "id")), store=runtime.store)
+    except PermanentError as exc:
+        return Handled(message_response(str(exc), ephemeral=True), "feedback_ignored")
+    text = "고마워요! 이유를 기록했어요." if korean else "Thanks: the reason is recorded."
+    return Handled(message_response(text, ephemeral=True), "feedback_reason")

@@ -26,10 +26,12 @@ EPHEMERAL = 64  # message flag: only the invoking user sees it
 NO_MENTIONS: dict[str, list[str]] = {"parse": []}
 
 # Interaction types (requests) and callback types (responses).
-PING, APPLICATION_COMMAND, MESSAGE_COMPONENT = 1, 2, 3
-PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 1, 4, 5
+PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, MODAL_SUBMIT = 1, 2, 3, 5
+PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL = 1, 4, 5, 9
+LABEL, STRING_SELECT, TEXT_INPUT = 18, 3, 4  # modal components: a Label wraps one select or text input
 
 FEEDBACK_PREFIX = "echorag:fb"
+REASON_PREFIX = "echorag:why"  # + ":<answer_id>": the "what was wrong?" modal of one answer
 POSITIVE, NEGATIVE = "+1", "-1"  # the reaction names buttons record (the default emoji map knows them)
 _BUTTON_EMOJI = {POSITIVE: "👍", NEGATIVE: "👎"}
 
@@ -204,3 +206,47 @@ def message_response(text: str, *, ephemeral: bool = False) -> dict[str, Any]:
     if ephemeral:
         data["flags"] = EPHEMERAL
     return {"type": CHANNEL_MESSAGE, "data": data}
+
+
+_REASON_TEXT = {
+    "ko": {"title": "무엇이 잘못되었나요?", "reason": "이유", "details": "자세히 (선택)",
+           "wrong": "틀렸어요", "outdated": "오래된 정보", "not_in_docs": "문서에 없어요", "incomplete": "부족해요",
+           "other": "기타"},
+    "en": {"title": "What was wrong?", "reason": "Reason", "details": "Details (optional)",
+           "wrong": "Wrong", "outdated": "Outdated", "not_in_docs": "Not in the documents", "incomplete": "Incomplete",
+           "other": "Other"},
+}
+
+
+def reason_modal(answer_id: str, reasons: tuple[str, ...], *, korean: bool) -> dict[str, Any]:
+    """The MODAL callback a 👎 click answers with: a reason select and optional details. Closing it
+    keeps the 👎 without a reason."""
+    text = _REASON_TEXT["ko" if korean else "en"]
+    return {"type": MODAL, "data": {
+        "custom_id": f"{REASON_PREFIX}:{answer_id}",
+        "title": text["title"],
+        "components": [
+            {"type": LABEL, "label": text["reason"], "component": {
+                "type": STRING_SELECT, "custom_id": "reason", "min_values": 1, "max_values": 1,
+                "options": [{"label": text[code], "value": code} for code in reasons]}},
+            {"type": LABEL, "label": text["details"], "component": {
+                "type": TEXT_INPUT, "custom_id": "details", "style": 2, "required": False, "max_length": 500}},
+        ],
+    }}
+
+
+def parse_reason_submit(data: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(answer_id, reason code, details) from a submitted reason modal's `data`; None if it is not one."""
+    parts = str(data.get("custom_id", "")).split(":")
+    if len(parts) != 3 or f"{parts[0]}:{parts[1]}" != REASON_PREFIX or not re.fullmatch(r"[0-9a-f]{32}", parts[2]):
+        return None
+    fields: dict[str, Any] = {}
+    for label in data.get("components") or []:
+        inner = label.get("component") if isinstance(label, dict) else None
+        if isinstance(inner, dict) and isinstance(inner.get("custom_id"), str):
+            fields[inner["custom_id"]] = inner.get("values") or inner.get("value")
+    values = fields.get("reason")
+    if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
+        return None
+    details = fields.get("details")
+    return parts[2], values[0], details if isinstance(details, str) else ""
