@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -31,10 +31,11 @@ from bots.discord.render import message_response
 from bots.discord.runtime import resolve_settings, runtime_for
 from core.errors import ConfigError, EchoRagError
 from core.settings import get_settings
+from handlers.tracing import tracer_for
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord")
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 app = APIGatewayHttpResolver()
 

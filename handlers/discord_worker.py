@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -22,10 +22,11 @@ from bots.discord.ask_worker import answer_ask
 from bots.discord.runtime import resolve_settings, runtime_for
 from core.contracts import AskJob
 from core.settings import get_settings
+from handlers.tracing import tracer_for
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-discord-worker")
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 processor = BatchProcessor(event_type=EventType.SQS)
 LEASE_MARGIN_S = 1.0

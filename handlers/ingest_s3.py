@@ -14,7 +14,7 @@ import os
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -24,11 +24,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.errors import PermanentError
 from core.settings import get_settings
+from handlers.tracing import tracer_for
 from rag.s3_documents import SyncResult, parse_key, sync_object
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-ingest")
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 # A batch in which every message failed is reported like any other (each message retried, then
 # DLQ) instead of failing the whole invocation: the failure is in the data, not in the function.

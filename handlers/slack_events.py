@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError, TransformParameterError
 from slack_bolt.adapter.aws_lambda import SlackRequestHandler
@@ -36,10 +36,11 @@ from core.contracts import FeedbackEvent
 from core.errors import ConfigError, TransientError
 from core.secrets import read_json_secret
 from core.settings import Settings, get_settings
+from handlers.tracing import tracer_for
 from rag.types import AgentAnswer
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack"))
-tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack"))
+tracer = tracer_for(os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-slack"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"))
 
 

@@ -13,17 +13,18 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.errors import ConfigError, TransientError
 from core.settings import get_settings
 from core.training_trigger import check_and_submit
+from handlers.tracing import tracer_for
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "echorag-training-trigger")
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = tracer_for(SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "EchoRAG"), service=SERVICE)
 
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from rag.loaders import Document
+from rag.passage_analysis import SentenceSpan, derive
 from rag.text import Sentence, analyze_many
 
 
@@ -21,6 +22,7 @@ class Chunk:
     location: str
     sentence_terms: tuple[tuple[str, ...], ...]  # content terms per sentence, for BM25
     heading: str = ""  # the section heading, indexed with the chunk
+    sentences: tuple[SentenceSpan, ...] = ()  # the answer step's sentences, stored with the chunk
 
     def index_text(self, title: str) -> str:
         """What gets embedded and counted for length: title, section heading, then the passage."""
@@ -35,18 +37,27 @@ def _split_long(sentence: Sentence, text: str, limit: int) -> list[Sentence]:
     while sentence.end - start > limit:
         cut = text.rfind(" ", start + limit // 2, start + limit)
         cut = cut if cut > start else start + limit
-        pieces.append(Sentence(start, cut, tuple(t for t in sentence.terms if start <= t[0] < cut)))
+        pieces.append(Sentence(start, cut, tuple(t for t in sentence.terms if start <= t[0] < cut),
+                               tuple(t for t in sentence.scored if start <= t[0] < cut)))
         start = cut
         while start < sentence.end and text[start].isspace():
             start += 1
     if start < sentence.end:
-        pieces.append(Sentence(start, sentence.end, tuple(t for t in sentence.terms if t[0] >= start)))
+        pieces.append(Sentence(start, sentence.end, tuple(t for t in sentence.terms if t[0] >= start),
+                               tuple(t for t in sentence.scored if t[0] >= start)))
     return pieces
 
 
-def pack_sentences(
-    text: str, sentences: list[Sentence], *, chunk_size: int, overlap: int
-) -> list[tuple[str, tuple[tuple[str, ...], ...]]]:
+@dataclass(frozen=True)
+class Packed:
+    """One chunk's text, its sentences' BM25 terms, and its sentences for the answer step."""
+
+    text: str
+    terms: tuple[tuple[str, ...], ...]
+    sentences: tuple[SentenceSpan, ...]
+
+
+def pack_sentences(text: str, sentences: list[Sentence], *, chunk_size: int, overlap: int) -> list[Packed]:
     """Pack whole sentences into chunks of at most ~`chunk_size` characters, evenly.
 
     A section that needs n chunks is cut into n chunks of similar length instead of n-1 full ones
@@ -57,7 +68,7 @@ def pack_sentences(
     sents: list[Sentence] = []
     for sentence in sentences:
         sents.extend(_split_long(sentence, text, chunk_size) if sentence.end - sentence.start > chunk_size else [sentence])
-    chunks: list[tuple[str, tuple[tuple[str, ...], ...]]] = []
+    chunks: list[Packed] = []
     i = 0
     while i < len(sents):
         remaining = sents[-1].end - sents[i].start
@@ -65,9 +76,11 @@ def pack_sentences(
         j = i + 1
         while j < len(sents) and sents[j].end - sents[i].start <= chunk_size and sents[j - 1].end - sents[i].start < target:
             j += 1
-        body = text[sents[i].start : sents[j - 1].end].strip()
+        raw = text[sents[i].start : sents[j - 1].end]
+        body = raw.strip()
+        base = sents[i].start + len(raw) - len(raw.lstrip())
         terms = tuple(tuple(t for _, t in s.terms) for s in sents[i:j])
-        chunks.append((body, terms))
+        chunks.append(Packed(body, terms, derive(body, sents[i:j], base)))
         if j >= len(sents):
             break
         i = max(i + 1, j - overlap)
@@ -86,10 +99,12 @@ def chunk_documents(docs: list[Document], *, chunk_size: int, overlap: int) -> l
         for section in doc.sections:
             head_terms = next(heading_terms)
             packed = pack_sentences(section.text, next(analyses), chunk_size=chunk_size, overlap=overlap)
-            for body, terms in packed:
-                if body:
-                    sentence_terms = (head_terms, *terms) if head_terms else terms
-                    chunks.append(Chunk(len(chunks), body, section.location, sentence_terms, section.heading))
+            for p in packed:
+                if p.text:
+                    sentence_terms = (head_terms, *p.terms) if head_terms else p.terms
+                    chunks.append(
+                        Chunk(len(chunks), p.text, section.location, sentence_terms, section.heading, p.sentences)
+                    )
         out.append(chunks)
     return out
 

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rag.language import detect_language
-from rag.text import analyse, matched_terms, split_sentences, stem_en
+from rag.passage_analysis import header_text, passage_sentences
+from rag.text import analyse, matched_terms, stem_en
 from rag.types import Passage
 
 # What a question word asks for -> a predicate over a sentence's tokens (tags) and text.
@@ -79,8 +80,8 @@ class _Sentence:
     passage: int  # index into passages (0-based)
     position: int  # sentence index inside its passage
     text: str
-    terms: list[str]
-    tags: list[str]
+    terms: Sequence[str]
+    tags: Sequence[str]
     score: float = 0.0
     matched: set[str] = field(default_factory=set)  # question terms in the sentence or its header
     own: set[str] = field(default_factory=set)  # question terms in the sentence itself
@@ -108,22 +109,6 @@ _ANAPHOR = re.compile(
     r"(?:he|she|it|they|this|these|its|his|her|their)\b)",
     re.I,
 )
-_LINE_END = re.compile(r"(?<=[.!?:;)。])[ \t]*\n|\n\s*\n")
-_EN_BOUNDARY = re.compile(r"(?<=[a-z0-9%)][.!?])\s+(?=[A-Z\"'(])")
-
-
-def sentences_of(text: str) -> list[str]:
-    """Sentences of a passage: lines ending in punctuation on their own (list items), Kiwi's splitter for
-    Korean, and a plain punctuation rule for English, which Kiwi leaves joined."""
-    out: list[str] = []
-    # A line break ends a sentence only after sentence-final punctuation: hard-wrapped prose stays whole.
-    for block in _LINE_END.split(text):
-        block = " ".join(block.split())
-        if not block:
-            continue
-        for sentence in split_sentences(block):
-            out.extend(part.strip() for part in _EN_BOUNDARY.split(sentence) if part.strip())
-    return out
 
 
 def question_cues(question: str) -> set[str]:
@@ -165,24 +150,23 @@ def extract(
     candidates = list(passages[: weights.max_passages])
     if not candidates or not question.strip():
         return None
-    sentences: list[_Sentence] = []
-    for pi, passage in enumerate(candidates):
-        for si, text in enumerate(sentences_of(passage.text)):
-            sentences.append(_Sentence(passage=pi, position=si, text=text, terms=[], tags=[]))
+    sentences = [
+        _Sentence(passage=pi, position=si, text=a.text, terms=a.terms, tags=a.tags)
+        for pi, analysed_sentences in enumerate(passage_sentences(candidates))
+        for si, a in enumerate(analysed_sentences)
+    ]
     if not sentences:
         return None
     # A passage's title and section heading are what each of its sentences is about ("Deploy runbook
     # § Rollback" over "Roll back with …"), so question terms found there count for all of them.
-    headers = [f"{p.title.replace('_', ' ')}\n{p.location.lstrip('§ ')}" for p in candidates]
-    analysed = analyse([question, focus or ""] + headers + [s.text for s in sentences])
-    focus_forms = analysed.pop(1)[0]
-    header_terms = [analysed.pop(1) for _ in headers]
+    headers = [header_text(p) for p in candidates]
+    analysed = analyse([question, focus or "", *headers])
+    focus_forms = analysed[1][0]
+    header_terms = analysed[2:]
     focus_terms = set(focus_forms) if focus and focus != question else set()
     q_terms = list(dict.fromkeys(analysed[0][0]))
     if not q_terms:
         return None
-    for sentence, (forms, tags) in zip(sentences, analysed[1:], strict=True):
-        sentence.terms, sentence.tags = forms, tags
 
     # IDF over the candidate sentences: a term every sentence repeats (the topic) tells little.
     n = len(sentences)

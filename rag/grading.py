@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.language import detect_language
+from rag.passage_analysis import header_text
 from rag.text import analyse, matched_terms
 from rag.types import Passage
 
@@ -79,8 +80,10 @@ def assess(question: str, passages: Sequence[Passage], *, look_at: int = 3) -> E
     language = detect_language(question)
     cross = bool(top) and all(detect_language(p.text) != language for p in top)
     # The title and section heading are part of what a passage says ("§ 한도" over a list of limits).
-    texts = [question] + [f"{p.title.replace('_', ' ')}\n{p.location.lstrip('§ ')}\n{p.text}" for p in top]
-    analysed = analyse(texts)
+    texts = [f"{header_text(p)}\n{p.text}" for p in top]
+    # A passage's stored sentences (`rag.passage_analysis`) spare Kiwi its text: only its heading is
+    # analysed then.
+    analysed = analyse([question, *(header_text(p) if p.sentences is not None else t for p, t in zip(top, texts, strict=True))])
     q_terms = list(dict.fromkeys(analysed[0][0]))
     if not q_terms or not top:
         return Evidence(
@@ -90,9 +93,11 @@ def assess(question: str, passages: Sequence[Passage], *, look_at: int = 3) -> E
             passages=len(passages),
             cross_lingual=cross,
         )
-    coverage = max(
-        _coverage(q_terms, forms, text) for (forms, _), text in zip(analysed[1:], texts[1:], strict=True)
-    )
+    term_lists = [
+        [*forms, *(t for s in p.sentences for t in s.terms)] if p.sentences is not None else forms
+        for p, (forms, _) in zip(top, analysed[1:], strict=True)
+    ]
+    coverage = max(_coverage(q_terms, forms, text) for forms, text in zip(term_lists, texts, strict=True))
     return Evidence(
         coverage=coverage,
         top_score=top_score,

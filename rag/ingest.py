@@ -27,6 +27,7 @@ from core.settings import Settings
 from rag.chunking import chunk_documents, title_terms
 from rag.dense import DenseEncoder, dense_from_settings
 from rag.loaders import Document, LoadFailure, discover, load_file
+from rag.passage_analysis import ANALYSIS_VERSION, encode
 from rag.sparse import SPARSE_VERSION, SparseEncoder, features, sparse_from_settings
 from rag.vectorstore import ChunkPayload, StoredDoc, StorePoint, VectorStore, open_vector_store, point_id
 
@@ -56,7 +57,7 @@ class IngestSummary:
 def document_hash(doc: Document, settings: Settings, dense: DenseEncoder | None) -> str:
     """Content + everything that shapes the stored vectors: a change to either re-indexes."""
     signature = "|".join(
-        [doc.content_hash, doc.title, doc.source, SPARSE_VERSION, str(settings.chunk_size),
+        [doc.content_hash, doc.title, doc.source, SPARSE_VERSION, ANALYSIS_VERSION, str(settings.chunk_size),
          str(settings.chunk_overlap), dense.name if dense else ""]
     )
     return hashlib.sha256(signature.encode()).hexdigest()[:32]
@@ -94,6 +95,9 @@ class _Writer:
                     "space": space,
                     "doc_hash": doc_hash,
                 }
+                analysis = encode(chunk.sentences, chunk.text)
+                if analysis is not None:
+                    payload["analysis"] = analysis
                 points.append(
                     StorePoint(point_id(space, doc.doc_id, chunk.index), self.sparse.document_vector(counts, len(index_text)),
                                None, payload)

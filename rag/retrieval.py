@@ -38,6 +38,7 @@ def passage_from_hit(hit: Hit) -> Passage:
         location=str(pl.get("location", "")),
         space=str(pl.get("space", "default")),
         score=hit.score,
+        analysis=pl.get("analysis"),
     )
 
 

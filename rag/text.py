@@ -145,6 +145,13 @@ def bm25_term(form: str, tag: str) -> str | None:
     return None if t in SINGLE_LETTERS else t
 
 
+@lru_cache(maxsize=262_144)
+def answer_term(form: str, tag: str) -> tuple[str, str] | None:
+    """(term, base tag) of one morpheme as answer scoring sees it (`term` less LIGHT_VERBS), or None."""
+    t = term(form, tag)
+    return None if t is None or t in LIGHT_VERBS else (t, tag.split("-")[0])
+
+
 def _terms_from_tokens(tokens: Iterable[Token]) -> list[str]:
     out: list[str] = []
     for tok in tokens:
@@ -166,11 +173,13 @@ def terms(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Sentence:
-    """A sentence of an analysed text: its character span and its content terms with offsets."""
+    """A sentence of an analysed text: its character span, its BM25 terms with offsets, and the
+    answer-scoring view of the same tokens (stored with each chunk, so answering needs no Kiwi)."""
 
     start: int
     end: int
     terms: tuple[tuple[int, str], ...]  # (character offset in the text, term)
+    scored: tuple[tuple[int, str, str], ...] = ()  # (offset, term, base tag): `answer_term` of each token
 
 
 def _sentences_from_tokens(sent_tokens: Iterable[Sequence[Token]]) -> list[Sentence]:
@@ -181,19 +190,23 @@ def _sentences_from_tokens(sent_tokens: Iterable[Sequence[Token]]) -> list[Sente
         start = toks[0].start
         end = toks[-1].start + toks[-1].len
         found: list[tuple[int, str]] = []
+        scored: list[tuple[int, str, str]] = []
         for tok in toks:
             t = bm25_term(tok.form, tok.tag)
             if t is not None:
                 found.append((tok.start, t))
-        out.append(Sentence(start, end, tuple(found)))
+            a = answer_term(tok.form, tok.tag)
+            if a is not None:
+                scored.append((tok.start, *a))
+        out.append(Sentence(start, end, tuple(found), tuple(scored)))
     return out
 
 
 def analyze_many(texts: list[str]) -> list[list[Sentence]]:
-    """Sentences and content terms of many texts in ONE batched Kiwi pass.
+    """Sentences and content terms (both views) of many texts in ONE batched Kiwi pass.
 
-    Ingestion needs both the sentence boundaries (chunking) and the terms (BM25); analysing once
-    halves the dominant cost of ingestion.
+    Ingestion needs the sentence boundaries (chunking), the BM25 terms and the answer-scoring terms
+    (stored with each chunk); analysing once keeps Kiwi, the dominant cost of ingestion, to one pass.
     """
     if not texts:
         return []
@@ -213,11 +226,10 @@ def _analyse_tokens(tokens: Iterable[Token]) -> Analysis:
     found: list[str] = []
     tags: list[str] = []
     for tok in tokens:
-        t = term(tok.form, tok.tag)
-        if t is None or t in LIGHT_VERBS:
-            continue
-        found.append(t)
-        tags.append(tok.tag.split("-")[0])
+        a = answer_term(tok.form, tok.tag)
+        if a is not None:
+            found.append(a[0])
+            tags.append(a[1])
     return found, tags
 
 

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
 
 from core.contracts import Language, Platform
 
 
 @dataclass(frozen=True)
+class AnalysedSentence:
+    """A sentence of a passage as the answer step scores it: its text and content terms with tags."""
+
+    text: str
+    terms: tuple[str, ...]
+    tags: tuple[str, ...]  # base Kiwi tags, one per term
+
+
+@dataclass(frozen=True)
 class Passage:
-    """One retrieved chunk. `location` is human-readable ("p. 3", "§ 휴가 규정", "chunk 2")."""
+    """One retrieved chunk. `location` is human-readable ("p. 3", "§ 휴가 규정", "chunk 2").
+
+    `analysis` is what ingestion learnt of the text, as the payload stores it (`rag.passage_analysis`);
+    `sentences` decodes it on first use (only the passages the answer step reads pay for that).
+    """
 
     chunk_id: str
     doc_id: str
@@ -21,6 +35,15 @@ class Passage:
     space: str = "default"
     score: float = 0.0
     lift: int = 0  # places earlier users' votes moved it up (negative: down); 0 without feedback
+    analysis: Any = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def sentences(self) -> tuple[AnalysedSentence, ...] | None:
+        """The stored sentences, so the answer step needs no Kiwi for them; None for chunks ingested
+        before they were stored, which the answer step analyses live."""
+        from rag.passage_analysis import decode  # it imports this module
+
+        return decode(self.analysis, self.text)
 
 
 @dataclass(frozen=True)

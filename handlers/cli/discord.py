@@ -8,16 +8,23 @@ invite-url prints the link that adds the bot to a server with the permissions it
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-from bots.discord.commands import BOT_PERMISSIONS, COMMANDS
-from bots.discord.rest import DiscordRest
-from bots.discord.runtime import resolve_settings
 from core.errors import ConfigError
-from core.settings import Settings, get_settings
+from core.settings import get_settings
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+# The Discord modules (httpx, ~60 ms) load inside the commands: every other `echorag` command, `ask`
+# first, builds this parser and should not pay for them.
 
 
 def _register_commands(args: argparse.Namespace) -> int:
+    from bots.discord.commands import COMMANDS
+    from bots.discord.rest import DiscordRest
+
     settings = _settings()
     rest = DiscordRest.from_settings(settings)
     try:
@@ -33,6 +40,8 @@ def _register_commands(args: argparse.Namespace) -> int:
 
 def _settings() -> Settings:
     """The settings (with the Discord secret applied), which must name the application."""
+    from bots.discord.runtime import resolve_settings
+
     settings = resolve_settings(get_settings())
     if not settings.discord_application_id:
         raise ConfigError(
@@ -42,6 +51,8 @@ def _settings() -> Settings:
 
 
 def _invite_url(args: argparse.Namespace) -> int:
+    from bots.discord.commands import BOT_PERMISSIONS
+
     query = urlencode(
         {
             "client_id": _settings().discord_application_id,

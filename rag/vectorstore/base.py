@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from core.errors import ConfigError
 from rag.sparse import SparseVec
@@ -36,6 +36,9 @@ class ChunkPayload(TypedDict):
     location: str  # "p. 3", "§ 휴가 규정"
     space: str  # the knowledge space (filtered on, keyword-indexed)
     doc_hash: str  # content hash: re-ingesting an unchanged document is a no-op
+    # The answer step's sentences and their terms (`rag.passage_analysis.encode`); absent in chunks
+    # ingested before it was stored, and when a term cannot be encoded.
+    analysis: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True)
