@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     slack_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"signing_secret","bot_token"}
     slack_reaction_thanks: bool = False  # a short ephemeral "thanks" when someone reacts to an answer
     slack_answer_lease_s: float | None = Field(default=None, gt=0)  # claim on a question; default 120+ s
+    slack_suggested_prompts: CsvList = Field(  # AI-app threads open with these (at most 4)
+        default_factory=lambda: ["무엇을 물어볼 수 있나요?", "What can you answer from our documents?"]
+    )
+    slack_prompts_title: str = "이렇게 물어보세요 · Try asking"  # the heading above the suggested prompts
     discord_application_id: str | None = None  # for webhooks and command registration
     discord_public_key: str | None = None  # verifies Interactions requests (Ed25519)
     discord_bot_token: str | None = None  # gateway process, command registration, notifications
@@ -120,7 +124,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "admin_user_ids", "positive_emoji", "negative_emoji", "lora_target_modules", "lora_modules_to_save",
-        "default_spaces", mode="before",
+        "default_spaces", "slack_suggested_prompts", mode="before",
     )
     @classmethod
     def _csv(cls, value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 - `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
   records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
-  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `views.open`, `response_url` POSTs) and can be told to fail
+  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `views.open`, `assistant.threads.*`, `response_url` POSTs) and can be told to fail
   the next call(s) of a method with a Slack error, or to hang the next call until it stops.
 - `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
   the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
@@ -238,6 +238,10 @@ class FakeSlack:
                 return self._history(args)
             if method == "views.publish":
                 return self._publish(args)
+            if method.startswith("assistant.threads."):  # setStatus, setTitle, setSuggestedPrompts
+                if not args.get("channel_id") or not args.get("thread_ts"):
+                    return {"ok": False, "error": "invalid_arguments"}
+                return {"ok": True}
             if method == "views.open":
                 view = args.get("view")
                 view = json.loads(view) if isinstance(view, str) else view

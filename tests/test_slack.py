@@ -826,11 +826,15 @@ METHOD_SCOPES = {
     "conversations_history": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "views_publish": set(),  # the Home tab: no scope
     "views_open": set(),  # the reason modal: no scope
+    "assistant_threads_setStatus": {"assistant:write"},
+    "assistant_threads_setTitle": {"assistant:write"},
+    "assistant_threads_setSuggestedPrompts": {"assistant:write"},
 }
 EVENT_SCOPES: dict[str, str | None] = {  # bot event -> scope Slack requires for the subscription
     "app_mention": "app_mentions:read", "message.channels": "channels:history", "message.groups": "groups:history",
     "message.im": "im:history", "message.mpim": "mpim:history", "reaction_added": "reactions:read",
     "reaction_removed": "reactions:read", "app_home_opened": None,
+    "assistant_thread_started": "assistant:write", "assistant_thread_context_changed": "assistant:write",
 }
 
 
@@ -850,7 +854,7 @@ def test_manifest_covers_every_event_command_and_web_api_call() -> None:
     files = [*sorted((root / "bots/slack").glob("*.py")), root / "bots/notify.py"]
     source = "\n".join(f.read_text(encoding="utf-8") for f in files)
 
-    called = set(re.findall(r"client\.((?:chat|conversations|reactions|users|views|files|im)_\w+)\(", source))
+    called = set(re.findall(r"client\.((?:chat|conversations|reactions|users|views|files|im|assistant_threads)_\w+)\(", source))
     assert called and called <= set(METHOD_SCOPES), f"add scopes for {called - set(METHOD_SCOPES)}"
     for method in called:
         assert METHOD_SCOPES[method] <= scopes, method
@@ -858,6 +862,8 @@ def test_manifest_covers_every_event_command_and_web_api_call() -> None:
         assert EVENT_SCOPES[event] in scopes | {None}, event
     if "app_home_opened" in events:
         assert manifest["features"]["app_home"]["home_tab_enabled"]
+    if "assistant_thread_started" in events:
+        assert manifest["features"]["assistant_view"]["assistant_description"]
     commands = {c["command"] for c in manifest["features"]["slash_commands"]}
     assert commands == set(re.findall(r'app\.command\("(/\w+)"\)', source)) and "commands" in scopes
     urls = {c["url"] for c in manifest["features"]["slash_commands"]}

@@ -55,6 +55,12 @@ PERMANENT_SLACK_ERRORS = frozenset(
 )
 
 
+_STATUS = {  # the status, then the loading messages Slack rotates through
+    "ko": ("문서를 찾는 중…", "문서를 찾는 중…", "답을 정리하는 중…"),
+    "en": ("Searching the documents…", "Searching the documents…", "Writing the answer…"),
+}
+
+
 @dataclass(frozen=True)
 class Question:
     """One question and where it goes: `thread_ts` None posts at the top of the channel (`/ask`)."""
@@ -66,6 +72,8 @@ class Question:
     user: str
     text: str
     header: str | None = None
+    space_channel: str = ""  # whose knowledge spaces apply ("": `channel`'s); an AI-app thread's viewed channel
+    live_status: bool = False  # show Slack's thread status while answering (AI-app threads)
 
 
 @dataclass(frozen=True)
@@ -157,10 +165,12 @@ class Answerer:
             else []
         )
         started = time.perf_counter()
+        if q.live_status:
+            self._status(q.channel, answer_thread, detect_language(q.text))
         answer: AgentAnswer = self.services.ask(
             q.text,
             history=history,
-            spaces=self.services.settings.spaces_for_channel(q.channel),
+            spaces=self.services.settings.spaces_for_channel(q.space_channel or q.channel),
             ref=AnswerRef(
                 platform="slack",
                 channel=q.channel,
@@ -175,6 +185,8 @@ class Answerer:
         self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(messages[0]))
         for extra in messages[1:]:
             self.client.chat_postMessage(channel=q.channel, thread_ts=answer_thread, **_payload(extra))
+        if q.live_status:
+            self._status(q.channel, answer_thread, None)  # an edit is not a reply: Slack keeps it until cleared
         self.services.observer.answered(answer, seconds)
         log.info(
             "slack answered %s in %.2fs (top score %s, %d sources)",
@@ -215,6 +227,18 @@ class Answerer:
         # from now on plain replies in this thread are questions too (even while this one runs)
         remember_answered_thread(self.services.store, q.channel, q.thread_ts or ts, ts)
         return ts
+
+    def _status(self, channel: str, thread_ts: str, language: str | None) -> None:
+        """Best effort: Slack's "is searching…" under the thread (None clears it)."""
+        try:
+            if language is None:
+                self.client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread_ts, status="")
+            else:
+                status, *loading = _STATUS.get(language, _STATUS["en"])
+                self.client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread_ts, status=status,
+                                                        loading_messages=loading)
+        except SlackApiError as exc:
+            log.warning("thread status not set: %s", exc.response.get("error"))
 
     def _edit(self, channel: str, placeholder_ts: str | None, message: SlackMessage) -> None:
         """Best effort: when Slack itself is failing the retry edits the placeholder instead."""

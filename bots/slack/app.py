@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bots.slack import feedback, home, listeners
+from bots.slack.assistant import ack_malformed, build_assistant
 from bots.slack.services import AskFn, SlackObserver, SlackServices
 from core.errors import ConfigError
 from core.queue import JobQueue
@@ -69,6 +70,9 @@ def create_app(
         process_before_response=process_before_response,
         # auth.test runs once on the first request instead of at import: a cheaper cold start
         token_verification_enabled=False,
+        # our listeners call the Web API themselves; Bolt's say/set_status kwargs (which raise on an
+        # assistant event without `assistant_thread`) stay on the Assistant's own listeners only
+        attaching_conversation_kwargs_enabled=False,
         request_verification_enabled=not socket_mode,
     )
     if client is None:
@@ -90,6 +94,9 @@ def create_app(
 def _register(app: App) -> None:
     """Which listener takes which event; a catch-all acks the rest so Slack does not retry them."""
     ack_now = listeners.ack_now
+    app.use(build_assistant())  # AI-app threads first: their messages are DMs with a thread
+    for assistant_event in ("assistant_thread_started", "assistant_thread_context_changed"):
+        app.event(assistant_event)(ack_malformed)  # what the assistant's matchers refused
     app.event("app_mention")(ack=ack_now, lazy=[listeners.answer_event])
     app.event("message", matchers=[listeners.is_question])(ack=ack_now, lazy=[listeners.answer_event])
     app.event("message")(ack_now)
