@@ -195,3 +195,4 @@ class AskJob(BaseModel):
     user_id: str
     question: str
     locale: str = ""
+    follow_up_of: str = ""  # the answer id a follow-up continues ("": a new conversation)

@@ -26,6 +26,7 @@ from nacl.signing import SigningKey
 
 from bots.discord.ask_worker import claim_key
 from bots.discord.commands import COMMANDS
+from bots.discord.conversation import turns_before
 from bots.discord.gateway import GatewayBot, reaction_feedback
 from bots.discord.interactions import SignatureError, verify_signature
 from bots.discord.render import (
@@ -765,6 +766,40 @@ def test_a_thumbs_down_click_opens_the_reason_modal_and_its_submission_lands_on_
     status, _ = send(key, fake_discord, modal_submit_interaction(
         modal["data"]["custom_id"], {**message, "id": "1399999999999999999"}, {"reason": ["wrong"]}))
     assert status == 400
+
+
+def test_a_follow_up_from_the_button_is_answered_once_with_the_earlier_turn(
+    key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    first = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    [button] = first["components"][1]["components"]
+    status, modal = send(key, fake_discord, button_interaction(button["custom_id"], first))
+    assert status == 200 and modal["type"] == 9 and modal["data"]["custom_id"] == button["custom_id"]
+
+    submit = modal_submit_interaction(modal["data"]["custom_id"], first, {"question": "And a failed one?"})
+    for _ in range(2):  # Discord redelivers the submission: one answer
+        status, body = send(key, fake_discord, submit)
+        assert (status, body) == (200, {"type": 5})
+    _, failed = deliver_local(settings)
+    assert failed == []
+    follow_up = fake_discord.messages[submit["token"]]
+    assert "rolled back" in follow_up["embeds"][0]["description"]  # the earlier turn says what "one" is
+    record = load_answer(open_store(settings), make_answer_id("discord", CHANNEL_ID, follow_up["id"]))
+    assert record is not None and "deployment" in record.condensed_question
+    assert len(answer_patches(fake_discord)) == 2  # the first answer and the follow-up, once each
+
+    # a follow-up of the follow-up continues the same conversation, kept by the bot
+    turns = turns_before(open_store(settings), record.answer_id)
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[0].text == "When do production deployments happen?" and turns[2].text == "And a failed one?"
+
+    # empty, or naming another message's answer: refused without queuing
+    status, body = send(key, fake_discord, modal_submit_interaction(modal["data"]["custom_id"], first, {"question": " "}))
+    assert status == 200 and body["data"]["flags"] == 64
+    stray = modal_submit_interaction(modal["data"]["custom_id"], {**first, "id": "1399999999999999999"},
+                                     {"question": "Who answers pages?"})
+    assert send(key, fake_discord, stray)[0] == 400
+    assert deliver_local(settings)[0] == []
 
 
 def test_close_clicks_resolve_to_the_later_one_whatever_order_they_land_in(

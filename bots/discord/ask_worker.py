@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bots.discord import conversation
 from bots.discord.render import render_answer, render_notice
 from bots.discord.rest import DiscordApiError, DiscordRejected
 from bots.discord.runtime import DiscordRuntime
@@ -99,12 +100,15 @@ def _answer(job: AskJob, runtime: DiscordRuntime, *, last_attempt: bool) -> AskO
     )
     try:
         spaces = runtime.settings.spaces_for_channel(job.space_channel_id or channel)
+        history = conversation.turns_before(runtime.store, job.follow_up_of) if job.follow_up_of else []
         # the last attempt quotes the documents when the LLM is down, rather than apologising
-        answer = runtime.agent.ask(job.question, spaces=spaces, ref=ref, llm_fallback=last_attempt)
+        answer = runtime.agent.ask(job.question, history=history, spaces=spaces, ref=ref, llm_fallback=last_attempt)
     except UserError as exc:  # the question itself cannot be answered (e.g. too long): say so
         log.warning("ask interaction %s rejected: %s", job.interaction_id, exc)
         rest.edit_original(job.application_id, job.token, render_notice(f"⚠️ {exc}"))
         return AskOutcome("rejected", message_id=message_id)
+    if answer.answer_id:  # before the edit: a follow-up asked from the message finds it
+        conversation.remember(runtime.store, answer.answer_id, history, job.question, answer.text)
     edited = rest.edit_original(job.application_id, job.token, render_answer(answer, answer_id=answer.answer_id))
     if edited and str(edited.get("id")) != message_id:  # Discord keeps the id on edit; say so if not
         log.error("edited message id %s differs from @original %s", edited.get("id"), message_id)

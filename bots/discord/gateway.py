@@ -23,7 +23,7 @@ from bots.discord.ask_worker import answer_ask
 from bots.discord.commands import COMMANDS
 from bots.discord.heartbeat import BEAT_EVERY_S, beat, heartbeat_path
 from bots.discord.interactions import Handled, button_feedback, retrain
-from bots.discord.render import EPHEMERAL, message_response
+from bots.discord.render import EPHEMERAL, FOLLOW_UP_PREFIX, answer_id_of, message_response
 from bots.discord.runtime import DiscordRuntime, resolve_settings
 from core.contracts import AskJob, FeedbackEvent
 from core.errors import ConfigError, EchoRagError, TransientError
@@ -33,6 +33,8 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 _TRY_AGAIN = "⚠️ That did not work on our side; please try again in a moment."
+_FOLLOW_UP_NEEDS_ENDPOINT = ("Follow-ups from this button need the Interactions endpoint (see docs/discord.md); "
+                             "ask again with /ask meanwhile.")
 REACTION_RETRY_WAITS_S = (0.5, 2.0, 8.0)
 
 
@@ -189,6 +191,10 @@ class GatewayBot(discord.Client):
             return
         data: dict[str, Any] = dict(interaction.data or {})
         custom_id = str(data.get("custom_id", ""))
+        if answer_id_of(custom_id, FOLLOW_UP_PREFIX) is not None:  # its modal needs the Interactions endpoint
+            await _respond(interaction, Handled(message_response(_FOLLOW_UP_NEEDS_ENDPOINT, ephemeral=True),
+                                                "follow_up_asked"))
+            return
         try:
             handled = await asyncio.to_thread(
                 button_feedback,

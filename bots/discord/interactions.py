@@ -24,11 +24,15 @@ from bots.discord.commands import has_manage_server
 from bots.discord.render import (
     APPLICATION_COMMAND,
     DEFERRED_CHANNEL_MESSAGE,
+    FOLLOW_UP_PREFIX,
     MESSAGE_COMPONENT,
     MODAL_SUBMIT,
     PING,
     PONG,
+    answer_id_of,
+    follow_up_modal,
     message_response,
+    modal_fields,
     parse_feedback_custom_id,
     parse_reason_submit,
     reason_modal,
@@ -59,6 +63,7 @@ Action = Literal[
     "ping",
     "ask_queued",
     "ask_empty",
+    "follow_up_asked",
     "unknown_command",
     "retrain_queued",
     "retrain_already_queued",
@@ -217,6 +222,9 @@ def handle_interaction(payload: dict[str, Any], runtime: DiscordRuntime) -> Hand
     if kind == MESSAGE_COMPONENT:
         return _button(payload, runtime)
     if kind == MODAL_SUBMIT:
+        custom_id = str(_object(payload, "data").get("custom_id", ""))
+        if answer_id_of(custom_id, FOLLOW_UP_PREFIX) is not None:
+            return _follow_up(payload, runtime)
         return _reason(payload, runtime)
     raise BadInteraction(f"unsupported interaction type {kind}")
 
@@ -235,6 +243,11 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
             else "Please give a question: `/ask question:…`"
         )
         return Handled(message_response(text, ephemeral=True), "ask_empty")
+    return _queue_ask(payload, runtime, question)
+
+
+def _queue_ask(payload: dict[str, Any], runtime: DiscordRuntime, question: str, follow_up_of: str = "") -> Handled:
+    """Put the question on the ask queue (dedup: the interaction id) and answer "deferred"."""
     try:
         job = AskJob(
             interaction_id=snowflake(_require(payload, "id"), "id"),
@@ -246,11 +259,13 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
             user_id=_user_id(payload),
             question=question,
             locale=str(payload.get("locale") or ""),
+            follow_up_of=follow_up_of,
         )
     except ValidationError as exc:
         raise BadInteraction(f"interaction fields have the wrong shape: {exc.errors()[0]['msg']}") from exc
     runtime.ask_queue.send(job.model_dump_json(), dedup_id=job.interaction_id, group_id=job.channel_id)
-    log.info("queued /ask interaction %s from channel %s", job.interaction_id, job.channel_id)
+    log.info("queued %s interaction %s from channel %s", "follow-up" if follow_up_of else "/ask",
+             job.interaction_id, job.channel_id)
     return Handled({"type": DEFERRED_CHANNEL_MESSAGE}, "ask_queued")
 
 
@@ -303,7 +318,21 @@ def retrain(
     return Handled(message_response(outcome.message, ephemeral=ephemeral), actions[outcome.status])
 
 
+def _message_answer(payload: dict[str, Any], answer_id: str) -> tuple[str, str]:
+    """(channel, message id) of the answer a button or modal names; BadInteraction if it names
+    another message's answer than the one it sits on."""
+    channel_id = _channel_id(payload)
+    message_id = snowflake(_require(payload, "message", "id"), "message.id")
+    if make_answer_id("discord", channel_id, message_id) != answer_id:
+        raise BadInteraction("the component names another message's answer")
+    return channel_id, message_id
+
+
 def _button(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    follow_up_of = answer_id_of(str(_require(payload, "data", "custom_id")), FOLLOW_UP_PREFIX)
+    if follow_up_of is not None:
+        _message_answer(payload, follow_up_of)
+        return Handled(follow_up_modal(follow_up_of, korean=_korean(payload)), "follow_up_asked")
     return button_feedback(
         custom_id=str(_require(payload, "data", "custom_id")),
         channel_id=_channel_id(payload),
@@ -373,10 +402,7 @@ def _reason(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
     if parsed is None:
         raise BadInteraction("not a reason modal submission")
     answer_id, code, details = parsed
-    channel_id = _channel_id(payload)
-    message_id = snowflake(_require(payload, "message", "id"), "message.id")
-    if make_answer_id("discord", channel_id, message_id) != answer_id:
-        raise BadInteraction("the reason modal names another message's answer")
+    channel_id, message_id = _message_answer(payload, answer_id)
     korean = _korean(payload)
     try:
         record_reason(platform="discord", channel=channel_id, message_id=message_id, user_id=_user_id(payload),
@@ -386,3 +412,16 @@ def _reason(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
         return Handled(message_response(str(exc), ephemeral=True), "feedback_ignored")
     text = "고마워요! 이유를 기록했어요." if korean else "Thanks: the reason is recorded."
     return Handled(message_response(text, ephemeral=True), "feedback_reason")
+
+
+def _follow_up(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    """The follow-up modal's question: queued like `/ask`, continuing that answer's conversation."""
+    data = _object(payload, "data")
+    answer_id = answer_id_of(str(data.get("custom_id", "")), FOLLOW_UP_PREFIX)
+    assert answer_id is not None  # dispatched on it
+    _message_answer(payload, answer_id)
+    question = modal_fields(data).get("question")
+    if not isinstance(question, str) or not question.strip():
+        text = "질문을 입력해 주세요." if _korean(payload) else "Please write a question."
+        return Handled(message_response(text, ephemeral=True), "ask_empty")
+    return _queue_ask(payload, runtime, question.strip(), follow_up_of=answer_id)

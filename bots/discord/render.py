@@ -31,6 +31,7 @@ PONG, CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL = 1, 4, 5, 9
 LABEL, STRING_SELECT, TEXT_INPUT = 18, 3, 4  # modal components: a Label wraps one select or text input
 
 FEEDBACK_PREFIX = "echorag:fb"
+FOLLOW_UP_PREFIX = "echorag:fu"  # + ":<answer_id>": the follow-up button and its modal
 REASON_PREFIX = "echorag:why"  # + ":<answer_id>": the "what was wrong?" modal of one answer
 POSITIVE, NEGATIVE = "+1", "-1"  # the reaction names buttons record (the default emoji map knows them)
 _BUTTON_EMOJI = {POSITIVE: "👍", NEGATIVE: "👎"}
@@ -111,7 +112,9 @@ def feedback_buttons(answer_id: str) -> list[dict[str, Any]]:
         }
         for reaction, emoji in _BUTTON_EMOJI.items()
     ]
-    return [{"type": 1, "components": buttons}]
+    follow_up = {"type": 2, "style": 2, "label": "Ask a follow-up · 이어서 질문", "emoji": {"name": "💬"},
+                 "custom_id": f"{FOLLOW_UP_PREFIX}:{answer_id}"}
+    return [{"type": 1, "components": buttons}, {"type": 1, "components": [follow_up]}]
 
 
 def _source_line(citation: Citation) -> str:
@@ -237,16 +240,36 @@ def reason_modal(answer_id: str, reasons: tuple[str, ...], *, korean: bool) -> d
 
 def parse_reason_submit(data: dict[str, Any]) -> tuple[str, str, str] | None:
     """(answer_id, reason code, details) from a submitted reason modal's `data`; None if it is not one."""
-    parts = str(data.get("custom_id", "")).split(":")
-    if len(parts) != 3 or f"{parts[0]}:{parts[1]}" != REASON_PREFIX or not re.fullmatch(r"[0-9a-f]{32}", parts[2]):
+    answer_id = answer_id_of(str(data.get("custom_id", "")), REASON_PREFIX)
+    fields = modal_fields(data)
+    values = fields.get("reason")
+    if answer_id is None or not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
         return None
+    details = fields.get("details")
+    return answer_id, values[0], details if isinstance(details, str) else ""
+
+
+def answer_id_of(custom_id: str, prefix: str) -> str | None:
+    """The answer id in a `<prefix>:<answer_id>` custom_id (a button's or a modal's); None otherwise."""
+    head, _, answer_id = custom_id.rpartition(":")
+    return answer_id if head == prefix and re.fullmatch(r"[0-9a-f]{32}", answer_id) else None
+
+
+def follow_up_modal(answer_id: str, *, korean: bool) -> dict[str, Any]:
+    """The MODAL a follow-up button opens: one question, answered with the conversation so far."""
+    return {"type": MODAL, "data": {
+        "custom_id": f"{FOLLOW_UP_PREFIX}:{answer_id}",
+        "title": "이어서 질문하기" if korean else "Ask a follow-up",
+        "components": [{"type": LABEL, "label": "질문" if korean else "Question", "component": {
+            "type": TEXT_INPUT, "custom_id": "question", "style": 2, "required": True, "max_length": 1000}}],
+    }}
+
+
+def modal_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """custom_id -> a select's values or a text input's value, from a submitted modal's Labels."""
     fields: dict[str, Any] = {}
     for label in data.get("components") or []:
         inner = label.get("component") if isinstance(label, dict) else None
         if isinstance(inner, dict) and isinstance(inner.get("custom_id"), str):
-            fields[inner["custom_id"]] = inner.get("values") or inner.get("value")
-    values = fields.get("reason")
-    if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
-        return None
-    details = fields.get("details")
-    return parts[2], values[0], details if isinstance(details, str) else ""
+            fields[inner["custom_id"]] = inner.get("values") if "values" in inner else inner.get("value")
+    return fields
