@@ -22,6 +22,7 @@ import pytest
 
 from bots.slack.answerer import answer_key
 from bots.slack.app import services_of
+from bots.slack.threads import stored_history
 from core.contracts import AnswerRecord, make_answer_id
 from core.queue import open_queue
 from core.records import iter_feedback, save_answer
@@ -107,12 +108,29 @@ def test_follow_up_in_the_thread_uses_earlier_turns(rig: Rig) -> None:
 
     answers = answers_in(rig, HR, question["ts"])
     assert len(answers) == 2
-    replies = rig.fake.calls_of("conversations.replies")
-    assert replies and replies[-1].args["ts"] == question["ts"]
+    assert rig.fake.calls_of("conversations.replies") == []  # the bot's own transcript was the memory
     record = rig.answer_record(HR, answers[1]["ts"])
     assert record is not None and record.question == "그럼 입사 첫해에는?"
     assert "연차" in record.condensed_question  # the earlier user turn reached the agent
     assert "첫해" in _section_texts(answers[1])[0]
+
+
+def test_a_thread_people_started_is_read_from_slack_once_then_from_the_transcript(rig: Rig) -> None:
+    root = rig.fake.user_message(HR, "U0000007", "연차 휴가 규정 아시는 분?")
+    rig.fake.user_message(HR, "U0000008", "입사 첫해 기준이 궁금해요", thread_ts=root["ts"])
+    rig.mention(HR, "몇 일인가요?", thread_ts=root["ts"])
+    [read] = rig.fake.calls_of("conversations.replies")  # the turns before the bot came in
+    assert read.args["ts"] == root["ts"]
+    follow = rig.fake.user_message(HR, "U0000007", "신청은 어디서 하나요?", thread_ts=root["ts"])
+    rig.deliver(rig.message_event(HR, follow))
+    assert len(rig.fake.calls_of("conversations.replies")) == 1  # not read again
+    answers = answers_in(rig, HR, root["ts"])
+    record = rig.answer_record(HR, answers[-1]["ts"])
+    assert record is not None and len(answers) == 2
+    turns = stored_history(rig.store, HR, root["ts"], follow["ts"])
+    assert turns is not None
+    assert [t.text for t in turns][:2] == ["연차 휴가 규정 아시는 분?\n\n입사 첫해 기준이 궁금해요", "몇 일인가요?"]
+    assert [t.role for t in turns] == ["user", "user", "assistant"]
 
 
 def test_memory_of_a_long_thread_reaches_its_latest_turns(fake_slack: FakeSlack) -> None:

@@ -38,14 +38,16 @@ from bots.slack.services import SlackServices
 from bots.slack.threads import (
     find_placeholder,
     placeholder_metadata,
+    record_turns,
     remember_answered_thread,
+    stored_history,
     thread_history,
 )
 from core.errors import PermanentError, UserError
 from core.idempotency import ClaimHeld, once
 from core.records import hash_user
 from rag.language import detect_language
-from rag.types import AgentAnswer, AnswerRef
+from rag.types import AgentAnswer, AnswerRef, Turn
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +154,15 @@ class Answerer:
 
     def _answer(self, q: Question, placeholder_ts: str, *, last_try: bool) -> AnswerOutcome:
         answer_thread = q.thread_ts or placeholder_ts
-        history = (
-            thread_history(
-                self.client,
-                channel=q.channel,
-                thread_ts=q.thread_ts,
-                before_ts=q.question_ts,
-                bot_user_id=self.bot_user_id,
-                skip_ts=[placeholder_ts],
+        history: list[Turn] = []
+        read_from_slack = False
+        if q.thread_ts and q.thread_ts != q.question_ts:  # a question that starts a thread has no past
+            stored = stored_history(self.services.store, q.channel, q.thread_ts, q.question_ts)
+            read_from_slack = stored is None
+            history = stored if stored is not None else thread_history(
+                self.client, channel=q.channel, thread_ts=q.thread_ts, before_ts=q.question_ts,
+                bot_user_id=self.bot_user_id, skip_ts=[placeholder_ts],
             )
-            if q.thread_ts
-            else []
-        )
         started = time.perf_counter()
         if q.live_status:
             self._status(q.channel, answer_thread, detect_language(q.text))
@@ -185,6 +184,8 @@ class Answerer:
         self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(messages[0]))
         for extra in messages[1:]:
             self.client.chat_postMessage(channel=q.channel, thread_ts=answer_thread, **_payload(extra))
+        record_turns(self.services.store, q.channel, answer_thread, seed=history if read_from_slack else (),
+                     question_ts=q.question_ts, question=q.text, answer_ts=placeholder_ts, answer=answer.text)
         if q.live_status:
             self._status(q.channel, answer_thread, None)  # an edit is not a reply: Slack keeps it until cleared
         self.services.observer.answered(answer, seconds)

@@ -2,8 +2,13 @@
 
 A plain reply (no mention) is a question only in a thread the bot already answered; the marker is
 kept in the blob store (`slack/threads/<channel>/<thread_ts>`) so telling costs no Web API call per
-channel message. The earlier messages of the thread (`conversations.replies`) are the conversation
-memory handed to the agent.
+channel message. The conversation memory handed to the agent is the bot's own transcript of the
+thread (`…/<thread_ts>.turns`: every question it answered there and its answer), read first;
+`conversations.replies` is read only for a thread without one, i.e. the turns people wrote before
+the bot's first answer in it, which then seed the transcript. Apps outside the Marketplace get
+`conversations.replies` at 1 request a minute (since 2025-05), so a follow-up must not need it.
+Two answers finishing at once in one thread may each write the transcript; the later write wins
+and the other's turn is missing from the memory of later questions (never from the thread).
 """
 
 from __future__ import annotations
@@ -40,6 +45,46 @@ def remember_answered_thread(store: BlobStore, channel: str, thread_ts: str, ans
 
 def is_answered_thread(store: BlobStore, channel: str, thread_ts: str) -> bool:
     return store.get(_thread_key(channel, thread_ts)) is not None
+
+
+def _turns_key(channel: str, thread_ts: str) -> str:
+    return f"{_thread_key(channel, thread_ts)}.turns"
+
+
+def stored_history(store: BlobStore, channel: str, thread_ts: str, before_ts: str,
+                   limit: int = HISTORY_TURNS) -> list[Turn] | None:
+    """The transcript's turns before `before_ts`; None when the thread has none (or it is unreadable)."""
+    data = store.get(_turns_key(channel, thread_ts))
+    if data is None:
+        return None
+    try:
+        rows = json.loads(data)
+        turns = [Turn(role=r["role"], text=str(r["text"])) for r in rows
+                 if r["role"] in ("user", "assistant") and _ts_key(str(r["ts"])) < _ts_key(before_ts)]
+    except (ValueError, TypeError, KeyError):
+        log.warning("unreadable transcript of %s/%s: reading the thread instead", channel, thread_ts)
+        return None
+    return turns[-limit:]
+
+
+def record_turns(store: BlobStore, channel: str, thread_ts: str, *, seed: Sequence[Turn], question_ts: str,
+                 question: str, answer_ts: str, answer: str, limit: int = 2 * HISTORY_TURNS) -> None:
+    """Add a question and its answer to the thread's transcript (`seed`: the turns read from Slack
+    when the thread had none; they sort before the question). A retry of the same question replaces
+    its turns instead of adding them twice."""
+    data = store.get(_turns_key(channel, thread_ts))
+    rows: list[dict[str, str]] = []
+    if data is not None:
+        try:
+            rows = [r for r in json.loads(data) if isinstance(r, dict)]
+        except ValueError:
+            rows = []
+    if not rows:
+        rows = [{"role": t.role, "text": t.text, "ts": "0.000000"} for t in seed]
+    rows = [r for r in rows if r.get("ts") not in (question_ts, answer_ts)]
+    rows += [{"role": "user", "text": question, "ts": question_ts}, {"role": "assistant", "text": answer, "ts": answer_ts}]
+    rows.sort(key=lambda r: _ts_key(str(r.get("ts", "0"))))
+    store.put(_turns_key(channel, thread_ts), json.dumps(rows[-limit:], ensure_ascii=False).encode())
 
 
 def _ts_key(ts: str) -> tuple[int, int]:
