@@ -768,6 +768,27 @@ def test_a_thumbs_down_click_opens_the_reason_modal_and_its_submission_lands_on_
     assert status == 400
 
 
+def test_ask_about_this_message_asks_its_text(key: SigningKey, fake_discord: FakeDiscord, settings: Settings) -> None:
+    target = {"id": "1200000000000000077", "channel_id": CHANNEL_ID, "content": "When do production deployments happen?",
+              "author": {"id": "2000000000000000005", "username": "kim"}, "embeds": []}
+    payload = command_interaction("Ask EchoRAG about this")
+    payload["data"].update(type=3, target_id=target["id"], resolved={"messages": {target["id"]: target}})
+    status, body = send(key, fake_discord, payload)
+    assert (status, body) == (200, {"type": 5})
+    _, failed = deliver_local(settings)
+    assert failed == []
+    answer = fake_discord.messages[payload["token"]]
+    assert "Tuesday" in answer["embeds"][0]["description"]
+
+    empty = command_interaction("Ask EchoRAG about this")
+    empty["data"].update(type=3, target_id=target["id"], resolved={"messages": {target["id"]: {**target, "content": ""}}})
+    status, body = send(key, fake_discord, empty)
+    assert status == 200 and body["data"]["flags"] == 64
+    broken = command_interaction("Ask EchoRAG about this")
+    broken["data"].update(type=3, target_id="1", resolved={})
+    assert send(key, fake_discord, broken)[0] == 400
+
+
 def test_a_follow_up_from_the_button_is_answered_once_with_the_earlier_turn(
     key: SigningKey, fake_discord: FakeDiscord, settings: Settings
 ) -> None:
@@ -996,6 +1017,9 @@ def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> No
     assert served["ask"]["options"][0]["required"] is True
     assert str(served["retrain"]["default_member_permissions"]) == "32"
     assert served["retrain"]["contexts"] == COMMANDS[1]["contexts"]
+    assert served["ask"]["contexts"] == COMMANDS[0]["contexts"]
+    assert served["ask"]["integration_types"] == COMMANDS[0]["integration_types"]
+    assert served["Ask EchoRAG about this"]["type"] == 3
     shape = [(o["name"], o["type"], o.get("required", False)) for o in COMMANDS[1]["options"]]
     assert [(o["name"], o["type"], o.get("required", False)) for o in served["retrain"]["options"]] == shape
 
@@ -1003,20 +1027,24 @@ def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> No
 # --- command registration ----------------------------------------------------------------------------
 
 
-def test_register_commands_puts_both_commands(fake_discord: FakeDiscord, settings: Settings) -> None:
+def test_register_commands_puts_every_command(fake_discord: FakeDiscord, settings: Settings) -> None:
     assert cli_main(["discord", "register-commands", "--guild", GUILD_ID]) == 0
     assert cli_main(["discord", "register-commands"]) == 0
     guild_call, global_call = fake_discord.calls_of("PUT")
     assert guild_call.path == f"/api/v10/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands"
     assert global_call.path == f"/api/v10/applications/{APPLICATION_ID}/commands"
     assert guild_call.headers["Authorization"] == "Bot test-bot-token"
-    ask, retrain = guild_call.body
+    ask, retrain, about = guild_call.body
     assert ask["name"] == "ask" and ask["options"][0]["name"] == "question" and ask["options"][0]["required"]
     assert ask["options"][0]["type"] == 3
     assert retrain["name"] == "retrain" and retrain["default_member_permissions"] == "32"
     assert retrain["contexts"] == [0]  # guild channels only: no DMs, where there is no Manage Server
     assert "default_member_permissions" not in ask  # everyone may ask
-    assert guild_call.body == COMMANDS
+    # installable on a server and by a user, usable in servers and DMs; the message command too
+    assert (ask["integration_types"], ask["contexts"]) == ([0, 1], [0, 1, 2]) == (about["integration_types"],
+                                                                                about["contexts"])
+    assert (about["name"], about["type"]) == ("Ask EchoRAG about this", 3) and "description" not in about
+    assert guild_call.body == global_call.body == COMMANDS  # the same list each time: registering is idempotent
 
 
 def test_invite_url_names_the_app_scopes_and_permissions(

@@ -14,11 +14,18 @@ ADMINISTRATOR = 0x8
 # (training announcements). Answers are interaction responses and need none.
 BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000  # = 19456
 
-# The two slash commands, as registered with PUT applications/{id}/commands (see handlers/cli/discord.py).
+ASK_ABOUT = "Ask EchoRAG about this"  # the message context-menu command
+# Where a command may be installed (0 a server, 1 a user) and used (0 a server, 1 the bot's DM,
+# 2 group DMs and other DMs): asking works everywhere; retraining only on a server.
+EVERYWHERE = {"integration_types": [0, 1], "contexts": [0, 1, 2]}
+
+# The commands, as registered with PUT applications/{id}/commands (see handlers/cli/discord.py):
+# a PUT replaces the whole list, so registering again changes nothing.
 COMMANDS: list[dict[str, Any]] = [
     {
         "name": "ask",
         "type": 1,
+        **EVERYWHERE,
         "description": "Ask the knowledge base a question",
         "description_localizations": {"ko": "지식 베이스에 질문합니다"},
         "options": [
@@ -38,6 +45,7 @@ COMMANDS: list[dict[str, Any]] = [
         "description": "Retrain the answer model from the feedback (admins only)",
         "description_localizations": {"ko": "피드백으로 답변 모델을 다시 학습합니다 (관리자 전용)"},
         "default_member_permissions": str(MANAGE_GUILD),
+        "integration_types": [0],
         "contexts": [0],
         "options": [
             {
@@ -48,6 +56,12 @@ COMMANDS: list[dict[str, Any]] = [
                 "required": False,
             }
         ],
+    },
+    {  # right-click a message → Apps: its text becomes the question
+        "name": ASK_ABOUT,
+        "type": 3,
+        "name_localizations": {"ko": "EchoRAG에게 이 메시지 묻기"},
+        **EVERYWHERE,
     },
 ]
 

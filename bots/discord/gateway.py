@@ -20,9 +20,9 @@ import discord
 from discord import app_commands
 
 from bots.discord.ask_worker import answer_ask
-from bots.discord.commands import COMMANDS
+from bots.discord.commands import ASK_ABOUT, COMMANDS
 from bots.discord.heartbeat import BEAT_EVERY_S, beat, heartbeat_path
-from bots.discord.interactions import Handled, button_feedback, retrain
+from bots.discord.interactions import Handled, button_feedback, message_question, retrain
 from bots.discord.render import EPHEMERAL, FOLLOW_UP_PREFIX, answer_id_of, message_response
 from bots.discord.runtime import DiscordRuntime, resolve_settings
 from core.contracts import AskJob, FeedbackEvent
@@ -137,10 +137,15 @@ class GatewayBot(discord.Client):
 
     # --- slash commands and buttons ----------------------------------------------------------
     def _add_commands(self) -> None:
-        ask_spec, retrain_spec = COMMANDS
+        spec = {c["name"]: c for c in COMMANDS}
+        ask_spec, retrain_spec = spec["ask"], spec["retrain"]
+        anywhere = (app_commands.allowed_installs(guilds=True, users=True),
+                    app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True))
 
         @self.tree.command(name="ask", description=ask_spec["description"])
         @app_commands.describe(question=ask_spec["options"][0]["description"])
+        @anywhere[0]
+        @anywhere[1]
         async def ask(interaction: discord.Interaction, question: str) -> None:
             await self.ask(interaction, question)
 
@@ -150,6 +155,17 @@ class GatewayBot(discord.Client):
         @app_commands.guild_only()
         async def retrain_command(interaction: discord.Interaction, force: bool = False) -> None:
             await self.retrain(interaction, force=force)
+
+        @self.tree.context_menu(name=ASK_ABOUT)
+        @anywhere[0]
+        @anywhere[1]
+        async def ask_about(interaction: discord.Interaction, message: discord.Message) -> None:
+            question = message_question({"content": message.content,
+                                         "embeds": [e.to_dict() for e in message.embeds]})
+            if not question:
+                await interaction.response.send_message("That message has no text to ask about.", ephemeral=True)
+                return
+            await self.ask(interaction, question)
 
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
         """Defer at once (the 3-second rule), then the same code as the Lambda worker edits the reply."""

@@ -20,7 +20,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from pydantic import ValidationError
 
-from bots.discord.commands import has_manage_server
+from bots.discord.commands import ASK_ABOUT, has_manage_server
 from bots.discord.render import (
     APPLICATION_COMMAND,
     DEFERRED_CHANNEL_MESSAGE,
@@ -218,6 +218,8 @@ def handle_interaction(payload: dict[str, Any], runtime: DiscordRuntime) -> Hand
             return _ask(payload, runtime)
         if name == "retrain":
             return _retrain(payload, runtime)
+        if name == ASK_ABOUT:
+            return _ask_about(payload, runtime)
         return Handled(message_response(f"Unknown command /{name}.", ephemeral=True), "unknown_command")
     if kind == MESSAGE_COMPONENT:
         return _button(payload, runtime)
@@ -244,6 +246,42 @@ def _ask(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
         )
         return Handled(message_response(text, ephemeral=True), "ask_empty")
     return _queue_ask(payload, runtime, question)
+
+
+MAX_QUESTION = 1500  # as /ask's option allows
+
+
+def message_question(message: dict[str, Any]) -> str:
+    """The question a context-menu command on `message` asks: its text, else its first embed's
+    (an answer of the bot's own is an embed), cut to MAX_QUESTION."""
+    text = str(message.get("content") or "").strip()
+    embeds = message.get("embeds") if isinstance(message.get("embeds"), list) else []
+    if not text and embeds and isinstance(embeds[0], dict):
+        text = str(embeds[0].get("description") or embeds[0].get("title") or "").strip()
+    return text[:MAX_QUESTION]
+
+
+def _ask_about(payload: dict[str, Any], runtime: DiscordRuntime) -> Handled:
+    """"Ask EchoRAG about this" on a message: its text is the question."""
+    data = _object(payload, "data")
+    target = str(data.get("target_id", ""))
+    messages = _dig_dict(data, "resolved", "messages")
+    message = messages.get(target) if isinstance(messages.get(target), dict) else None
+    if message is None:
+        raise BadInteraction("a message command without its resolved target message")
+    question = message_question(message)
+    if not question:
+        text = "이 메시지에는 물어볼 글이 없습니다." if _korean(payload) else "That message has no text to ask about."
+        return Handled(message_response(text, ephemeral=True), "ask_empty")
+    return _queue_ask(payload, runtime, question)
+
+
+def _dig_dict(value: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`value[k1][k2]…` where each level is an object, else {} (payloads are untrusted)."""
+    for key in keys:
+        inner = value.get(key)
+        value = inner if isinstance(inner, dict) else {}
+    return value
 
 
 def _queue_ask(payload: dict[str, Any], runtime: DiscordRuntime, question: str, follow_up_of: str = "") -> Handled:
