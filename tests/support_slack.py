@@ -594,6 +594,15 @@ def make_rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, fake: Fa
         get_settings.cache_clear()
 
 
+def rig_with_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, **env: str) -> Generator[Rig, None, None]:
+    """`make_rig` against a FakeSlack of its own, started and stopped around it."""
+    fake = FakeSlack().start()
+    try:
+        yield from make_rig(monkeypatch, tmp_path, kb, fake, **env)
+    finally:
+        fake.stop()
+
+
 def answers_in(rig: Rig, channel: str, thread_ts: str) -> list[dict[str, Any]]:
     return [m for m in rig.fake.thread(channel, thread_ts) if m.get("user") == BOT_USER_ID]
 

@@ -30,7 +30,7 @@ from core.store import open_store
 from handlers.cli.report import knowledge_catalogue, parse_since
 from rag.agent import Agent
 from tests.conftest import make_settings
-from tests.support_slack import ADMIN, HR, FakeSlack, Rig, block_action, make_rig
+from tests.support_slack import ADMIN, HR, FakeSlack, Rig, block_action, make_rig, rig_with_fake
 from tests.support_training import QA, FakeServer, queue_job, seed_feedback, training_values
 from training.dataset import build_examples
 from training.worker import Worker
@@ -300,11 +300,7 @@ def test_the_report_renders_in_chromium_without_errors_or_missing_korean_glyphs(
 
 @pytest.fixture
 def home_rig(filled: Filled, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    fake = FakeSlack().start()
-    try:
-        yield from make_rig(monkeypatch, filled.data_dir, filled.kb, fake)
-    finally:
-        fake.stop()
+    yield from rig_with_fake(monkeypatch, filled.data_dir, filled.kb)
 
 
 def _home_text(view: dict[str, Any]) -> str:

@@ -127,14 +127,10 @@ def test_feedback_is_off_when_disabled(tmp_path: Path, kb: Path, feedback_on: No
 
 @pytest.fixture
 def slack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kb: Path, feedback_on: None) -> Iterator[Any]:
-    from tests.support_slack import FakeSlack, make_rig
+    from tests.support_slack import rig_with_fake
 
-    fake = FakeSlack().start()
-    try:
-        # the rig reads QDRANT_PATH/.. as the base; the handler's own retriever holds its lock
-        yield from make_rig(monkeypatch, tmp_path, kb.parent, fake, RETRIEVAL_FEEDBACK="true")
-    finally:
-        fake.stop()
+    # the rig reads QDRANT_PATH/.. as the base; the handler's own retriever holds its lock
+    yield from rig_with_fake(monkeypatch, tmp_path, kb.parent, RETRIEVAL_FEEDBACK="true")
 
 
 def _slack_ranking(question: str, space: str) -> list[str]:

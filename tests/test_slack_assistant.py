@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support_slack import ENG, HR, FakeSlack, Rig, answers_in, build_knowledge_base, make_rig
+from tests.support_slack import ENG, HR, Rig, answers_in, build_knowledge_base, rig_with_fake
 
 DM = "D0ASSIST1"
 USER = "U0000042"
@@ -25,12 +25,8 @@ def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path) -> Iterator[Rig]:
-    fake = FakeSlack().start()
-    try:
-        yield from make_rig(monkeypatch, tmp_path, knowledge_base, fake,
-                            SLACK_SUGGESTED_PROMPTS="연차는 며칠인가요?,온콜은 어떻게 교대하나요?")
-    finally:
-        fake.stop()
+    yield from rig_with_fake(monkeypatch, tmp_path, knowledge_base,
+                             SLACK_SUGGESTED_PROMPTS="연차는 며칠인가요?,온콜은 어떻게 교대하나요?")
 
 
 def _thread_event(kind: str, thread_ts: str, viewing: str) -> dict[str, Any]:

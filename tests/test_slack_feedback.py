@@ -16,12 +16,11 @@ from core.contracts import make_answer_id
 from core.records import answer_votes, hash_user
 from tests.support_slack import (
     HR,
-    FakeSlack,
     Rig,
     answers_in,
     block_action,
     build_knowledge_base,
-    make_rig,
+    rig_with_fake,
     view_submission,
 )
 from training.dataset import build_examples
@@ -36,11 +35,7 @@ def knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path) -> Iterator[Rig]:
-    fake = FakeSlack().start()
-    try:
-        yield from make_rig(monkeypatch, tmp_path, knowledge_base, fake)
-    finally:
-        fake.stop()
+    yield from rig_with_fake(monkeypatch, tmp_path, knowledge_base)
 
 
 def _answer(rig: Rig) -> dict[str, Any]:

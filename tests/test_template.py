@@ -844,7 +844,12 @@ def test_retry_state_expires_only_after_every_retry_window(source: dict[str, Any
     rules = {rule["Id"]: rule for rule in resources["FeedbackBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
     for rule_id, prefix in (("expire-once-only-claims", "idempotency/"), ("expire-answer-placeholders", "slack/placeholders/")):
         assert rules[rule_id]["Prefix"] == prefix and rules[rule_id]["ExpirationInDays"] == {"Ref": "RetryStateExpiryDays"}
-    assert rules["expire-thread-memory"]["Prefix"] == "slack/threads/"
+    for rule_id, prefix in (
+        ("expire-thread-memory", "slack/threads/"),
+        ("expire-assistant-threads", "slack/assistant/"),
+        ("expire-discord-conversations", "discord/conversations/"),
+    ):
+        assert rules[rule_id]["Prefix"] == prefix and rules[rule_id]["ExpirationInDays"] == {"Ref": "ThreadMemoryDays"}
     from core.idempotency import PREFIX
 
     assert PREFIX == "idempotency/"
