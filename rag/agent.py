@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypedDict
 
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 
 from core.contracts import AnswerRecord, ContextRef, TurnRef, make_answer_id
@@ -29,8 +30,8 @@ from rag.condense import condense, is_follow_up
 from rag.extractive import extractive_answer
 from rag.grading import assess
 from rag.language import Language, detect_language, written_in
-from rag.llm import LLM, LLMUnavailable, llm_from_settings
-from rag.prompts import build_messages, renumber_citations
+from rag.llm import LLM, LLMUnavailable, StreamingLLM, llm_from_settings
+from rag.prompts import StreamRenumberer, build_messages, renumber_citations
 from rag.types import AgentAnswer, AnswerRef, Citation, Passage, Turn
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class AgentState(TypedDict, total=False):
     scores: Annotated[dict[str, float], _merge]
     timings: Annotated[dict[str, float], _merge]
     answer_id: str | None
+    stream: bool  # pass a streaming LLM's text on as it comes (LangGraph's custom stream mode)
     llm_fallback: bool  # on an LLM outage, quote the documents instead of failing (the last attempt)
     fell_back: bool
     warnings: Annotated[list[str], operator.add]
@@ -289,14 +291,35 @@ class Agent:
         language = state["language"]
         history = [(turn.role, turn.text) for turn in prompt_history(state)]
         messages = build_messages(state["condensed"], passages, language, history)
-        for _ in range(2):
-            raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
+        for attempt in range(2):
+            if attempt == 0 and state.get("stream") and isinstance(self.llm, StreamingLLM):
+                raw = cap_answer(self._streamed(messages, len(passages)))
+            else:
+                raw = cap_answer(self.llm.complete(messages, max_tokens=self.settings.llm_max_tokens))
             if written_in(raw, language):
                 return raw
             log.warning("the LLM answered a %s question in another language; asking again", language)
             reminder = LANGUAGE_REMINDER.get(language, LANGUAGE_REMINDER["en"])
             messages = [*messages[:-1], {"role": "user", "content": f"{messages[-1]['content']}\n\n{reminder}"}]
         return None
+
+    def _streamed(self, messages: list[dict[str, Any]], n_sources: int) -> str:
+        """The model's answer, read as it streams; the caller of `ask(on_text=…)` sees it as it
+        comes, with the citation numbers it will have in the end (LangGraph's custom stream). Reading
+        stops at the answer cap: nothing past it would be shown or stored."""
+        assert isinstance(self.llm, StreamingLLM)
+        write = get_stream_writer()
+        renumberer = StreamRenumberer(n_sources)
+        for piece in self.llm.stream(messages, max_tokens=self.settings.llm_max_tokens):
+            shown = renumberer.feed(piece)
+            if shown:
+                write({"text": shown})
+            if len(renumberer.raw) > MAX_ANSWER_CHARS:
+                break
+        rest = renumberer.flush()
+        if rest:
+            write({"text": rest})
+        return renumberer.raw.strip()
 
     def _abstain(self, state: AgentState) -> dict[str, Any]:
         return {
@@ -362,10 +385,13 @@ class Agent:
         spaces: list[str] | None = None,
         ref: AnswerRef | None = None,
         llm_fallback: bool = False,
+        on_text: Callable[[str], None] | None = None,
     ) -> AgentAnswer:
         """Answer `question` (in its language) from the passages `spaces` may see, citing them `[n]`.
         `llm_fallback`: when the LLM is unreachable, quote the documents (marked as such) instead of
-        raising LLMUnavailable: for the last try of a question, or where nothing retries."""
+        raising LLMUnavailable: for the last try of a question, or where nothing retries.
+        `on_text`: called with the answer's text as a streaming LLM writes it; the returned answer
+        is what counts (it differs from the streamed text when the answer was replaced or capped)."""
         question = (question or "").strip()
         if not question:
             raise UserError(
@@ -376,19 +402,26 @@ class Agent:
                 f"the question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS})"
             )
         started = time.perf_counter()
-        state: AgentState = self.graph.invoke(
-            {
-                "question": question,
-                "history": list(history),
-                "spaces": list(spaces) if spaces is not None else None,
-                "ref": ref,
-                "llm_fallback": llm_fallback,
-                "language": detect_language(question),
-                "scores": {},
-                "timings": {},
-                "warnings": [],
-            }
-        )
+        inputs: AgentState = {
+            "question": question,
+            "history": list(history),
+            "spaces": list(spaces) if spaces is not None else None,
+            "ref": ref,
+            "llm_fallback": llm_fallback,
+            "stream": on_text is not None,
+            "language": detect_language(question),
+            "scores": {},
+            "timings": {},
+            "warnings": [],
+        }
+        if on_text is None:
+            state: AgentState = self.graph.invoke(inputs)
+        else:
+            for mode, chunk in self.graph.stream(inputs, stream_mode=["custom", "values"]):
+                if mode == "custom":
+                    on_text(chunk["text"])
+                else:
+                    state = chunk
         timings = dict(state.get("timings", {}))
         timings["total"] = round((time.perf_counter() - started) * 1000.0, 2)
         for warning in state.get("warnings", []):

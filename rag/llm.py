@@ -51,6 +51,13 @@ class LLM(Protocol):
     def complete(self, messages: list[dict[str, Any]], *, max_tokens: int) -> str: ...
 
 
+@runtime_checkable
+class StreamingLLM(LLM, Protocol):
+    """A model that can also hand its answer over as it writes it."""
+
+    def stream(self, messages: list[dict[str, Any]], *, max_tokens: int) -> Iterator[str]: ...
+
+
 class OpenAICompatibleLLM:
     """Chat completions over the `openai` client against any compatible base URL (vLLM, Ollama, …)."""
 

@@ -89,6 +89,51 @@ def citation_numbers(text: str, n_sources: int) -> list[int]:
     return seen
 
 
+_MARKER = re.compile(r"( ?)\[(\d{1,3})\]")
+# the end of a text that may still become a marker: a space, "[", "[1", " [12"
+_OPEN_MARKER = re.compile(r" ?(?:\[\d{0,3})?$")
+
+
+def _renumbered(text: str, new_number: dict[int, int]) -> str:
+    def renumber(match: re.Match[str]) -> str:
+        old = int(match.group(2))
+        return f"{match.group(1)}[{new_number[old]}]" if old in new_number else ""
+
+    return _MARKER.sub(renumber, text)
+
+
+class StreamRenumberer:
+    """`renumber_citations` on a text that arrives piece by piece: what can be shown so far.
+
+    Numbers go by order of first use, so a marker's new number is known when it is complete; only
+    an end that may still become a marker (" [1") is held back. The pieces shown add up to the
+    renumbered whole (before its final strip), which lets a streamed answer match the stored one.
+    """
+
+    def __init__(self, n_sources: int) -> None:
+        self.n_sources = n_sources
+        self.raw = ""
+        self.shown = ""
+
+    def feed(self, piece: str) -> str:
+        """The newly showable text after `piece` ("" while a marker is open)."""
+        self.raw += piece
+        safe = self.raw[: _OPEN_MARKER.search(self.raw).start()]  # type: ignore[union-attr]
+        return self._advance(safe)
+
+    def flush(self) -> str:
+        """The rest, once the text is complete."""
+        return self._advance(self.raw)
+
+    def _advance(self, text: str) -> str:
+        used = citation_numbers(text, self.n_sources)
+        rendered = _renumbered(text, {old: new for new, old in enumerate(used, start=1)}).lstrip()
+        if not rendered.startswith(self.shown):  # cannot happen for well-formed markers; show nothing wrong
+            return ""
+        delta, self.shown = rendered[len(self.shown):], rendered
+        return delta
+
+
 def renumber_citations(text: str, passages: Sequence[Passage]) -> tuple[str, list[Passage], list[Citation]]:
     """Renumber `[n]` by order of first use so `[k]` is `citations[k-1]`; drop out-of-range markers.
 
@@ -98,12 +143,7 @@ def renumber_citations(text: str, passages: Sequence[Passage]) -> tuple[str, lis
     """
     used = citation_numbers(text, len(passages))
     new_number = {old: new for new, old in enumerate(used, start=1)}
-
-    def renumber(match: re.Match[str]) -> str:
-        old = int(match.group(2))
-        return f"{match.group(1)}[{new_number[old]}]" if old in new_number else ""
-
-    rewritten = re.sub(r"( ?)\[(\d{1,3})\]", renumber, text).strip()
+    rewritten = _renumbered(text, new_number).strip()
     ordered = [passages[n - 1] for n in used] + [p for i, p in enumerate(passages, 1) if i not in new_number]
     citations = [
         Citation(

@@ -261,3 +261,49 @@ def test_a_follow_up_left_as_asked_reaches_the_model_with_its_thread(
     else:
         assert turns == [] and record.prompt_history == []  # a standalone rewrite is sent alone
     assert prompt_messages(record) == sent  # the training prompt is the served one
+
+
+@pytest.mark.parametrize("text", [
+    "연차는 15일입니다 [2]. 반차도 됩니다 [1][2]. 없는 출처 [9]는 빠집니다.",
+    "[3] first, then [1], a bracket [ not a marker ], [1234] too long, end [2]",
+    "  leading space and a trailing marker [1]",
+])
+def test_a_streamed_text_renumbers_as_the_whole_does_wherever_it_is_cut(text: str) -> None:
+    import random
+
+    from rag.prompts import StreamRenumberer, renumber_citations
+    from rag.types import Passage
+
+    passages = [Passage(chunk_id=f"c{i}", doc_id=f"d{i}", title="t", source="s", location="", text="x", score=1.0)
+                for i in range(3)]
+    whole, _, _ = renumber_citations(text, passages)
+    rng = random.Random(7)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), 6))
+        renumberer = StreamRenumberer(len(passages))
+        shown = "".join(renumberer.feed(text[a:b]) for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True))
+        assert (shown + renumberer.flush()).strip() == whole
+
+
+def test_the_agent_passes_a_streamed_answer_on_with_its_final_numbers(endpoint: ScriptedLLM, tmp_path: Any) -> None:
+    endpoint.reply = _sse("입사 1년 후에는 ", "15일의 연차가 주어집니다 [", "2", "]. 반차는 ", "4시간입니다 [1].")
+    pieces: list[str] = []
+    with _handbook_agent(endpoint, tmp_path) as agent:
+        answer = agent.ask("연차는 며칠인가요?", on_text=pieces.append)
+    assert endpoint.bodies[-1]["stream"] is True and len(pieces) >= 3
+    assert "".join(pieces).strip() == answer.text
+    if len(answer.citations) == 2:  # the handbook gave two passages: [2] came first, so it is [1] now
+        assert answer.text.endswith("주어집니다 [1]. 반차는 4시간입니다 [2].")
+
+
+def test_a_streamed_answer_in_the_wrong_language_is_replaced_by_the_second_ask(
+    endpoint: ScriptedLLM, tmp_path: Any
+) -> None:
+    endpoint.queued = [_sse(ENGLISH[:30], ENGLISH[30:])]
+    endpoint.answer("입사 1년 후에는 15일의 연차가 주어집니다 [1].")  # the second ask is not streamed
+    pieces: list[str] = []
+    with _handbook_agent(endpoint, tmp_path) as agent:
+        answer = agent.ask("연차는 며칠인가요?", on_text=pieces.append)
+    assert "".join(pieces).strip() == ENGLISH  # what was shown while it came
+    assert answer.text == "입사 1년 후에는 15일의 연차가 주어집니다 [1]."  # what the caller must show instead
+    assert [body.get("stream") for body in endpoint.bodies] == [True, False]
