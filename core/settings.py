@@ -87,6 +87,8 @@ class Settings(BaseSettings):
         default_factory=lambda: ["무엇을 물어볼 수 있나요?", "What can you answer from our documents?"]
     )
     slack_prompts_title: str = "이렇게 물어보세요 · Try asking"  # the heading above the suggested prompts
+    slack_streaming: bool = True  # with an LLM, stream answers in threads (chat.startStream/appendStream/stopStream)
+    slack_stream_buffer: int = Field(default=256, ge=1)  # characters per appendStream: fewer calls, within Slack's rate
     discord_application_id: str | None = None  # for webhooks and command registration
     discord_public_key: str | None = None  # verifies Interactions requests (Ed25519)
     discord_bot_token: str | None = None  # gateway process, command registration, notifications
@@ -145,6 +147,13 @@ class Settings(BaseSettings):
     @property
     def resolved_adapter_cache_dir(self) -> Path:
         return self.adapter_cache_dir or self.data_dir / "adapters"
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether answers come from an LLM (LLM_BACKEND=auto: when LLM_BASE_URL or LLM_MODEL is set)."""
+        if self.llm_backend == "auto":
+            return bool(self.llm_base_url or self.llm_model)
+        return self.llm_backend != "extractive"
 
     def spaces_for_channel(self, channel: str | None) -> list[str] | None:
         """Spaces a chat channel may see (a Discord thread: pass its parent). None means every space,

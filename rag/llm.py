@@ -180,13 +180,9 @@ def llm_from_settings(settings: Settings) -> LLM | None:
 
     LLM_BACKEND=auto: an OpenAI-compatible client when LLM_BASE_URL or LLM_MODEL is set, else None.
     """
-    backend = settings.llm_backend
-    if backend == "extractive":
+    if not settings.uses_llm:
         return None
-    if backend == "auto":
-        backend = "openai" if (settings.llm_base_url or settings.llm_model) else "extractive"
-        if backend == "extractive":
-            return None
+    backend = "openai" if settings.llm_backend == "auto" else settings.llm_backend
     if backend == "openai":
         if not settings.llm_model:
             raise ConfigError(

@@ -8,6 +8,7 @@ reaches a user.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,8 @@ INTERNALS = ("10.0.7.12", "s3://echorag-feedback-prod", "HTTP 503", "SlowDown")
 
 
 class FlakyLLM:
-    """POST /v1/chat/completions: 503 for the first `fail_first` requests, then an answer citing [1]."""
+    """POST /v1/chat/completions: 503 for the first `fail_first` requests, then an answer citing [1]
+    (streamed word by word as server-sent events when the request asks for a stream)."""
 
     def __init__(self, fail_first: int, answer: str = "Deploys go out on Tuesdays and Thursdays [1].") -> None:
         self.fail_first, self.answer, self.requests = fail_first, answer, 0
@@ -31,13 +33,27 @@ class FlakyLLM:
                 return
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 flaky.requests += 1
                 if flaky.requests <= flaky.fail_first:
                     self._send(503, {"error": {"message": "upstream 10.0.7.12:8000 overloaded", "type": "server"}})
                     return
+                if body.get("stream"):
+                    self._stream(re.findall(r"\S+\s*", flaky.answer))
+                    return
                 choice = {"index": 0, "message": {"role": "assistant", "content": flaky.answer}, "finish_reason": "stop"}
                 self._send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]})
+
+            def _stream(self, pieces: list[str]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for piece in pieces:
+                    chunk = {"id": "s1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()

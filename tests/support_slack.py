@@ -2,7 +2,7 @@
 
 - `FakeSlack`: a local Slack Web API (http.server on 127.0.0.1) that keeps channels and threads,
   records every call, answers like Slack (`auth.test`, `chat.postMessage`, `chat.update`,
-  `chat.postEphemeral`, `conversations.replies`, `views.publish`, `views.open`, `assistant.threads.*`, `response_url` POSTs) and can be told to fail
+  `chat.postEphemeral`, `chat.startStream`/`appendStream`/`stopStream`, `conversations.replies`, `views.publish`, `views.open`, `assistant.threads.*`, `response_url` POSTs) and can be told to fail
   the next call(s) of a method with a Slack error, or to hang the next call until it stops.
 - `FakeLambda`: the Lambda service's async `Invoke` as Bolt's lazy listener runner uses it: runs
   the function synchronously and, like Lambda, retries an invocation that raised (twice); it can
@@ -95,7 +95,7 @@ class FakeSlack:
                     args.update(json.loads(raw))
                 elif raw:
                     args.update(dict(parse_qsl(raw)))
-                for key in ("blocks", "metadata"):
+                for key in ("blocks", "metadata", "chunks"):
                     if isinstance(args.get(key), str):
                         args[key] = json.loads(args[key])
                 return args
@@ -230,6 +230,8 @@ class FakeSlack:
                 return self._post(args)
             if method == "chat.update":
                 return self._update(args)
+            if method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+                return self._stream(method, args)
             if method == "chat.postEphemeral":
                 return {"ok": True, "message_ts": self.next_ts()}
             if method == "conversations.replies":
@@ -262,6 +264,8 @@ class FakeSlack:
         for block in blocks:
             if block.get("type") == "section" and len(block["text"]["text"]) > 3000:
                 return "invalid_blocks"
+        if sum(len(b["text"]) for b in blocks if b.get("type") == "markdown") > 12_000:
+            return "invalid_blocks"  # the markdown blocks of one message, together
         return None
 
     def _post(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +294,44 @@ class FakeSlack:
                 message.update(text=args.get("text", ""), blocks=args.get("blocks", []), edited=True)
                 return {"ok": True, "channel": args["channel"], "ts": message["ts"], "text": message["text"]}
         return {"ok": False, "error": "message_not_found"}
+
+    def _stream(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Slack's streamed messages: started in a thread (outside a DM, for a named recipient),
+        appended to while streaming, then stopped with blocks under the text."""
+        channel = args.get("channel") or ""
+        if method == "chat.startStream":
+            if not channel or not args.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}
+            if not channel.startswith("D") and not (args.get("recipient_team_id") and args.get("recipient_user_id")):
+                return {"ok": False, "error": "missing_recipient_user_id"}
+            message: dict[str, Any] = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": "",
+                                       "blocks": [], "ts": self.next_ts(), "thread_ts": args["thread_ts"],
+                                       "streaming": True, "tasks": {}, "appends": []}
+            self.messages.setdefault(channel, []).append(message)
+        else:
+            found = [m for m in self.messages.get(channel, []) if m["ts"] == args.get("ts")]
+            if not found:
+                return {"ok": False, "error": "message_not_found"}
+            message = found[0]
+            if not message.get("streaming"):
+                return {"ok": False, "error": "message_not_in_streaming_state"}
+        chunks = list(args.get("chunks") or [])
+        if args.get("markdown_text"):
+            chunks.insert(0, {"type": "markdown_text", "text": args["markdown_text"]})
+        for chunk in chunks:
+            if chunk.get("type") == "markdown_text":
+                if len(chunk["text"]) > 12_000:
+                    return {"ok": False, "error": "msg_too_long"}
+                message["text"] += chunk["text"]
+                message["appends"].append(chunk["text"])
+            elif chunk.get("type") == "task_update":
+                message["tasks"][chunk["id"]] = chunk["status"]
+        if method == "chat.stopStream":
+            error = self._check_blocks({"text": message["text"], "blocks": args.get("blocks") or []})
+            if error:
+                return {"ok": False, "error": error}
+            message.update(blocks=args.get("blocks") or [], streaming=False)
+        return {"ok": True, "channel": channel, "ts": message["ts"]}
 
     def _publish(self, args: dict[str, Any]) -> dict[str, Any]:
         """A Home tab view: Slack allows up to 100 blocks and needs `type: home`."""

@@ -73,7 +73,9 @@ def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, knowledge_base: Path, f
 
 
 def _section_texts(message: dict[str, Any]) -> list[str]:
-    return [b["text"]["text"] for b in message.get("blocks", []) if b.get("type") == "section"]
+    """The text of each section and markdown block (the answer's text is in markdown blocks)."""
+    return [b["text"]["text"] if b["type"] == "section" else b["text"]
+            for b in message.get("blocks", []) if b.get("type") in ("section", "markdown")]
 
 
 # --- asking ---------------------------------------------------------------------------------------
@@ -771,16 +773,21 @@ def test_long_answers_split_within_slack_limits_and_mentions_are_defused() -> No
                          citations=citations, model="vllm/echorag", adapter_version="v3")
     messages = render_answer(answer)
     assert len(messages) >= 4
-    rendered = []
+    rendered, markdown = [], []
     for message in messages:
         assert len(message.blocks) <= 50 and len(message.text) <= 40_000
+        assert sum(len(b["text"]) for b in message.blocks if b["type"] == "markdown") <= 12_000
         for block in message.blocks:
             if block["type"] == "section":
                 assert len(block["text"]["text"]) <= 3000
                 rendered.append(block["text"]["text"])
-    everything = "\n".join(rendered + [m.text for m in messages])
-    assert "<!" not in everything and "@channel" not in everything and "<규정>" not in everything
-    assert "&amp;" in everything and "&lt;규정&gt;" in everything
+            elif block["type"] == "markdown":
+                markdown.append(block["text"])
+    everything = "\n".join(rendered + markdown + [m.text for m in messages])
+    assert "<!" not in everything and "@channel" not in everything  # nothing that notifies, anywhere
+    assert "<\u2060!here>" in "".join(markdown) and "연차 & 휴가 <규정>" in "".join(markdown)  # Markdown: as written
+    fallback = "".join(m.text for m in messages)
+    assert "<규정>" not in fallback and "&amp;" in fallback and "&lt;규정&gt;" in fallback  # mrkdwn: escaped
     assert "adapter: v3" in json.dumps(messages[-1].blocks, ensure_ascii=False)
     assert "<https://wiki.example.com/p?id=1&amp;v=2|문서 1 &lt;b&gt;>" in everything
 
@@ -840,6 +847,7 @@ METHOD_SCOPES = {
     "chat_postMessage": {"chat:write"},
     "chat_update": {"chat:write"},
     "chat_postEphemeral": {"chat:write"},
+    "chat_stream": {"chat:write"},  # chat.startStream / appendStream / stopStream
     "conversations_replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "conversations_history": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "views_publish": set(),  # the Home tab: no scope

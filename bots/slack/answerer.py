@@ -11,6 +11,13 @@ What a failure does follows `core.errors`: a `UserError` (empty, too long) is sh
 permanent one (a `PermanentError`, or a Slack error no retry fixes) gets a plain apology and is
 finished; anything else is transient: the asker sees "something went wrong, it may still come",
 never the message, and the exception propagates so Lambda retries the lazy invocation.
+
+With an LLM, an answer in a thread is streamed (`bots.slack.stream`): the stream's message is the
+placeholder, saved before any text, so a retry edits it and never starts a second stream. An
+attempt that finds a stream marked as starting but no ts (it died between the two) posts a plain
+placeholder instead. The stored answer finishes the stream when it goes on from what was streamed
+(an abstention or the documents' quote streams nothing first); when it differs (the documents'
+words replaced the model's, or the cap cut it), the stream is stopped and edited to it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Literal
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bots.slack.feedback import feedback_block
 from bots.slack.render import (
     SlackMessage,
     empty_question_text,
@@ -33,8 +41,10 @@ from bots.slack.render import (
     notice_blocks,
     placeholder_text,
     render_answer,
+    tail_blocks,
 )
 from bots.slack.services import SlackServices
+from bots.slack.stream import AnswerStream
 from bots.slack.threads import (
     find_placeholder,
     placeholder_metadata,
@@ -75,6 +85,7 @@ class Question:
     text: str
     header: str | None = None
     space_channel: str = ""  # whose knowledge spaces apply ("": `channel`'s); an AI-app thread's viewed channel
+    team: str = ""  # the asker's team: a stream outside a DM names its recipient
     live_status: bool = False  # show Slack's thread status while answering (AI-app threads)
 
 
@@ -114,6 +125,7 @@ class Answerer:
         self.services = services
         self.client = client
         self.bot_user_id = bot_user_id
+        self.stream: AnswerStream | None = None  # this attempt's stream, when it started one
 
     def run(self, q: Question) -> AnswerOutcome:
         store = self.services.store
@@ -137,10 +149,14 @@ class Answerer:
                 return self._answer(q, placeholder_ts, last_try=claim.attempt >= self.services.retries)
             except UserError as exc:  # the question itself is wrong: tell the asker, done
                 assert placeholder_ts is not None  # only the agent raises UserError
+                if self.stream is not None:
+                    self.stream.stop(str(exc))
                 refusal = notice_blocks(escape_mrkdwn(str(exc)))
                 self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(refusal))
                 return AnswerOutcome("refused")
             except Exception as exc:
+                if self.stream is not None:
+                    self.stream.abandon(failure_text(language))
                 if claim.done_elsewhere():  # our lease ran out and a retry answered: leave it be
                     log.warning("slack answer %s failed after another attempt answered it: %r", q.dedup_key, exc)
                     return AnswerOutcome("duplicate")
@@ -178,10 +194,16 @@ class Answerer:
                 user_hash=hash_user("slack", q.user) if q.user else "",
             ),
             llm_fallback=last_try,
+            on_text=self.stream.write if self.stream is not None else None,
         )
         seconds = time.perf_counter() - started
         messages = render_answer(answer, header=q.header, elapsed_s=seconds)
-        self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(messages[0]))
+        if self.stream is not None and len(messages) == 1 and self.stream.fits(answer.text):
+            self.stream.finish(answer.text, [*tail_blocks(answer, seconds), feedback_block(answer.language)])
+        else:
+            if self.stream is not None:
+                self.stream.stop(placeholder_text(answer.language))
+            self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(messages[0]))
         for extra in messages[1:]:
             self.client.chat_postMessage(channel=q.channel, thread_ts=answer_thread, **_payload(extra))
         record_turns(self.services.store, q.channel, answer_thread, seed=history if read_from_slack else (),
@@ -206,8 +228,8 @@ class Answerer:
         through but the answer to it was lost), so no orphan "Looking…" stays behind."""
         key = _placeholder_key(q.dedup_key)
         saved = self.services.store.get(key)
-        if saved:
-            return str(json.loads(saved)["ts"])
+        if saved and "ts" in (state := json.loads(saved)):
+            return str(state["ts"])
         found = (
             find_placeholder(self.client, channel=q.channel, thread_ts=q.thread_ts, dedup_key=q.dedup_key)
             if retry
@@ -215,6 +237,14 @@ class Answerer:
         )
         if found is not None:
             ts = found
+        elif self._streams(q) and not saved:
+            self.services.store.put(key, json.dumps({"stream": "starting", "channel": q.channel}).encode())
+            assert q.thread_ts is not None  # _streams
+            self.stream = AnswerStream.start(
+                self.client, channel=q.channel, thread_ts=q.thread_ts, team=q.team, user=q.user,
+                language=language, buffer_size=self.services.settings.slack_stream_buffer,
+            )
+            ts = self.stream.ts
         else:
             text = placeholder_text(language)
             if q.header:
@@ -228,6 +258,11 @@ class Answerer:
         # from now on plain replies in this thread are questions too (even while this one runs)
         remember_answered_thread(self.services.store, q.channel, q.thread_ts or ts, ts)
         return ts
+
+    def _streams(self, q: Question) -> bool:
+        """Stream when an LLM writes the answer and it goes into a thread (`/ask` posts at the top)."""
+        settings = self.services.settings
+        return settings.slack_streaming and settings.uses_llm and q.thread_ts is not None and not q.header
 
     def _status(self, channel: str, thread_ts: str, language: str | None) -> None:
         """Best effort: Slack's "is searching…" under the thread (None clears it)."""

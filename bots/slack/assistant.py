@@ -130,6 +130,7 @@ def user_message(
             thread_ts=thread_ts,
             question_ts=ts,
             user=str(event.get("user", "")),
+            team=str(body.get("team_id") or ""),
             text=text,
             space_channel=viewed_channel(services, channel, thread_ts),
             live_status=True,

@@ -74,6 +74,7 @@ def answer_event(
             thread_ts=str(event.get("thread_ts") or ts),
             question_ts=ts,
             user=str(event.get("user", "")),
+            team=str(body.get("team_id") or ""),
             text=slack_to_plain(str(event.get("text", "")), context.bot_user_id),
         )
     )

@@ -1,9 +1,12 @@
-"""Slack Block Kit for answers: escaping, mention neutralising, splitting within Slack's limits.
+"""Block Kit for answers: the answer in `markdown` blocks, sources as links, within Slack's limits.
 
-Slack limits (checked against the Block Kit reference): a section's text is at most 3000 characters,
-a message at most 50 blocks, the fallback `text` at most 40,000 characters. An answer that does not
-fit one message continues in further messages of the same thread; the first message is the one the
-answer record points at (the one people react to).
+The answer (the model's Markdown, or the documents' sentences) goes into `markdown` blocks, which
+Slack renders as standard Markdown, with mentions and broadcasts defused; what we write ourselves
+(sources, the context line, headers) stays `mrkdwn` with Slack's escaping. Blocks are built with
+`slack_sdk.models.blocks`, whose `to_dict` checks their limits. Slack's limits: markdown blocks at
+most 12,000 characters per message together, a section's text 3000, a message 50 blocks, the
+fallback `text` 40,000. An answer that does not fit one message continues in further messages of
+the same thread; the first message is the one the answer record points at (the one people react to).
 """
 
 from __future__ import annotations
@@ -13,15 +16,24 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from slack_sdk.models.blocks import (
+    ContextBlock,
+    DividerBlock,
+    MarkdownBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
 from bots.slack.feedback import feedback_block
 from rag.types import AgentAnswer, Citation
 
 SECTION_LIMIT = 3000
 BLOCK_LIMIT = 50
 TEXT_LIMIT = 40_000
-# Per message: answer sections leave room for a divider, up to two source sections and the context.
-_SECTIONS_PER_MESSAGE = BLOCK_LIMIT - 5
-_CHARS_PER_MESSAGE = 36_000
+MARKDOWN_LIMIT = 12_000  # all markdown blocks of one message together
+# Per message: answer blocks leave room for a header, a divider, two source sections, the context
+# and the feedback buttons.
+_BLOCKS_PER_MESSAGE = BLOCK_LIMIT - 6
 _MAX_SOURCES = 10
 
 _PLACEHOLDER = {"ko": "찾아보는 중… :hourglass_flowing_sand:", "en": "Looking… :hourglass_flowing_sand:"}
@@ -39,8 +51,7 @@ _EMPTY = {
     "en": "What would you like to know? Write your question after the mention.",
 }
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
-_BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
-_HEADING = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
+_MENTION_TOKEN = re.compile(r"<(?=[!@#])")  # <!here>, <@U1>, <#C1>: what Slack's markup would ping
 _SENTENCE_END = re.compile(r"(?<=[.!?。다요])\s+")
 _SAFE_URL = re.compile(r"^https?://[^\s<>|]+$")
 # Slack's own markup in incoming text: <@U123>, <#C1|name>, <http://x|label>, <!here>
@@ -88,14 +99,10 @@ def escape_mrkdwn(text: str) -> str:
     return _BROADCAST.sub(lambda m: "@\u2060" + m.group(1), escaped)
 
 
-def markdown_to_mrkdwn(text: str) -> str:
-    """The few Markdown habits of LLMs that Slack renders differently: **bold** and # headings."""
-    text = _HEADING.sub(lambda m: f"*{m.group(1).strip()}*", text)
-    return _BOLD.sub(lambda m: f"*{m.group(1)}*", text)
-
-
-def to_mrkdwn(text: str) -> str:
-    return markdown_to_mrkdwn(escape_mrkdwn(text))
+def neutralise_mentions(text: str) -> str:
+    """Markdown for a `markdown` block with nothing that notifies: a word joiner after the `<` of a
+    `<!here>`/`<@U…>`/`<#C…>` token and after the `@` of `@channel`; it looks the same."""
+    return _BROADCAST.sub(lambda m: "@\u2060" + m.group(1), _MENTION_TOKEN.sub("<\u2060", text))
 
 
 def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
@@ -128,7 +135,11 @@ def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
 
 
 def _section(text: str) -> dict:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return SectionBlock(text=MarkdownTextObject(text=text)).to_dict()
+
+
+def _markdown(text: str) -> dict:
+    return MarkdownBlock(text=text).to_dict()
 
 
 def _citation_line(citation: Citation) -> str:
@@ -176,37 +187,45 @@ def context_text(answer: AgentAnswer, elapsed_s: float | None = None) -> str:
     return " · ".join(parts)
 
 
+def tail_blocks(answer: AgentAnswer, elapsed_s: float | None = None) -> list[dict]:
+    """What goes under the answer's text: the sources, the context line."""
+    sources = sources_blocks(answer.citations, answer.language)
+    context = ContextBlock(elements=[MarkdownTextObject(text=context_text(answer, elapsed_s))]).to_dict()
+    return [DividerBlock().to_dict(), *sources, context] if sources else [context]
+
+
 def render_answer(
     answer: AgentAnswer, *, header: str | None = None, elapsed_s: float | None = None
 ) -> list[SlackMessage]:
-    """Block Kit messages for an answer: answer sections, then sources and the context line; the
+    """Block Kit messages for an answer: markdown blocks, then sources and the context line; the
     first message (the one people vote on) ends with the 👍/👎 buttons.
 
     `header` (already mrkdwn) leads the first message, e.g. the quoted question of an `/ask`.
     """
-    body = to_mrkdwn(answer.text) or escape_mrkdwn("…")
-    chunks = ([header] if header else []) + split_text(body)
+    pieces = split_text(neutralise_mentions(answer.text)) or ["…"]
     messages: list[SlackMessage] = []
     group: list[str] = []
     size = 0
-    for chunk in chunks:
-        if group and (len(group) >= _SECTIONS_PER_MESSAGE or size + len(chunk) > _CHARS_PER_MESSAGE):
-            messages.append(SlackMessage(text="\n\n".join(group), blocks=[_section(c) for c in group]))
+    for piece in pieces:
+        if group and (len(group) >= _BLOCKS_PER_MESSAGE or size + len(piece) > MARKDOWN_LIMIT):
+            messages.append(_body_message(group))
             group, size = [], 0
-        group.append(chunk)
-        size += len(chunk) + 2
-    messages.append(SlackMessage(text="\n\n".join(group), blocks=[_section(c) for c in group]))
-
-    tail = sources_blocks(answer.citations, answer.language)
-    last = messages[-1]
-    if tail:
-        last.blocks.append({"type": "divider"})
-        last.blocks.extend(tail)
-    last.blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context_text(answer, elapsed_s)}]})
+        group.append(piece)
+        size += len(piece)
+    messages.append(_body_message(group))
+    if header:
+        messages[0].blocks.insert(0, _section(header))
+        messages[0].text = f"{header}\n\n{messages[0].text}"
+    messages[-1].blocks.extend(tail_blocks(answer, elapsed_s))
     messages[0].blocks.append(feedback_block(answer.language))  # votes go to the message the record names
     for message in messages:
         message.text = message.text[:TEXT_LIMIT]
     return messages
+
+
+def _body_message(pieces: list[str]) -> SlackMessage:
+    """Markdown blocks, and the same text (Slack-escaped) as the notification fallback."""
+    return SlackMessage(text=escape_mrkdwn("\n\n".join(pieces)), blocks=[_markdown(p) for p in pieces])
 
 
 def notice_blocks(text: str) -> SlackMessage:
