@@ -26,7 +26,7 @@ from core.contracts import AnswerRecord, ContextRef, TurnRef, make_answer_id
 from core.errors import UserError
 from core.records import save_answer
 from core.settings import Settings
-from rag.condense import condense, is_follow_up
+from rag.condense import condense, is_follow_up, without_request
 from rag.extractive import extractive_answer
 from rag.grading import assess
 from rag.language import Language, detect_language, written_in
@@ -76,7 +76,7 @@ def prompt_history(state: AgentState) -> list[Turn]:
     A rewritten question stands alone and is sent alone."""
     history = state.get("history", [])
     earlier = [t.text for t in history if t.role == "user"]
-    if state["condensed"] != state["question"] or not earlier or not is_follow_up(state["question"], earlier):
+    if state["condensed"] != state["asked"] or not earlier or not is_follow_up(state["asked"], earlier):
         return []
     return list(history[-PROMPT_HISTORY_TURNS:])
 
@@ -99,6 +99,7 @@ class AgentState(TypedDict, total=False):
     spaces: list[str] | None
     ref: AnswerRef | None
     language: Language
+    asked: str  # the question without a closing request phrase ("…알려줘"): what the answer looks for
     condensed: str
     passages: list[Passage]
     abstained: bool
@@ -215,8 +216,9 @@ class Agent:
         return graph.compile()
 
     def _condense(self, state: AgentState) -> dict[str, Any]:
-        condensed = condense(state["question"], state["history"], llm=self.llm, language=state["language"])
-        return {"condensed": condensed}
+        asked = without_request(state["question"])
+        condensed = condense(asked, state["history"], llm=self.llm, language=state["language"])
+        return {"asked": asked, "condensed": condensed}
 
     def _retrieve(self, state: AgentState) -> dict[str, Any]:
         self.retriever.sync_feedback(self.store)  # votes cast since the last question count now
@@ -266,7 +268,7 @@ class Agent:
             else:
                 reason = "language" if answered is None else None
         raw = answered if answered is not None else (
-            extractive_answer(state["condensed"], passages, state["language"], focus=state["question"]) or ""
+            extractive_answer(state["condensed"], passages, state["language"], focus=state["asked"]) or ""
         )
         if not raw.strip():
             # Extractive: no sentence shares a question term, an ordinary abstention. An LLM that

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from rag.language import detect_language
 from rag.llm import LLM, LLMError
 from rag.prompts import condense_messages
-from rag.text import analyse
+from rag.text import Token, analyse, get_kiwi
 from rag.types import Turn
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,56 @@ _EN_FINITE = re.compile(
     r"\b(is|are|was|were|am|do|does|did|can|could|should|would|will|shall|may|might|must|has|have|had)\b", re.I
 )
 _ENTITY_TAGS = frozenset({"NNP", "SL", "SH"})
+
+
+# Chat questions often end in a request rather than the question word: "…상은?? 알려줘", "…뭔지
+# 아시는 분?", "…인지 궁금해요". Their verbs (알리다, 알다, 궁금하다) are no topic, but the answer step
+# would look for a sentence that "covers" them (and abstain, or quote one that 알려준다). Kiwi's
+# tags find the frame however it is spaced or spelt: a telling verb with the benefactive 주다 in a
+# request (not past: "누가 알려 주었나?" asks who told), "(아시|아)는 분", 궁금하다.
+_TELLING = frozenset({"알리", "말하", "가르치", "설명하", "소개하"})
+_TELLING_NOUNS = frozenset({"말", "설명", "소개"})
+_TRAILING_TAGS = frozenset({"EF", "EC", "SF", "SW", "SE", "SO", "SS", "ETM"})
+
+
+def _request_frame(toks: Sequence[Token], i: int) -> int | None:
+    """Where a request frame starting at token i ends (the index after it), or None."""
+    pairs = [(t.form, t.tag.split("-")[0]) for t in toks[i:]]
+    if pairs[:1] == [("궁금하", "VA")]:
+        return i + 1
+    if pairs[:2] == [("궁금", "XR"), ("하", "XSA")]:
+        return i + 2
+    if pairs[:1] == [("알", "VV")]:  # (아시|아)는 분
+        j = 2 if pairs[1:2] == [("시", "EP")] else 1
+        return i + j + 2 if pairs[j : j + 2] == [("는", "ETM"), ("분", "NNB")] else None
+    if pairs and pairs[0][1] == "NNG" and pairs[0][0] in _TELLING_NOUNS and pairs[1:2] == [("하", "XSV")]:
+        pairs, i = pairs[1:], i + 1  # 말해 주세요: 말/NNG 하/XSV
+    elif not (pairs and pairs[0][1] == "VV" and pairs[0][0] in _TELLING):
+        return None
+    return i + 3 if len(pairs) >= 3 and pairs[1][1] == "EC" and pairs[2] == ("주", "VX") else None
+
+
+def _closes(toks: Sequence[Token]) -> bool:
+    """Whether what follows a request frame only finishes the sentence: endings, punctuation, an
+    honorific 시, "(ㄹ) 수 있나요" — not a tense (었/았/겠), which makes it a statement."""
+    for tok in toks:
+        tag = tok.tag.split("-")[0]
+        if tag in _TRAILING_TAGS or (tag == "EP" and tok.form == "시") or (tok.form, tag) in {("수", "NNB"), ("있", "VA"), ("있", "VV")}:
+            continue
+        return False
+    return True
+
+
+def without_request(question: str) -> str:
+    """The question without a closing request phrase ("…은?? 알려줘" → "…은??"); unchanged when
+    nothing would be left of it."""
+    toks = get_kiwi().tokenize(question)
+    for i in range(len(toks)):
+        end = _request_frame(toks, i)
+        if end is not None and _closes(toks[end:]):
+            head = question[: toks[i].start].rstrip()
+            return head if analyse([head])[0][0] else question
+    return question
 
 
 def is_follow_up(question: str, earlier: Sequence[str] = ()) -> bool:

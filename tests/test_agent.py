@@ -446,3 +446,33 @@ def test_served_adapter_version_comes_from_the_registry(
     assert answer.adapter_version == f"v{version}" and answer.model == settings.adapter_name
     record = load_answer(open_store(settings), answer.answer_id or "")
     assert record is not None and record.adapter_version == f"v{version}"
+
+
+@pytest.mark.parametrize(
+    ("typed", "asked"),
+    [
+        ("연차는 며칠이야?? 알려줘", "연차는 며칠이야??"),
+        ("경비 청구 기한 알려 주실 수 있나요?", "경비 청구 기한"),
+        ("온콜 절차 좀 가르쳐 주세요 ㅠㅠ", "온콜 절차 좀"),
+        ("배포 일정 말해줄래?", "배포 일정"),
+        ("입사 첫해 연차가 몇 개인지 아시는 분?", "입사 첫해 연차가 몇 개인지"),
+        ("병가 신청 기한이 궁금해요", "병가 신청 기한이"),
+        # not a request: the telling is what is asked about, or nothing would be left
+        ("누가 보안 사고를 팀장에게 알려 주었나?", "누가 보안 사고를 팀장에게 알려 주었나?"),
+        ("병가는 누구에게 알려야 하나요?", "병가는 누구에게 알려야 하나요?"),
+        ("알려줘", "알려줘"),
+        ("When do deploys happen? Please tell me", "When do deploys happen? Please tell me"),
+    ],
+)
+def test_a_closing_request_phrase_is_not_part_of_what_is_asked(typed: str, asked: str) -> None:
+    from rag.condense import without_request
+
+    assert without_request(typed) == asked
+
+
+def test_a_question_typed_as_a_request_is_answered_as_the_question(agent: Agent) -> None:
+    """"…알려줘" once made the answer look for a sentence with 알리다 ("팀장에게 메신저로 알리고")."""
+    written = agent.ask("연차 휴가는 며칠인가요?")
+    typed = agent.ask("연차 휴가는 며칠인지 알려줘")
+    assert typed.text == written.text and "알리고" not in typed.text
+    assert typed.question == "연차 휴가는 며칠인지 알려줘"  # what was asked is kept as asked
