@@ -52,6 +52,7 @@ _ENTITY_TAGS = frozenset({"NNP", "SL", "SH"})
 _TELLING = frozenset({"알리", "말하", "가르치", "설명하", "소개하"})
 _TELLING_NOUNS = frozenset({"말", "설명", "소개"})
 _TRAILING_TAGS = frozenset({"EF", "EC", "SF", "SW", "SE", "SO", "SS", "ETM"})
+_CLOSING_WORDS = frozenset({("시", "EP"), ("수", "NNB"), ("있", "VA"), ("있", "VV")})  # 알려 주실 수 있나요
 
 
 def _request_frame(toks: Sequence[Token], i: int) -> int | None:
@@ -76,9 +77,8 @@ def _closes(toks: Sequence[Token]) -> bool:
     honorific 시, "(ㄹ) 수 있나요" — not a tense (었/았/겠), which makes it a statement."""
     for tok in toks:
         tag = tok.tag.split("-")[0]
-        if tag in _TRAILING_TAGS or (tag == "EP" and tok.form == "시") or (tok.form, tag) in {("수", "NNB"), ("있", "VA"), ("있", "VV")}:
-            continue
-        return False
+        if tag not in _TRAILING_TAGS and (tok.form, tag) not in _CLOSING_WORDS:
+            return False
     return True
 
 

@@ -150,7 +150,7 @@ class Answerer:
             except UserError as exc:  # the question itself is wrong: tell the asker, done
                 assert placeholder_ts is not None  # only the agent raises UserError
                 if self.stream is not None:
-                    self.stream.stop(str(exc))
+                    self.stream.abandon(str(exc))
                 refusal = notice_blocks(escape_mrkdwn(str(exc)))
                 self.client.chat_update(channel=q.channel, ts=placeholder_ts, **_payload(refusal))
                 return AnswerOutcome("refused")
