@@ -87,6 +87,7 @@ def render_answer(answer: AgentAnswer) -> str:
         lines.append("출처:" if answer.language == "ko" else "Sources:")
         for c in answer.citations:
             where = ", ".join(part for part in (c.source, c.location) if part)
+            where += f" <{c.url}>" if c.url and c.url != c.source else ""
             lines.append(f"  [{c.n}] {c.title}" + (f" — {where}" if where else ""))
     return "\n".join(lines)
 

@@ -65,6 +65,7 @@ class ContextRef(BaseModel):
     title: str = ""
     source: str = ""
     location: str = ""  # the section or page ("§ 휴가 규정", "p. 3")
+    url: str = ""  # the document's http(s) URL; "" when it has none (and in records written before)
     score: float = 0.0
     text: str = ""  # kept so the training set can rebuild the prompt exactly
     space: str = ""  # the passage's knowledge space (retrieval feedback applies only there)

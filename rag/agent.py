@@ -354,6 +354,7 @@ class Agent:
                     title=p.title,
                     source=p.source,
                     location=p.location,
+                    url=p.url,
                     score=p.score,
                     text=p.text,
                     space=p.space,

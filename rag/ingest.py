@@ -55,10 +55,13 @@ class IngestSummary:
 
 
 def document_hash(doc: Document, settings: Settings, dense: DenseEncoder | None) -> str:
-    """Content + everything that shapes the stored vectors: a change to either re-indexes."""
+    """Content + everything that shapes the stored vectors: a change to either re-indexes.
+
+    The url counts only when set, so documents without one keep the hash they were stored under; a
+    url from outside the content (S3 metadata, a corpus row) still re-indexes when it changes."""
     signature = "|".join(
         [doc.content_hash, doc.title, doc.source, SPARSE_VERSION, ANALYSIS_VERSION, str(settings.chunk_size),
-         str(settings.chunk_overlap), dense.name if dense else ""]
+         str(settings.chunk_overlap), dense.name if dense else "", *([f"url={doc.url}"] if doc.url else [])]
     )
     return hashlib.sha256(signature.encode()).hexdigest()[:32]
 
@@ -95,6 +98,8 @@ class _Writer:
                     "space": space,
                     "doc_hash": doc_hash,
                 }
+                if doc.url:
+                    payload["url"] = doc.url
                 analysis = encode(chunk.sentences, chunk.text)
                 if analysis is not None:
                     payload["analysis"] = analysis
@@ -171,6 +176,7 @@ def ingest_paths(
     prune: bool = False,
     progress: bool = True,
     names: Mapping[Path, str] | None = None,
+    urls: Mapping[Path, str] | None = None,
 ) -> IngestSummary:
     """Ingest files/folders into `space`.
 
@@ -179,11 +185,14 @@ def ingest_paths(
 
     `names` stores a file under another name than its local path, e.g. a downloaded S3 object under
     its `s3://bucket/key` URI: ids, citations and the recorded path then name the original.
+    `urls` gives a file's documents a URL to link citations to where they carry none themselves
+    (an S3 object's `url` metadata); it must already be a safe one (`rag.loaders.safe_url`).
     """
     if not space.strip():
         raise UserError("the knowledge space name must not be empty")
     files, missing = discover(paths)
     renames = {str(local.expanduser().resolve()): name for local, name in (names or {}).items()}
+    file_urls = {str(local.expanduser().resolve()): url for local, url in (urls or {}).items() if url}
     summary = IngestSummary()
     for failure in missing:
         summary.failed += 1
@@ -209,6 +218,8 @@ def ingest_paths(
                 bar.update(1)
                 if name is not None:
                     item = _renamed(item, str(path), name)
+                if isinstance(item, Document) and not item.url and str(path) in file_urls:
+                    item = replace(item, url=file_urls[str(path)])
                 if isinstance(item, LoadFailure):
                     summary.failed += 1
                     summary.failures.append((item.path, item.reason))

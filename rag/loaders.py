@@ -2,17 +2,25 @@
 
 A file that cannot be read becomes a `LoadFailure` (path + reason) instead of an exception, so one
 bad file never aborts an ingestion run; the caller counts and reports it.
+
+A document may carry the URL it is published at (markdown front matter `url:`/`canonical_url:`,
+HTML `<link rel="canonical">` or `og:url`, a corpus row's `url`): citations then link to it. Only
+absolute http(s) URLs are kept (`safe_url`), since a chat renders them as clickable links.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl"})
 _ENCODINGS = ("utf-8-sig", "cp949")  # Korean files saved by older Windows tools are often CP949
@@ -35,6 +43,7 @@ class Document:
     path: str  # the file it came from (absolute); `--prune` uses it
     sections: list[Section] = field(default_factory=list)
     content_hash: str = ""  # of the raw content; a change means re-indexing
+    url: str = ""  # where the document is published (absolute http/https), "" when unknown
 
     @property
     def text(self) -> str:
@@ -52,6 +61,23 @@ class LoadFailure:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def safe_url(value: object, where: str) -> str:
+    """`value` as an absolute http(s) URL, or "" (logged) for anything else: a relative path, another
+    scheme (`javascript:`, `ftp:`) or whitespace inside would make a broken or unsafe chat link."""
+    if value is None or value == "":
+        return ""
+    url = value.strip() if isinstance(value, str) else ""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. a malformed IPv6 host
+        ok = False
+    if not ok or re.search(r"[\s\x00-\x1f\x7f]", url):
+        log.warning("%s: ignoring url %r (not an absolute http(s) URL)", where, str(value)[:200])
+        return ""
+    return url
 
 
 def _decode(data: bytes) -> str:
@@ -74,6 +100,32 @@ def _clean_markdown_line(line: str) -> str:
     line = _LINK.sub(r"\1", line)
     line = _EMPHASIS.sub(r"\2", line)
     return re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)  # list markers
+
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+_FRONT_KEY = re.compile(r"^([A-Za-z_][\w-]*)[ \t]*:[ \t]*(.*?)[ \t]*$")
+
+
+def front_matter(text: str) -> tuple[dict[str, str], str]:
+    """(top-level `key: value` pairs, the rest) of a markdown text opening with a YAML front matter
+    block; ({}, text) when it has none. Only plain scalars are read (no YAML dependency): `title`,
+    `url` and `canonical_url` are all ingestion uses. A block with a line that is neither `key: …`,
+    an indented/list continuation nor a comment is not front matter (a leading `---` rule)."""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    fields: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or line[:1] in (" ", "\t", "-"):
+            continue
+        key = _FRONT_KEY.match(line)
+        if key is None:
+            return {}, text
+        value = key.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        fields.setdefault(key.group(1).lower(), value)
+    return fields, text[match.end() :]
 
 
 def markdown_sections(text: str) -> tuple[str | None, list[Section]]:
@@ -122,11 +174,19 @@ class _HtmlText(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.title = ""
+        self.canonical = ""  # <link rel="canonical" href>
+        self.og_url = ""  # <meta property="og:url" content>: the fallback
         self._skip = 0
         self._in_title = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
+        if tag in ("link", "meta"):
+            attr = {name.lower(): (value or "").strip() for name, value in attrs}
+            if tag == "link" and "canonical" in attr.get("rel", "").lower().split():
+                self.canonical = self.canonical or attr.get("href", "")
+            elif tag == "meta" and attr.get("property", "").lower() == "og:url":
+                self.og_url = self.og_url or attr.get("content", "")
+        elif tag == "title":
             self._in_title = True
         elif tag in _SKIP_TAGS:
             self._skip += 1
@@ -154,12 +214,18 @@ class _HtmlText(HTMLParser):
 
 def html_to_markdown(html: str) -> tuple[str, str]:
     """(title, markdown-like body) of an HTML page."""
+    title, body, _ = _parse_html(html)
+    return title, body
+
+
+def _parse_html(html: str) -> tuple[str, str, str]:
+    """(title, markdown-like body, canonical URL as written: the rel=canonical link, else og:url)."""
     parser = _HtmlText()
     parser.feed(html)
     parser.close()
     body = "".join(parser.parts)
     body = "\n".join(line.strip() for line in body.splitlines())
-    return parser.title.strip(), re.sub(r"\n{3,}", "\n\n", body).strip()
+    return parser.title.strip(), re.sub(r"\n{3,}", "\n\n", body).strip(), parser.canonical or parser.og_url
 
 
 # --- per-format loaders -----------------------------------------------------------------------
@@ -168,9 +234,14 @@ def html_to_markdown(html: str) -> tuple[str, str]:
 def _text_document(path: Path, data: bytes, kind: str, source: str) -> Document:
     text = _decode(data)
     title: str | None = None
+    url = ""
     if kind == "html":
-        html_title, text = html_to_markdown(text)
+        html_title, text, url = _parse_html(text)
         title = html_title or None
+    elif kind == "md":
+        meta, text = front_matter(text)
+        title = meta.get("title") or None
+        url = meta.get("url") or meta.get("canonical_url", "")
     if kind == "txt":
         sections = [Section(text.strip())] if text.strip() else []
     else:
@@ -183,6 +254,7 @@ def _text_document(path: Path, data: bytes, kind: str, source: str) -> Document:
         path=str(path),
         sections=sections,
         content_hash=_sha256(data),
+        url=safe_url(url, str(path)),
     )
 
 
@@ -238,6 +310,7 @@ def _jsonl_documents(path: Path) -> Iterator[Document | LoadFailure]:
                 path=str(path),
                 sections=[Section(text)],
                 content_hash=_sha256(json.dumps([title, text], ensure_ascii=False).encode()),
+                url=safe_url(row.get("url"), where),  # `document_hash` covers a changed url
             )
 
 

@@ -155,6 +155,7 @@ def renumber_citations(text: str, passages: Sequence[Passage]) -> tuple[str, lis
             chunk_id=p.chunk_id,
             score=p.score,
             space=p.space,
+            url=p.url,
         )
         for k, p in enumerate(ordered[: len(used)], start=1)
     ]

@@ -36,6 +36,7 @@ def passage_from_hit(hit: Hit) -> Passage:
         text=str(pl.get("text", "")),
         source=str(pl.get("source", "")),
         location=str(pl.get("location", "")),
+        url=str(pl.get("url") or ""),  # chunks ingested before urls were stored have none
         space=str(pl.get("space", "default")),
         score=hit.score,
         analysis=pl.get("analysis"),

@@ -8,7 +8,9 @@ of replaying history, and re-ingesting unchanged content is a no-op (`rag.ingest
 
 The object is downloaded to a temporary mirror (DATA_DIR/s3/<bucket>/<key>) and ingested under its
 `s3://bucket/key` URI (`ingest_paths(names=…)`), so citations name the object and a later delete
-finds every document it produced (a corpus.jsonl yields one per row).
+finds every document it produced (a corpus.jsonl yields one per row). The object's user metadata
+`url` (`x-amz-meta-url`, e.g. `aws s3 cp --metadata url=https://…`) is the page its citations link
+to, unless the file names its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Literal
 from core.errors import TransientError
 from core.settings import Settings
 from rag.ingest import ingest_paths
-from rag.loaders import SUPPORTED_SUFFIXES, Document, load_file
+from rag.loaders import SUPPORTED_SUFFIXES, Document, load_file, safe_url
 from rag.vectorstore import open_vector_store
 
 DOCS_PREFIX = "docs/"
@@ -87,16 +89,17 @@ def mirror_path(doc: DocumentKey, settings: Settings) -> Path:
     return settings.data_dir.resolve() / "s3" / doc.bucket / doc.key
 
 
-def _exists(s3: Any, doc: DocumentKey) -> bool:
+def _head(s3: Any, doc: DocumentKey) -> dict[str, Any] | None:
+    """The object's HEAD response (its `Metadata` included), or None when it is gone."""
     from botocore.exceptions import ClientError
 
     try:
-        s3.head_object(Bucket=doc.bucket, Key=doc.key)
+        head: dict[str, Any] = s3.head_object(Bucket=doc.bucket, Key=doc.key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise DocumentSyncError(f"cannot read {doc.uri}: {exc}") from exc
-    return True
+    return head
 
 
 def delete_source(doc: DocumentKey, settings: Settings, *, keep: frozenset[str] = frozenset()) -> int:
@@ -123,7 +126,8 @@ def sync_object(doc: DocumentKey, *, settings: Settings, s3: Any | None = None) 
     if doc.key.endswith("/"):
         return SyncResult("skipped", doc, "folder placeholder")
     s3 = s3 or s3_client(settings.aws_max_attempts)
-    if not _exists(s3, doc):
+    head = _head(s3, doc)
+    if head is None:
         removed = delete_source(doc, settings)
         return SyncResult("deleted", doc, f"{removed} document(s) removed")
     suffix = Path(doc.key).suffix.lower()
@@ -136,8 +140,9 @@ def sync_object(doc: DocumentKey, *, settings: Settings, s3: Any | None = None) 
             s3.download_file(doc.bucket, doc.key, str(local))
         except Exception as exc:  # botocore raises several types (ClientError, transfer errors)
             raise DocumentSyncError(f"cannot download {doc.uri}: {exc}") from exc
+        url = safe_url((head.get("Metadata") or {}).get("url"), f"{doc.uri} metadata")  # boto3 lower-cases keys
         summary = ingest_paths(
-            [local], space=doc.space, settings=settings, progress=False, names={local: doc.uri}
+            [local], space=doc.space, settings=settings, progress=False, names={local: doc.uri}, urls={local: url}
         )
         if summary.failed:
             reasons = "; ".join(reason for _, reason in summary.failures) or "unknown reason"

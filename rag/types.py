@@ -35,6 +35,7 @@ class Passage:
     space: str = "default"
     score: float = 0.0
     lift: int = 0  # places earlier users' votes moved it up (negative: down); 0 without feedback
+    url: str = ""  # the document's http(s) URL, when it has one: citations link to it
     analysis: Any = field(default=None, compare=False, repr=False)
 
     @cached_property
@@ -77,6 +78,7 @@ class Citation:
     chunk_id: str
     score: float
     space: str = "default"
+    url: str = ""  # the document's http(s) URL ("" when it has none): adapters render a link
 
 
 @dataclass

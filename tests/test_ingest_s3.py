@@ -173,6 +173,21 @@ def test_created_document_is_searchable_in_its_space_and_removed_when_deleted(
     assert metrics["DocumentsDeleted"] == 1
 
 
+def test_the_objects_url_metadata_links_its_citations(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    """x-amz-meta-url is the page citations link to; a changed url re-indexes, an unsafe one is dropped."""
+    key = "docs/hr/leave.md"
+
+    def put(url: str) -> list[str]:
+        pipeline.s3.put_object(Bucket=pipeline.bucket, Key=key, Body=HANDBOOK.encode(), Metadata={"url": url})
+        assert pipeline.deliver()[0] == {"batchItemFailures": []}
+        return sorted({h.url for h in pipeline.search("연차 휴가 며칠", spaces=["hr"])})
+
+    assert put("https://wiki.example.com/hr/leave") == ["https://wiki.example.com/hr/leave"]
+    assert put("https://wiki.example.com/hr/leave-v2") == ["https://wiki.example.com/hr/leave-v2"]  # same body
+    assert put("javascript:alert(1)") == [""]
+    assert any("javascript:alert(1)" in r.getMessage() for r in caplog.records)
+
+
 def test_a_malformed_record_is_reported_and_the_others_are_processed(
     pipeline: Pipeline, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ FIELD_VALUE_LIMIT = 1024
 EMBEDS_TOTAL_LIMIT = 6000
 SOURCES_BUDGET = 1800  # characters of the 6,000 kept for the sources list
 FOOTER_BUDGET = 200  # Discord allows 2,048; a model name and a version need far less
+LINK_URL_LIMIT = 512  # a source's URL longer than this is not linked (it would eat the sources budget)
 
 EPHEMERAL = 64  # message flag: only the invoking user sees it
 NO_MENTIONS: dict[str, list[str]] = {"parse": []}
@@ -117,11 +118,26 @@ def feedback_buttons(answer_id: str) -> list[dict[str, Any]]:
     return [{"type": 1, "components": buttons}, {"type": 1, "components": [follow_up]}]
 
 
+def _link_target(url: str) -> str:
+    """`url` as the target of a markdown link `[title](target)`, or "" when it is not http(s) or too
+    long for the sources budget: whitespace, `(`, `)`, `<`, `>` and `\\` (which would end or break
+    the link) percent-encoded."""
+    url = url.strip()
+    if not re.match(r"https?://[^/?#\s]", url, re.IGNORECASE) or len(url) > LINK_URL_LIMIT:
+        return ""
+    return re.sub(r"[\s()<>\\]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), url)
+
+
 def _source_line(citation: Citation) -> str:
-    title = escape_mass_mentions(citation.title or citation.source or citation.doc_id).replace("]", ")")
+    """`[n]` and the source: a markdown link to the document's URL when it has one, else its title,
+    file name and location."""
+    # `[`/`]` in the title would end (or nest) the link text, so they become parentheses
+    title = escape_mass_mentions(citation.title or citation.source or citation.doc_id)
+    title = title.replace("[", "(").replace("]", ")")
     line = f"[{citation.n}] "
-    if citation.source.startswith(("http://", "https://")):
-        line += f"[{truncate(title, 200)}]({citation.source})"
+    target = _link_target(citation.url) or _link_target(citation.source)
+    if target:
+        line += f"[{truncate(title, 200)}]({target})"
     else:  # a file: its name only (server paths are nobody's business)
         line += truncate(title, 200)
         name = PurePath(citation.source).name if citation.source else ""

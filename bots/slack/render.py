@@ -53,7 +53,9 @@ _EMPTY = {
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _MENTION_TOKEN = re.compile(r"<(?=[!@#])")  # <!here>, <@U1>, <#C1>: what Slack's markup would ping
 _SENTENCE_END = re.compile(r"(?<=[.!?。다요])\s+")
-_SAFE_URL = re.compile(r"^https?://[^\s<>|]+$")
+_SAFE_URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f/?#][^\s\x00-\x1f\x7f]*$", re.IGNORECASE)
+_LINK_URL_LIMIT = 1000  # longer URLs are shown unlinked: a source line must fit SECTION_LIMIT // 2
+_LINK_TITLE_LIMIT = 200
 # Slack's own markup in incoming text: <@U123>, <#C1|name>, <http://x|label>, <!here>
 _SLACK_TOKEN = re.compile(r"<([^<>]+)>")
 
@@ -142,19 +144,36 @@ def _markdown(text: str) -> dict:
     return MarkdownBlock(text=text).to_dict()
 
 
+def _link_target(url: str) -> str:
+    """`url` as the target of a `<target|label>` link, or "" when it is not http(s) or too long:
+    `&` escaped, and `<`, `>`, `|` (which would end the link early) percent-encoded."""
+    url = url.strip()
+    if not _SAFE_URL.match(url) or len(url) > _LINK_URL_LIMIT:
+        return ""
+    return re.sub(r"[<>|]", lambda m: f"%{ord(m.group()):02X}", url).replace("&", "&amp;")
+
+
 def _citation_line(citation: Citation) -> str:
-    title = escape_mrkdwn(citation.title or citation.source or citation.doc_id)
+    """`[n]` and the source: a link to the document's URL when it has one, else its title, file
+    and location. Always within SECTION_LIMIT // 2, so `sources_blocks` never cuts a link."""
+    raw_title = citation.title or citation.source or citation.doc_id
+    location = f" · {escape_mrkdwn(citation.location)}" if citation.location else ""
+    target = _link_target(citation.url) or _link_target(citation.source)
+    if target:
+        # `|` would end the label: a look-alike keeps the title readable
+        label = escape_mrkdwn(raw_title[:_LINK_TITLE_LIMIT]).replace("|", "¦")
+        line = f"`[{citation.n}]` <{target}|{label}>{location}"
+        if len(line) <= SECTION_LIMIT // 2:
+            return line
+    title = escape_mrkdwn(raw_title)
     source = citation.source.strip()
-    if _SAFE_URL.match(source):
-        label = f"<{source.replace('&', '&amp;')}|{title}>"
-    elif source and source != citation.title:
+    if source and source != citation.title:
         # a file path or s3:// key: the folder and file name say enough (and leak no local layout)
         short = "/".join(PurePosixPath(source.replace("\\", "/")).parts[-2:]) if "/" in source or "\\" in source else source
         where = escape_mrkdwn(short).replace("`", "'")
         label = f"*{title}* · `{where}`"
     else:
         label = f"*{title}*"
-    location = f" · {escape_mrkdwn(citation.location)}" if citation.location else ""
     return f"`[{citation.n}]` {label}{location}"
 
 

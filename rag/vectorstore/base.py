@@ -36,6 +36,7 @@ class ChunkPayload(TypedDict):
     location: str  # "p. 3", "§ 휴가 규정"
     space: str  # the knowledge space (filtered on, keyword-indexed)
     doc_hash: str  # content hash: re-ingesting an unchanged document is a no-op
+    url: NotRequired[str]  # where the document is published (http/https); absent when unknown
     # The answer step's sentences and their terms (`rag.passage_analysis.encode`); absent in chunks
     # ingested before it was stored, and when a term cannot be encoded.
     analysis: NotRequired[dict[str, Any]]
