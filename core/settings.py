@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     discord_bot_token: str | None = None  # gateway process, command registration, notifications
     discord_api_base_url: str = "https://discord.com/api/v10"  # REST base (tests point it at a fake)
     discord_secret_arn: str | None = None  # Lambda: Secrets Manager JSON {"public_key","bot_token","application_id"}
+    discord_message_content: bool = False  # MESSAGE_CONTENT intent on: every reply in an answer's thread is asked
     ask_queue_url: str | None = None  # SQS standard queue for Discord /ask work; unset -> local
     channel_spaces: dict[str, list[str]] = Field(default_factory=dict)  # channel id -> spaces
     default_spaces: CsvList = Field(default_factory=list)  # what unmapped channels and DMs see; empty = DEFAULT_SPACE only, * = all

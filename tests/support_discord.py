@@ -4,10 +4,11 @@ API Gateway HTTP API (v2) events, SQS events built from queued messages, and env
 The fake behaves like Discord where our code depends on it: the deferred response message exists
 only after the endpoint answered type 5 (`open_deferred`), GET/PATCH …/messages/@original return
 the message object with its id, unknown tokens get 404 "Unknown Webhook", expired ones 401
-"Invalid Webhook Token", command registration needs `Authorization: Bot …`. Every call is
-recorded; failures can be injected per method.
+"Invalid Webhook Token", command registration needs `Authorization: Bot …`, and channel messages
+(posted, edited, typing) are the bot's own. Every call is recorded; failures can be injected per
+method. Gateway dispatch payloads (GUILD_CREATE, THREAD_CREATE, MESSAGE_CREATE) are built here too.
 
-One module (~410 lines): the fake Discord API and the request builders every Discord test uses.
+One module (~500 lines): the fake Discord API and the request builders every Discord test uses.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class FakeDiscord:
 
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # interaction token -> @original
+    posted: dict[str, dict[str, Any]] = field(default_factory=dict)  # message id -> a channel message of the bot
     failures: dict[str, list[int]] = field(default_factory=dict)  # method -> statuses to answer next
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> gateway interaction
     responses: dict[str, Any] = field(default_factory=dict)  # token -> initial response body
@@ -79,7 +81,7 @@ class FakeDiscord:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 status, answer = fake.handle(self.command, self.path, body, dict(self.headers.items()))
-                data = json.dumps(answer).encode()
+                data = b"" if answer is None else json.dumps(answer).encode()  # 204: no body
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -169,6 +171,10 @@ class FakeDiscord:
             return self._callback(m.group(1), m.group(2), body)
         if m := re.fullmatch(r"/api/v10/webhooks/(\d+)/([^/]+)/messages/@original", path):
             return self._original(method, m.group(2), body)
+        if m := re.fullmatch(r"/api/v10/channels/(\d+)/(typing|messages)(?:/(\d+))?", path):
+            if not headers.get("Authorization", "").startswith("Bot "):
+                return 401, {"message": "401: Unauthorized", "code": 0}
+            return self._channel(method, m.group(1), m.group(2), m.group(3), body)
         if m := re.fullmatch(r"/api/v10/applications/(\d+)(?:/guilds/(\d+))?/commands", path):
             if method != "PUT":
                 return 405, {"message": "405: Method Not Allowed", "code": 0}
@@ -193,6 +199,27 @@ class FakeDiscord:
             answer["interaction"].update(response_message_id=message["id"], response_message_loading=True)
         return 200, answer
 
+    def _channel(
+        self, method: str, channel_id: str, what: str, message_id: str | None, body: Any
+    ) -> tuple[int, Any]:
+        """POST …/typing (204), POST …/messages (a new message of the bot), PATCH …/messages/{id}."""
+        if what == "typing" and method == "POST" and message_id is None:
+            return 204, None
+        with self.lock:
+            if what == "messages" and method == "POST" and message_id is None:
+                message = {**channel_message(channel_id, body.get("content", ""), author=BOT_USER),
+                           "embeds": body.get("embeds", []), "components": body.get("components", [])}
+                if body.get("message_reference"):
+                    message.update(type=19, message_reference={**body["message_reference"], "channel_id": channel_id})
+                self.posted[message["id"]] = message
+                return 200, dict(message)
+            edited = self.posted.get(message_id or "")
+            if method != "PATCH" or edited is None or edited["channel_id"] != channel_id:
+                return 404, {"message": "Unknown Message", "code": 10008}
+            edited.update({k: v for k, v in body.items() if k in ("content", "embeds", "components")})
+            edited["edited_timestamp"] = _now()
+            return 200, dict(edited)
+
     def _original(self, method: str, token: str, body: Any) -> tuple[int, Any]:
         with self.lock:
             if token in self.expired:
@@ -208,6 +235,55 @@ class FakeDiscord:
                 message["edited_timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
                 return 200, dict(message)
         return 405, {"message": "405: Method Not Allowed", "code": 0}
+
+
+# --- gateway dispatch payloads --------------------------------------------------------------------
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+def user(user_id: str = "2000000000000000001", *, bot: bool = False) -> dict[str, Any]:
+    return {"id": user_id, "username": f"user{user_id[-3:]}", "discriminator": "0", "avatar": None, "bot": bot}
+
+
+def guild_create() -> dict[str, Any]:
+    """GUILD_CREATE for GUILD_ID with its text channel CHANNEL_ID (the guilds intent's cache)."""
+    return {
+        "id": GUILD_ID, "name": "Test server", "icon": None, "owner_id": "2000000000000000099",
+        "features": [], "roles": [], "emojis": [], "stickers": [], "member_count": 3, "large": False,
+        "members": [], "voice_states": [], "presences": [], "threads": [], "stage_instances": [],
+        "guild_scheduled_events": [], "soundboard_sounds": [], "unavailable": False,
+        "joined_at": "2026-01-02T03:04:05.000000+00:00", "preferred_locale": "en-US",
+        "channels": [{"id": CHANNEL_ID, "type": 0, "name": "general", "position": 0, "guild_id": GUILD_ID,
+                      "permission_overwrites": [], "nsfw": False, "parent_id": None}],
+    }
+
+
+def thread_create(thread_id: str, *, parent_id: str = CHANNEL_ID, owner_id: str = "2000000000000000001"
+                  ) -> dict[str, Any]:
+    """THREAD_CREATE of a new public thread (one started from a message has that message's id)."""
+    return {
+        "id": thread_id, "guild_id": GUILD_ID, "parent_id": parent_id, "owner_id": owner_id, "type": 11,
+        "name": "follow-up", "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
+        "last_message_id": None, "newly_created": True, "flags": 0,
+        "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(),
+                            "locked": False},
+    }
+
+
+def channel_message(
+    channel_id: str, content: str, *, author: dict[str, Any] | None = None,
+    mentions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A message object in a guild channel or thread (the MESSAGE_CREATE dispatch data)."""
+    return {
+        "id": snowflake(), "channel_id": channel_id, "guild_id": GUILD_ID, "author": author or user(),
+        "content": content, "timestamp": _now(), "edited_timestamp": None, "tts": False,
+        "mention_everyone": False, "mentions": mentions or [], "mention_roles": [], "attachments": [],
+        "embeds": [], "components": [], "pinned": False, "type": 0, "flags": 0,
+    }
 
 
 # --- signed requests ------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Discord end to end: signed interactions into the Lambda handler (API Gateway HTTP API events),
 the ask worker run on what the handler queued (as SQS would deliver it: the local twin, and moto's
 SQS over HTTP), the real agent over a real local Qdrant collection ingested here, a fake Discord
-REST API that records calls, and the gateway's reaction handler fed discord.py's own raw events.
+REST API that records calls, and the gateway fed discord.py's own events (reactions, interactions,
+and MESSAGE_CREATE in an answer's thread through the client's parser).
 
-One suite (~920 lines): the knowledge base is ingested once per module and every case drives the
+One suite (~1,270 lines): the knowledge base is ingested once per module and every case drives the
 same handlers and fake Discord; split files would each ingest again.
 """
 
@@ -51,6 +52,7 @@ from rag.types import AgentAnswer, Citation
 from tests.conftest import make_settings
 from tests.support_discord import (
     APPLICATION_ID,
+    BOT_USER,
     CHANNEL_ID,
     GUILD_ID,
     FakeDiscord,
@@ -58,12 +60,16 @@ from tests.support_discord import (
     apply_settings_env,
     ask_interaction,
     button_interaction,
+    channel_message,
     command_interaction,
+    guild_create,
     http_event,
     modal_submit_interaction,
     response_json,
     signed_event,
     sqs_event,
+    thread_create,
+    user,
 )
 from tests.support_faults import FlakyLLM, FlakyStore, leaked
 
@@ -866,11 +872,12 @@ def _raw_reaction(
     *,
     user_id: str = "2000000000000000003",
     author_id: str | None = APPLICATION_ID,
+    channel_id: str = CHANNEL_ID,
 ) -> discord.RawReactionActionEvent:
     """discord.py's own payload object, from the gateway's MESSAGE_REACTION_ADD/REMOVE data."""
     data: MessageReactionAddEvent = {  # a remove event's fields are a subset
         "user_id": user_id,
-        "channel_id": CHANNEL_ID,
+        "channel_id": channel_id,
         "message_id": message_id,
         "guild_id": GUILD_ID,
         "emoji": {"id": None, "name": emoji},
@@ -1009,6 +1016,140 @@ def test_gateway_serves_ask_buttons_and_retrain_without_an_endpoint(
     asyncio.run(scenario())
 
 
+# --- follow-ups in an answer's thread (gateway MESSAGE_CREATE) ------------------------------------------
+
+MENTION = f"<@{APPLICATION_ID}>"
+
+
+async def _gateway(settings: Settings, fake: FakeDiscord, threads: list[dict[str, Any]]) -> GatewayBot:
+    """A logged-in gateway bot whose cache holds the guild and `threads`, as GUILD_CREATE and
+    THREAD_CREATE leave it."""
+    bot = GatewayBot(settings, runtime=runtime_for(settings))
+    await bot.login("test-bot-token")
+    bot._connection.parsers["GUILD_CREATE"](guild_create())
+    for thread in threads:
+        bot._connection.parsers["THREAD_CREATE"](thread)
+    return bot
+
+
+async def _post(bot: GatewayBot, *messages: dict[str, Any]) -> None:
+    """MESSAGE_CREATE through discord.py's parser, then wait for the on_message handlers it scheduled."""
+    for message in messages:
+        bot._connection.parsers["MESSAGE_CREATE"](message)
+    await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == "discord.py: on_message"))
+
+
+def _replies(fake: FakeDiscord, channel_id: str) -> list[dict[str, Any]]:
+    return [m for m in fake.posted.values() if m["channel_id"] == channel_id]
+
+
+def test_a_mention_in_an_answers_thread_is_answered_there_once_with_the_conversation(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    monkeypatch.setattr(discord.http.Route, "BASE", fake_discord.url)
+    first = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    thread = first["id"]  # a thread started from the answer has the answer message's id
+    other = "1399999999999999990"
+
+    async def scenario() -> None:
+        bot = await _gateway(settings, fake_discord, [thread_create(thread), thread_create(other)])
+        try:
+            assert bot.intents.guild_messages and not bot.intents.message_content
+            question = channel_message(thread, f"{MENTION} And a failed one?", mentions=[BOT_USER])
+            await _post(bot, question, question)  # a resumed session replays the event meanwhile,
+            await _post(bot, question)  # or later: still one answer
+            [reply] = _replies(fake_discord, thread)
+            assert len(fake_discord.calls_of("PATCH", rf"/channels/{thread}/messages/{reply['id']}$")) == 1
+            assert reply["message_reference"]["message_id"] == question["id"]
+            assert "rolled back" in reply["embeds"][0]["description"]  # "one" is a deployment: the earlier turn
+            assert reply["components"][0]["components"][0]["custom_id"].startswith("echorag:fb:+1:")
+            assert fake_discord.calls_of("POST", rf"/channels/{thread}/typing$")
+            record = load_answer(runtime_for(settings).store, make_answer_id("discord", thread, reply["id"]))
+            assert record is not None and "deployment" in record.condensed_question
+            assert record.question == "And a failed one?"
+
+            # a reaction on that answer is feedback on it
+            await bot.on_raw_reaction_add(_raw_reaction(reply["id"], "👍", "REACTION_ADD", channel_id=thread))
+            assert [e.answer_id for e in iter_feedback(runtime_for(settings).store)] == [record.answer_id]
+
+            # ignored: an unrelated thread, another bot, no mention (content intent off), the bot itself
+            await _post(bot, channel_message(other, f"{MENTION} And a failed one?", mentions=[BOT_USER]))
+            await _post(bot, channel_message(thread, f"{MENTION} hi", author=user("4000000000000000004", bot=True),
+                                             mentions=[BOT_USER]))
+            await _post(bot, channel_message(thread, "And who answers pages?"))
+            await _post(bot, channel_message(thread, "done", author=BOT_USER))
+            await _post(bot, channel_message(thread, MENTION, mentions=[BOT_USER]))  # nothing to ask
+            assert len(_replies(fake_discord, thread)) == 1 and _replies(fake_discord, other) == []
+            assert not fake_discord.calls_of("POST", rf"/channels/{other}/typing$")
+        finally:
+            await bot.close()
+
+    asyncio.run(scenario())
+
+    # the follow-up button on the thread's answer continues the same conversation, and so does the
+    # next reply in the thread after it
+    [reply] = _replies(fake_discord, thread)
+    in_thread = {"id": thread, "type": 11, "guild_id": GUILD_ID, "parent_id": CHANNEL_ID, "name": "follow-up"}
+    [button] = reply["components"][1]["components"]
+    submit = modal_submit_interaction(button["custom_id"], reply, {"question": "Who answers pages?"})
+    submit["channel"] = in_thread
+    assert send(key, fake_discord, submit) == (200, {"type": 5})
+    assert deliver_local(settings)[1] == []
+    modal_answer = make_answer_id("discord", thread, fake_discord.messages[submit["token"]]["id"])
+    assert [t.text for t in turns_before(open_store(settings), modal_answer)][::2] == [
+        "When do production deployments happen?", "And a failed one?", "Who answers pages?"]
+
+    async def next_reply() -> None:
+        bot = await _gateway(settings, fake_discord, [thread_create(thread)])
+        try:
+            await _post(bot, channel_message(thread, f"{MENTION} And when is the report due?", mentions=[BOT_USER]))
+        finally:
+            await bot.close()
+
+    asyncio.run(next_reply())
+    last = _replies(fake_discord, thread)[-1]
+    turns = turns_before(open_store(settings), make_answer_id("discord", thread, last["id"]))
+    assert len(turns) == 8 and turns[4].text == "Who answers pages?"
+    assert "next day" in last["embeds"][0]["description"]
+
+
+def test_with_the_content_intent_every_reply_in_the_bots_threads_is_answered_and_failures_are_friendly(
+    monkeypatch: pytest.MonkeyPatch, key: SigningKey, fake_discord: FakeDiscord, settings: Settings
+) -> None:
+    import bots.discord.gateway
+    import bots.discord.runtime
+
+    monkeypatch.setattr(discord.http.Route, "BASE", fake_discord.url)
+    monkeypatch.setattr(bots.discord.gateway, "THREAD_RETRY_WAITS_S", (0.0, 0.0))
+    first = ask_and_answer(key, fake_discord, settings, "When do production deployments happen?")
+    thread, own = first["id"], "1399999999999999991"
+    close_runtime()  # the next runtime opens the store below
+    flaky = FlakyStore(open_store(settings), "discord/conversations/", failures=2)  # S3 503s, twice
+    monkeypatch.setattr(bots.discord.runtime, "open_store", lambda settings: flaky)
+    with_content = settings.model_copy(update={"discord_message_content": True})
+
+    async def scenario() -> None:
+        bot = await _gateway(with_content, fake_discord, [thread_create(thread),
+                                                          thread_create(own, owner_id=APPLICATION_ID)])
+        try:
+            assert bot.intents.message_content
+            await _post(bot, channel_message(thread, "And a failed one?"))  # no mention needed
+            [reply] = _replies(fake_discord, thread)  # retried twice, one reply edited once
+            assert flaky.failed == 2 and "rolled back" in reply["embeds"][0]["description"]
+            await _post(bot, channel_message(own, "Who answers pages?"))  # a thread the bot opened itself
+            assert "15 minutes" in _replies(fake_discord, own)[0]["embeds"][0]["description"]
+
+            flaky.failures, flaky.failed = 5, 0  # down for longer than the retries
+            await _post(bot, channel_message(thread, "And who writes the incident report?"))
+            failed = _replies(fake_discord, thread)[-1]
+            assert flaky.failed == 3 and failed["embeds"] == [] and "try again" in failed["content"]
+            assert leaked([m["content"] for m in fake_discord.posted.values()]) == []
+        finally:
+            await bot.close()
+
+    asyncio.run(scenario())
+
+
 def test_gateway_serves_the_same_commands_it_registers(settings: Settings) -> None:
     bot = GatewayBot(settings, runtime=runtime_for(settings))
     served = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
@@ -1054,7 +1195,7 @@ def test_invite_url_names_the_app_scopes_and_permissions(
     url = capsys.readouterr().out.strip()
     assert url == (
         f"https://discord.com/oauth2/authorize?client_id={APPLICATION_ID}"
-        "&scope=bot+applications.commands&permissions=19456"
+        "&scope=bot+applications.commands&permissions=274877991936"
     )
 
 

@@ -11,8 +11,9 @@ from typing import Any
 MANAGE_GUILD = 0x20
 ADMINISTRATOR = 0x8
 # The bot's invite permissions: View Channels (see reactions there), Send Messages + Embed Links
-# (training announcements). Answers are interaction responses and need none.
-BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000  # = 19456
+# (training announcements), Send Messages in Threads + Read Message History (answers to follow-ups
+# in an answer's thread, posted as replies). `/ask` answers are interaction responses and need none.
+BOT_PERMISSIONS = 0x400 | 0x800 | 0x4000 | 0x10000 | 0x4000000000  # = 274877991936
 
 ASK_ABOUT = "Ask EchoRAG about this"  # the message context-menu command
 # Where a command may be installed (0 a server, 1 a user) and used (0 a server, 1 the bot's DM,

@@ -4,8 +4,13 @@ Discord delivers reactions only over the gateway websocket, so this long-running
 turns 👍/👎 reactions on the bot's answers into feedback. It also serves `/ask`, `/retrain` and the
 feedback buttons when no Interactions Endpoint URL is set (once one is set, Discord sends those to
 the endpoint instead and these handlers simply never fire). Every blocking call (store, queue, agent,
-REST) runs in a worker thread so the websocket heartbeat never stalls. Intents: guilds and
-reactions only — no privileged intent is needed.
+REST) runs in a worker thread so the websocket heartbeat never stalls.
+
+A message in the thread of one of the bot's answers is a follow-up (`answer_in_thread`). Intents:
+guilds, reactions and guild messages, none of them privileged; without the privileged
+MESSAGE_CONTENT intent Discord only shows the text of messages that mention the bot, so by default
+those are the follow-ups, and with DISCORD_MESSAGE_CONTENT (and the intent switched on in the
+Developer Portal) every message in such a thread is.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from bots.discord.ask_worker import answer_ask
+from bots.discord.ask_worker import ThreadQuestion, answer_ask, answer_in_thread, is_answer_thread
 from bots.discord.commands import ASK_ABOUT, COMMANDS
 from bots.discord.heartbeat import BEAT_EVERY_S, beat, heartbeat_path
 from bots.discord.interactions import Handled, button_feedback, message_question, retrain
@@ -36,6 +42,8 @@ _TRY_AGAIN = "⚠️ That did not work on our side; please try again in a moment
 _FOLLOW_UP_NEEDS_ENDPOINT = ("Follow-ups from this button need the Interactions endpoint (see docs/discord.md); "
                              "ask again with /ask meanwhile.")
 REACTION_RETRY_WAITS_S = (0.5, 2.0, 8.0)
+THREAD_RETRY_WAITS_S = (1.0, 4.0)  # a thread follow-up: three attempts, the last quoting the documents
+TYPING_EVERY_S = 8.0  # Discord shows "typing…" for about 10 s after each call
 
 
 def reaction_feedback(
@@ -79,6 +87,8 @@ class GatewayBot(discord.Client):
         intents.guilds = True
         intents.guild_reactions = True
         intents.dm_reactions = True
+        intents.guild_messages = True  # follow-ups in answer threads
+        intents.message_content = settings.discord_message_content  # privileged: the portal must allow it
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self.runtime = runtime or DiscordRuntime(settings)
@@ -134,6 +144,59 @@ class GatewayBot(discord.Client):
         if event is not None:
             log.info("feedback %s %s on answer %s", event.action, event.reaction, event.answer_id)
         return event
+
+    # --- follow-ups in answer threads ------------------------------------------------------------
+    def thread_question(self, message: discord.Message) -> ThreadQuestion | None:
+        """The follow-up `message` asks, or None: only people's messages in a thread, mentioning the
+        bot unless the content intent is on (without it, other messages arrive with no text)."""
+        me, thread = self.user, message.channel
+        if me is None or message.author.bot or not isinstance(thread, discord.Thread):
+            return None
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return None  # "thread created", pins and other system messages
+        mentioned = any(user.id == me.id for user in message.mentions)
+        if not (mentioned or self.settings.discord_message_content):
+            return None
+        question = re.sub(rf"<@!?{me.id}>", " ", message.content).strip()
+        if not question:
+            return None
+        return ThreadQuestion(
+            message_id=str(message.id), thread_id=str(thread.id), parent_id=str(thread.parent_id),
+            guild_id=str(thread.guild.id), user_id=str(message.author.id), question=question,
+            bot_thread=thread.owner_id == me.id,
+        )
+
+    async def on_message(self, message: discord.Message) -> None:
+        question = self.thread_question(message)
+        if question is not None:
+            await self.answer_thread_message(question, message.channel)
+
+    async def answer_thread_message(self, question: ThreadQuestion, channel: discord.abc.Messageable) -> None:
+        """Answer in a worker thread, showing "typing…" meanwhile. A gateway event is never
+        redelivered after a reconnect, so this process is the retry: a failure is tried again (the
+        claim and the saved reply make that safe; a duplicate delivery is skipped by the claim)."""
+        typing: asyncio.Task[None] | None = None
+        try:
+            for wait_s in (*THREAD_RETRY_WAITS_S, None):
+                try:
+                    if typing is None:  # not in threads that are not the bot's
+                        if not await asyncio.to_thread(is_answer_thread, question, self.runtime):
+                            return
+                        typing = asyncio.create_task(_keep_typing(channel))
+                    outcome = await asyncio.to_thread(answer_in_thread, question, self.runtime,
+                                                      last_attempt=wait_s is None)
+                    log.info("thread message %s: %s", question.message_id, outcome.status)
+                    return
+                except Exception as exc:  # the last attempt told the user (never the error)
+                    if wait_s is None:
+                        log.exception("thread message %s not answered", question.message_id)
+                        return
+                    log.warning("thread message %s not answered yet (%s); retrying in %.1fs",
+                                question.message_id, exc, wait_s)
+                    await asyncio.sleep(wait_s)
+        finally:
+            if typing is not None:
+                typing.cancel()
 
     # --- slash commands and buttons ----------------------------------------------------------
     def _add_commands(self) -> None:
@@ -232,6 +295,16 @@ class GatewayBot(discord.Client):
             self._heartbeat.cancel()
         await super().close()
         self.runtime.close()
+
+
+async def _keep_typing(channel: discord.abc.Messageable) -> None:
+    """Keep "typing…" showing until cancelled; it is only a hint, so a failure is merely logged."""
+    while True:
+        try:
+            await channel.typing()
+        except discord.HTTPException as exc:
+            log.debug("typing indicator failed: %s", exc)
+        await asyncio.sleep(TYPING_EVERY_S)
 
 
 async def _respond(interaction: discord.Interaction, handled: Handled) -> None:

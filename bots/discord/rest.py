@@ -95,8 +95,12 @@ class DiscordRest:
 
     # --- bot-token calls ---------------------------------------------------------------------
     def create_message(self, channel_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Post a message as the bot (training announcements)."""
+        """Post a message as the bot (training announcements, answers in threads)."""
         return self._request("POST", f"/channels/{channel_id}/messages", json=payload, bot=True)
+
+    def edit_message(self, channel_id: str, message_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Edit one of the bot's messages (a thread reply's "💭 …" becomes its answer)."""
+        return self._request("PATCH", f"/channels/{channel_id}/messages/{message_id}", json=payload, bot=True)
 
     def put_commands(
         self, application_id: str, commands: list[dict[str, Any]], *, guild_id: str | None = None
