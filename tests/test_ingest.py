@@ -210,3 +210,53 @@ def test_cli_ingest_prints_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert "added 0, updated 0, unchanged 6" in capsys.readouterr().out
     finally:
         get_settings.cache_clear()
+
+
+def _stored(settings: object) -> list[tuple[str, str]]:
+    from rag.vectorstore import open_vector_store
+
+    store = open_vector_store(settings)  # type: ignore[arg-type]
+    try:
+        return sorted((hit.id, json.dumps(hit.payload, sort_keys=True)) for hit in store.scroll_points())
+    finally:
+        store.close()
+
+
+def test_analysing_ahead_stores_what_one_batch_after_another_stores(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kiwi runs one batch ahead of the writes (`rag.ingest.ANALYSE_AHEAD`): with batches of two
+    documents, the points, their order of replacement and the summary equal the serial method's."""
+    import rag.ingest
+
+    kb = write_knowledge_base(tmp_path)
+    monkeypatch.setattr(rag.ingest, "_DOC_BATCH", 2)
+    stored = {}
+    for ahead in (True, False):
+        monkeypatch.setattr(rag.ingest, "ANALYSE_AHEAD", ahead)
+        settings = retrieval_settings(tmp_path / f"data-{ahead}")
+        summary = ingest_paths([kb], space="default", settings=settings, progress=False)
+        stored[ahead] = (summary.added, summary.chunks, _stored(settings))
+    assert stored[True] == stored[False] and stored[True][0] == 6
+
+
+def test_a_failure_while_analysing_ahead_surfaces_and_frees_the_store(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import rag.ingest
+
+    kb = write_knowledge_base(tmp_path)
+    settings = retrieval_settings(tmp_path / "data")
+    monkeypatch.setattr(rag.ingest, "_DOC_BATCH", 2)
+    real, calls = rag.ingest.chunk_documents, []
+
+    def flaky(docs: list, **kw: int) -> list:
+        calls.append(len(docs))
+        if len(calls) == 2:
+            raise MemoryError("Kiwi ran out of memory")
+        return real(docs, **kw)
+
+    monkeypatch.setattr(rag.ingest, "chunk_documents", flaky)
+    with pytest.raises(MemoryError):
+        ingest_paths([kb], space="default", settings=settings, progress=False)
+    monkeypatch.setattr(rag.ingest, "chunk_documents", real)
+    summary = ingest_paths([kb], space="default", settings=settings, progress=False)  # the lock was released
+    assert summary.added + summary.unchanged == 6 and summary.failed == 0  # the first batch was kept
