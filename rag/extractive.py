@@ -32,7 +32,7 @@ _CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "date",
         re.compile(
-            r"언제|몇\s?년|몇\s?월|월\s?며칠|연도|날짜|시기|\bwhen\b|\bwhat (?:year|date|day|time)\b|\bhours\b|몇\s?시",
+            r"언제|몇\s?년|몇\s?월|월\s?며칠|[연년]도|(?:된|한|던|인|은|는) 해(?:는|가|에)|날짜|시기|\bwhen\b|\bwhat (?:year|date|day|time)\b|\bhours\b|몇\s?시",
             re.I,
         ),
     ),

@@ -101,6 +101,18 @@ def test_question_cues() -> None:
     assert "days" in question_cues("휴가는 며칠 쓸 수 있나요?") and "date" not in question_cues("휴가는 며칠 쓸 수 있나요?")
     assert "date" in question_cues("몇 월 며칠에 열렸나?") and "days" not in question_cues("몇 월 며칠에 열렸나?")
     assert "days" in question_cues("How many days of leave do I get?")
+    # the year asked as 년도 (the usual spelling of 연도) or as "the year it happened" (…된 해는?)
+    assert "date" in question_cues("남군 군기가 제작된 년도는?") and "date" in question_cues("일본에서 발매된 해는?")
+    assert "date" not in question_cues("해는 어디에서 뜨나?")
+
+
+def test_the_year_it_happened_picks_the_sentence_with_the_year() -> None:
+    """Both sentences hold every term of "…발매된 해는?"; the question asks for a year (a date cue),
+    so the one that gives it wins. Before, 해는 was no cue and the first sentence won."""
+    passages = [Passage(chunk_id="a", doc_id="a", title="금은", text=(
+        "금은은 닌텐도가 일본에서 발매한 휴대용 롤플레잉 게임이다. 금은은 1999년 11월에 일본에서 발매되었다."
+    ))]
+    assert extractive_answer("금은이 일본에서 발매된 해는?", passages, "ko") == "금은은 1999년 11월에 일본에서 발매되었다. [1]"
 
 
 def test_a_day_count_answers_how_many_days_and_hours_are_not_a_date() -> None:
