@@ -60,6 +60,8 @@ _DATE_TEXT = re.compile(
 # or an ENV=value (markdown code spans lose their backticks at ingestion, so the command shows so).
 _METHOD_TEXT = re.compile(r"\b(?:with|using|via|through)\b|\bby \w+ing\b|\s--?[a-z][\w-]*|\b[A-Z_]+=\S")
 _DAYS_TEXT = re.compile(r"(?<!월)(?<!월\s)\b\d+\s?일|\b\d+\s?(?:working |business )?days?\b", re.I)  # a count, not 3월 15일
+# A calendar date or year, which answers "when" but is no count or amount ("2013년 12월", "3월 5일", "1999").
+_CALENDAR_DATE = re.compile(r"\d{4}\s?년(?:\s?\d{1,2}\s?월)?(?:\s?\d{1,2}\s?일)?|\d{1,2}\s?월\s?\d{1,2}\s?일|\b(?:19|20)\d\d\b")
 _NUMBER_TEXT = re.compile(r"\d|[일이삼사오육칠팔구십백천만억]+\s?(?:개|명|번|회|차|대|권|원|일|년|달|주)")
 
 
@@ -127,7 +129,8 @@ def _has_cue(cue: str, sentence: _Sentence, question_terms: set[str]) -> bool:
     if cue == "days":
         return bool(_DAYS_TEXT.search(sentence.text))
     if cue == "number":
-        return "SN" in new_tags or "NR" in new_tags or bool(_NUMBER_TEXT.search(sentence.text))
+        # a count or an amount, not the digits of a date ("시청률 22.6%", not "2013년 12월")
+        return "NR" in new_tags or bool(_NUMBER_TEXT.search(_CALENDAR_DATE.sub(" ", sentence.text)))
     if cue in ("person", "place"):
         if "NNP" in new_tags:
             return True

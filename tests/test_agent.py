@@ -136,6 +136,18 @@ def test_how_many_days_can_i_take_finds_the_day_count_written_with_the_sino_kore
     assert extractive_answer("휴가는 며칠 쓸 수 있나요?", passages, "ko") == "입사 첫해에는 최대 11일까지 사용할 수 있습니다. [1]"
 
 
+def test_an_amount_is_not_the_digits_of_a_date() -> None:
+    """얼마 asks for an amount: both sentences hold every term of the question and digits, but only
+    the second holds a number that is not a calendar date; durations and day counts stay amounts."""
+    from rag.extractive import _CALENDAR_DATE
+
+    passages = [Passage(chunk_id="a", doc_id="a", title="드라마", text=(
+        "드라마 평균 시청률 조사 결과는 2014년 3월 5일에 방송사가 발표하였다. 드라마 평균 시청률은 22.6%였다."
+    ))]
+    assert extractive_answer("드라마 평균 시청률은 얼마인가?", passages, "ko") == "드라마 평균 시청률은 22.6%였다. [1]"
+    assert not any(_CALENDAR_DATE.search(t) for t in ("30분 동안", "3년 동안", "연 15일", "2000명"))
+
+
 def test_extractive_prefixes_a_line_when_languages_differ() -> None:
     passages = [
         Passage(
