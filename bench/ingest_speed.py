@@ -32,12 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from retrieval import _cpu_seconds, load, synthetic_rows  # noqa: E402
 
 import rag.ingest  # noqa: E402
 import rag.text  # noqa: E402
+from bench.retrieval import _cpu_seconds, load, synthetic_rows  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from rag.vectorstore import open_vector_store  # noqa: E402
 
@@ -45,7 +43,7 @@ METHODS = ("ahead", "serial", "one_core")
 
 
 def _fingerprint(settings: Settings) -> str:
-    """A hash of every stored point (id, sparse vector, payload): equal means the same index."""
+    """A hash of every stored point's id and payload (text, stored analysis, hash): equal means the same chunks."""
     store = open_vector_store(settings)
     try:
         rows = sorted((hit.id, json.dumps(hit.payload, sort_keys=True, ensure_ascii=False)) for hit in store.scroll_points())

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from core.errors import EchoRagError
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from handlers.cli import main as cli_main
 from rag.ingest import ingest_paths
 from rag.retrieval import Retriever
+from rag.vectorstore import open_vector_store
 from tests.support_retrieval import FAQ_ROWS, retrieval_settings, write_knowledge_base
 
 
@@ -212,10 +213,8 @@ def test_cli_ingest_prints_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         get_settings.cache_clear()
 
 
-def _stored(settings: object) -> list[tuple[str, str]]:
-    from rag.vectorstore import open_vector_store
-
-    store = open_vector_store(settings)  # type: ignore[arg-type]
+def _stored(settings: Settings) -> list[tuple[str, str]]:
+    store = open_vector_store(settings)
     try:
         return sorted((hit.id, json.dumps(hit.payload, sort_keys=True)) for hit in store.scroll_points())
     finally:
